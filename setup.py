@@ -1,0 +1,47 @@
+"""Build the `_wgcore` Cython extensions.
+
+Nothing is linked at build time: libsodium is reached at run time through the function
+pointers of pynacl's bundled cffi module (see src/_wgcore/sodium.pyx), so `pip install .`
+needs only pip and a C compiler.
+
+Build switches (environment variables):
+  AGENTCONN_CYTHON_ANNOTATE=1   write Cython's HTML annotation next to each .pyx
+  AGENTCONN_CYTHON_LINETRACE=1  compile with line tracing (coverage/profiling)
+  AGENTCONN_DEBUG=1             -O0 -g and CYTHON_DEBUG-style C assertions
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+HERE = Path(__file__).parent
+annotate = os.environ.get("AGENTCONN_CYTHON_ANNOTATE") == "1"
+linetrace = os.environ.get("AGENTCONN_CYTHON_LINETRACE") == "1"
+debug = os.environ.get("AGENTCONN_DEBUG") == "1"
+
+macros = []
+if linetrace:
+    macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
+cflags = ["-O0", "-g"] if debug else ["-O3"]
+
+extensions = [
+    Extension(
+        f"_wgcore.{p.stem}",
+        [str(p.relative_to(HERE))],
+        define_macros=macros,
+        extra_compile_args=cflags,
+    )
+    for p in sorted((HERE / "src" / "_wgcore").glob("*.pyx"))
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives={"language_level": "3", "linetrace": linetrace, "embedsignature": True},
+        annotate=annotate,
+        include_path=["src"],
+    ),
+)
