@@ -1,0 +1,701 @@
+# cython: language_level=3
+"""Batch encapsulation and decapsulation over caller-owned buffers (STYLE §5, DATAPATH.md).
+
+Theory of operation
+-------------------
+A :class:`PacketBatch` is an arena of fixed-size slots plus an array of C descriptors
+(offset, length, result code, peer, keypair, address). The UDP layer (udpio.pyx) fills a batch
+with received datagrams, or the IP layer fills one with inner packets to send; one call to
+:meth:`Datapath.decrypt` or :meth:`Datapath.encrypt` then processes every descriptor in C
+without the GIL, and leaves a result code on each:
+
+* receive: (type, exact length) check -> receiver-index lookup (C hash table) -> age check ->
+  AEAD open in place -> replay window -> IP version/length trim -> allowed-IPs source check
+  (wireguard.md §9). Handshake messages are marked ``RES_HANDSHAKE`` for the Python control
+  path; anything malformed gets a ``DROP_*`` code and bumps that reason's counter.
+* send: allowed-IPs route on the inner destination (unless the caller chose the peer) -> the
+  peer's current keypair, if usable -> pad to 16 within the MTU -> seal in place behind the
+  16-byte header room -> destination = the peer's endpoint (wireguard.md §6). Without a usable
+  keypair or endpoint the result is ``RES_STAGE`` and Python stages the packet and handshakes.
+
+Per peer, the batch records event flags and time stamps (PeerState.events, last_*), and the list
+of peers it touched, so Python runs the timer hooks of wireguard.md §7.2 once per peer per
+batch, not once per packet.
+
+Invariants: every pointer stored in the C tables is borrowed from an object this module keeps
+referenced (``_keypairs``, ``_route_peers``, PeerSlot._current, Keypair._peer_slot).
+"""
+cimport cython
+from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_Calloc
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
+from libc.string cimport memcpy, memset, memcmp
+
+from _wgcore.keypair cimport Keypair, keypair_seal, keypair_open
+from _wgcore.octets cimport load_u32le, load_u16be
+from _wgcore.state cimport *
+
+# wireguard.md §7.1
+cdef double REJECT_AFTER_TIME = 180.0
+cdef double REKEY_AFTER_TIME = 120.0
+cdef uint64_t REKEY_AFTER_MESSAGES = (<uint64_t>1) << 60
+cdef uint64_t REJECT_AFTER_MESSAGES = 0xFFFFFFFFFFFFDFFFULL
+
+cdef KeypairState* TOMBSTONE = <KeypairState*>1
+
+DROP_REASON_NAMES = {
+    -DROP_SHORT: "short",
+    -DROP_TYPE: "bad_type",
+    -DROP_NO_KEYPAIR: "unknown_index",
+    -DROP_EXPIRED: "expired_keypair",
+    -DROP_AUTH: "auth_failed",
+    -DROP_REPLAY: "replay",
+    -DROP_IP: "bad_inner_ip",
+    -DROP_SOURCE: "source_not_allowed",
+    -DROP_NO_ROUTE: "no_route",
+    -DROP_TRUNCATED: "truncated",
+    -DROP_TOO_BIG: "too_big",
+    -DROP_SEND: "send_failed",
+}
+
+RESULT = {
+    "EMPTY": RES_EMPTY, "DATA": RES_DATA, "KEEPALIVE": RES_KEEPALIVE,
+    "HANDSHAKE": RES_HANDSHAKE, "PENDING": RES_PENDING, "SEALED": RES_SEALED, "RAW": RES_RAW,
+    "STAGE": RES_STAGE,
+}
+RESULT.update({"DROP_" + name.upper(): -code for code, name in DROP_REASON_NAMES.items()})
+
+EVENTS = {
+    "SENT_DATA": EV_SENT_DATA, "SENT_ANY": EV_SENT_ANY, "RECEIVED_DATA": EV_RECEIVED_DATA,
+    "RECEIVED_ANY": EV_RECEIVED_ANY, "WANT_HANDSHAKE": EV_WANT_HANDSHAKE,
+    "ENDPOINT_CHANGED": EV_ENDPOINT_CHANGED,
+}
+
+
+@cython.final
+cdef class PeerSlot:
+    """The data path's view of one peer: current keypair, endpoint, stamps, counters, events."""
+
+    def __cinit__(self, uint32_t peer_id=0):
+        memset(&self.s, 0, sizeof(PeerState))
+        self.s.owner = <void*>self
+        self.s.id = peer_id
+        self.s.last_sent_data = -1e18
+        self.s.last_sent_any = -1e18
+        self.s.last_received_data = -1e18
+        self.s.last_received_any = -1e18
+        self._current = None
+        self.peer = None
+
+    def set_current(self, Keypair keypair) -> None:
+        """Make `keypair` the one sends use (None: no usable session)."""
+        if keypair is None:
+            self.s.current = NULL
+        else:
+            keypair.s.peer = &self.s
+            keypair._peer_slot = self
+            self.s.current = &keypair.s
+        self._current = keypair
+
+    @property
+    def current(self):
+        return self._current
+
+    @property
+    def endpoint(self) -> bytes:
+        """The peer's endpoint as a raw sockaddr (b"" when unknown)."""
+        return bytes(self.s.endpoint.addr[:self.s.endpoint.len])
+
+    @endpoint.setter
+    def endpoint(self, bytes sockaddr not None) -> None:
+        if len(sockaddr) > ENDPOINT_MAX:
+            raise ValueError(f"sockaddr too long: {len(sockaddr)} > {ENDPOINT_MAX}")
+        memset(self.s.endpoint.addr, 0, ENDPOINT_MAX)
+        memcpy(self.s.endpoint.addr, <const uint8_t*>sockaddr, len(sockaddr))
+        self.s.endpoint.len = len(sockaddr)
+
+    def take_events(self) -> int:
+        """Return and clear the EV_* flags the data path set since the last call."""
+        cdef uint32_t ev = self.s.events
+        self.s.events = 0
+        return ev
+
+    def add_events(self, uint32_t events) -> None:
+        self.s.events |= events
+
+    @property
+    def last_sent_data(self) -> float:
+        return self.s.last_sent_data
+
+    @property
+    def last_sent_any(self) -> float:
+        return self.s.last_sent_any
+
+    @property
+    def last_received_data(self) -> float:
+        return self.s.last_received_data
+
+    @property
+    def last_received_any(self) -> float:
+        return self.s.last_received_any
+
+    def counters(self) -> dict:
+        return {"rx_bytes": self.s.rx_bytes, "rx_packets": self.s.rx_packets,
+                "tx_bytes": self.s.tx_bytes, "tx_packets": self.s.tx_packets}
+
+    @property
+    def peer_id(self) -> int:
+        return self.s.id
+
+
+@cython.final
+cdef class PacketBatch:
+    """Preallocated datagram buffers plus C descriptors, reused batch after batch.
+
+    ``slots`` buffers of ``slot_size`` bytes; ``capacity`` descriptors (more than ``slots`` when
+    one received buffer holds several GRO-coalesced datagrams).
+    """
+
+    def __cinit__(self, uint32_t slots, uint32_t slot_size, uint32_t capacity=0):
+        if slots == 0 or slot_size < TRANSPORT_OVERHEAD:
+            raise ValueError(f"bad batch geometry: {slots} slots of {slot_size} bytes")
+        if capacity == 0:
+            capacity = slots
+        self.slots = slots
+        self.slot_size = slot_size
+        self.capacity = capacity
+        self._arena = bytearray(<Py_ssize_t>slots * slot_size)
+        self.arena = <uint8_t*>self._arena
+        self.desc = <PacketDesc*>PyMem_Calloc(capacity, sizeof(PacketDesc))
+        self.touched = <PeerState**>PyMem_Calloc(capacity, sizeof(PeerState*))
+        if self.desc == NULL or self.touched == NULL:
+            raise MemoryError()
+        self.count = 0
+        self.touched_count = 0
+        self.epoch = 1
+
+    def __dealloc__(self):
+        PyMem_Free(self.desc)
+        PyMem_Free(self.touched)
+
+    cdef inline void touch(self, PeerState* peer) noexcept nogil:
+        if peer.touched_epoch != self.epoch:
+            peer.touched_epoch = self.epoch
+            self.touched[self.touched_count] = peer
+            self.touched_count += 1
+
+    def clear(self) -> None:
+        """Forget every descriptor (the buffers are reused)."""
+        self.count = 0
+
+    cdef PacketDesc* _next_slot(self) except NULL:
+        if self.count >= self.slots or self.count >= self.capacity:
+            raise OverflowError(f"batch full ({self.count} packets)")
+        cdef PacketDesc* d = &self.desc[self.count]
+        memset(d, 0, sizeof(PacketDesc))
+        d.off = self.count * self.slot_size
+        self.count += 1
+        return d
+
+    def add_packet(self, const uint8_t[::1] packet not None, PeerSlot peer=None) -> int:
+        """Queue an inner IP packet to be sealed (routed by destination unless `peer` is given)."""
+        cdef Py_ssize_t n = packet.shape[0]
+        if n + TRANSPORT_OVERHEAD + 15 > self.slot_size:
+            raise ValueError(f"packet of {n} bytes does not fit a {self.slot_size}-byte slot")
+        cdef PacketDesc* d = self._next_slot()
+        d.inner_off = d.off + TRANSPORT_HEADER_LEN
+        d.inner_len = <uint32_t>n
+        if n:
+            memcpy(self.arena + d.inner_off, &packet[0], n)
+        d.result = RES_PENDING
+        d.peer = &peer.s if peer is not None else NULL
+        return self.count - 1
+
+    def add_keepalive(self, PeerSlot peer not None) -> int:
+        """Queue a keepalive (empty transport message) to `peer`."""
+        cdef PacketDesc* d = self._next_slot()
+        d.inner_off = d.off + TRANSPORT_HEADER_LEN
+        d.inner_len = 0
+        d.result = RES_PENDING
+        d.peer = &peer.s
+        return self.count - 1
+
+    def add_raw(self, const uint8_t[::1] datagram not None, bytes sockaddr not None) -> int:
+        """Queue a datagram to send unchanged (handshake messages, cookie replies)."""
+        cdef Py_ssize_t n = datagram.shape[0]
+        if n > self.slot_size or n == 0:
+            raise ValueError(f"datagram of {n} bytes does not fit a {self.slot_size}-byte slot")
+        if len(sockaddr) == 0 or len(sockaddr) > ENDPOINT_MAX:
+            raise ValueError("a raw datagram needs a destination sockaddr")
+        cdef PacketDesc* d = self._next_slot()
+        memcpy(self.arena + d.off, &datagram[0], n)
+        d.len = <uint32_t>n
+        memcpy(d.addr.addr, <const uint8_t*>sockaddr, len(sockaddr))
+        d.addr.len = len(sockaddr)
+        d.result = RES_RAW
+        return self.count - 1
+
+    def add_datagram(self, const uint8_t[::1] datagram not None, bytes sockaddr=b"") -> int:
+        """Queue a datagram as if received from `sockaddr` (tests, fuzzing, in-memory links)."""
+        cdef Py_ssize_t n = datagram.shape[0]
+        if n > self.slot_size:
+            raise ValueError(f"datagram of {n} bytes does not fit a {self.slot_size}-byte slot")
+        if len(sockaddr) > ENDPOINT_MAX:
+            raise ValueError("sockaddr too long")
+        cdef PacketDesc* d = self._next_slot()
+        if n:
+            memcpy(self.arena + d.off, &datagram[0], n)
+        d.len = <uint32_t>n
+        memcpy(d.addr.addr, <const uint8_t*>sockaddr, len(sockaddr))
+        d.addr.len = len(sockaddr)
+        d.msg_index = self.count - 1
+        d.result = RES_EMPTY
+        return self.count - 1
+
+    def result(self, uint32_t i) -> int:
+        self._check(i)
+        return self.desc[i].result
+
+    def results(self) -> list:
+        return [self.desc[i].result for i in range(self.count)]
+
+    cdef int _check(self, uint32_t i) except -1:
+        if i >= self.count:
+            raise IndexError(f"descriptor {i} out of range (count {self.count})")
+        return 0
+
+    def datagram(self, uint32_t i) -> bytes:
+        """The datagram bytes of descriptor `i` (after encrypt: the sealed transport message)."""
+        self._check(i)
+        return bytes(self._arena[self.desc[i].off:self.desc[i].off + self.desc[i].len])
+
+    def inner(self, uint32_t i) -> bytes:
+        """The inner packet of descriptor `i` (after decrypt: the plaintext, trimmed)."""
+        self._check(i)
+        cdef PacketDesc* d = &self.desc[i]
+        return bytes(self._arena[d.inner_off:d.inner_off + d.inner_len])
+
+    def address(self, uint32_t i) -> bytes:
+        """rx: the source sockaddr; tx: the destination sockaddr."""
+        self._check(i)
+        return bytes(self.desc[i].addr.addr[:self.desc[i].addr.len])
+
+    def peer(self, uint32_t i):
+        """The PeerSlot the descriptor was attributed to, or None."""
+        self._check(i)
+        if self.desc[i].peer == NULL:
+            return None
+        return <PeerSlot>self.desc[i].peer.owner
+
+    def touched_peers(self) -> list:
+        """PeerSlots the last decrypt/encrypt touched (each once)."""
+        return [<PeerSlot>self.touched[i].owner for i in range(self.touched_count)]
+
+    def collect(self, int result) -> list:
+        """(index, payload bytes, address bytes, PeerSlot or None) of each descriptor with `result`.
+
+        For the control path and the Python IP layer: the whole datagram for RES_HANDSHAKE,
+        RES_RAW and RES_SEALED, the inner packet otherwise.
+        """
+        cdef list out = []
+        cdef uint32_t i
+        cdef PacketDesc* d
+        for i in range(self.count):
+            d = &self.desc[i]
+            if d.result != result:
+                continue
+            if result == RES_HANDSHAKE or result == RES_RAW or result == RES_SEALED:
+                payload = bytes(self._arena[d.off:d.off + d.len])
+            else:
+                payload = bytes(self._arena[d.inner_off:d.inner_off + d.inner_len])
+            out.append((i, payload, bytes(d.addr.addr[:d.addr.len]),
+                        None if d.peer == NULL else <PeerSlot>d.peer.owner))
+        return out
+
+    @property
+    def buffer(self) -> memoryview:
+        """The whole arena (zero-copy access for callers that parse in place)."""
+        return memoryview(self._arena)
+
+    def descriptor(self, uint32_t i) -> tuple:
+        """(off, len, inner_off, inner_len, result) of descriptor `i`."""
+        self._check(i)
+        cdef PacketDesc* d = &self.desc[i]
+        return (d.off, d.len, d.inner_off, d.inner_len, d.result)
+
+
+cdef inline bint _prefix_match(const uint8_t* a, const uint8_t* net, uint8_t plen) noexcept nogil:
+    cdef uint8_t full = plen >> 3
+    cdef uint8_t rest = plen & 7
+    cdef uint8_t mask
+    if full and memcmp(a, net, full) != 0:
+        return False
+    if rest:
+        mask = <uint8_t>(0xff << (8 - rest))
+        return (a[full] & mask) == net[full]
+    return True
+
+
+@cython.final
+cdef class Datapath:
+    """Receiver-index table, allowed-IPs table, counters, and the batch loops of one device."""
+
+    def __cinit__(self, uint32_t mtu=1420):
+        self._keypairs = {}
+        self._route_peers = []
+        self.table_mask = 1023
+        self.table_used = 0
+        self.table_keys = <uint32_t*>PyMem_Calloc(self.table_mask + 1, sizeof(uint32_t))
+        self.table_values = <KeypairState**>PyMem_Calloc(self.table_mask + 1, sizeof(KeypairState*))
+        if self.table_keys == NULL or self.table_values == NULL:
+            raise MemoryError()
+        self.routes = NULL
+        self.route_count = 0
+        self.mtu = mtu
+        memset(self.drops, 0, sizeof(self.drops))
+
+    def __dealloc__(self):
+        PyMem_Free(self.table_keys)
+        PyMem_Free(self.table_values)
+        PyMem_Free(self.routes)
+
+    # -- receiver-index table (open addressing, linear probing, tombstones) --------------
+
+    cdef inline uint32_t _hash(self, uint32_t index) noexcept nogil:
+        return (index * <uint32_t>2654435761u) & self.table_mask
+
+    cdef KeypairState* lookup(self, uint32_t index) noexcept nogil:
+        cdef uint32_t i = self._hash(index)
+        cdef KeypairState* v
+        while True:
+            v = self.table_values[i]
+            if v == NULL:
+                return NULL
+            if v != TOMBSTONE and self.table_keys[i] == index:
+                return v
+            i = (i + 1) & self.table_mask
+
+    cdef _insert(self, uint32_t index, KeypairState* kp):
+        cdef uint32_t i = self._hash(index)
+        cdef KeypairState* v
+        while True:
+            v = self.table_values[i]
+            if v == NULL or v == TOMBSTONE:
+                if v == NULL:
+                    self.table_used += 1
+                self.table_keys[i] = index
+                self.table_values[i] = kp
+                return
+            i = (i + 1) & self.table_mask
+
+    cdef _erase(self, uint32_t index):
+        cdef uint32_t i = self._hash(index)
+        cdef KeypairState* v
+        while True:
+            v = self.table_values[i]
+            if v == NULL:
+                return
+            if v != TOMBSTONE and self.table_keys[i] == index:
+                self.table_values[i] = TOMBSTONE
+                return
+            i = (i + 1) & self.table_mask
+
+    cdef _rebuild(self, uint32_t capacity):
+        PyMem_Free(self.table_keys)
+        PyMem_Free(self.table_values)
+        self.table_mask = capacity - 1
+        self.table_used = 0
+        self.table_keys = <uint32_t*>PyMem_Calloc(capacity, sizeof(uint32_t))
+        self.table_values = <KeypairState**>PyMem_Calloc(capacity, sizeof(KeypairState*))
+        if self.table_keys == NULL or self.table_values == NULL:
+            raise MemoryError()
+        cdef Keypair kp
+        for kp in self._keypairs.values():
+            self._insert(kp.s.local_index, &kp.s)
+
+    def add_keypair(self, Keypair keypair not None, PeerSlot peer not None) -> None:
+        """Make `keypair` reachable by its local index for receiving, owned by `peer`."""
+        cdef uint32_t index = keypair.s.local_index
+        if index in self._keypairs:
+            if self._keypairs[index] is keypair:
+                return
+            raise KeyError(f"local index {index:#010x} is already in use")
+        keypair.s.peer = &peer.s
+        keypair._peer_slot = peer
+        self._keypairs[index] = keypair
+        if (self.table_used + 1) * 2 > self.table_mask + 1:
+            self._rebuild(max(1024, (len(self._keypairs) * 4)))
+            # _rebuild inserted it already
+        else:
+            self._insert(index, &keypair.s)
+
+    def remove_keypair(self, Keypair keypair not None) -> None:
+        """Stop accepting packets for `keypair` (wireguard.md §8: "deleting" a keypair)."""
+        cdef uint32_t index = keypair.s.local_index
+        if self._keypairs.get(index) is keypair:
+            del self._keypairs[index]
+            self._erase(index)
+        cdef PeerSlot slot = keypair._peer_slot
+        if slot is not None and slot.s.current == &keypair.s:
+            slot.set_current(None)
+
+    def get_keypair(self, uint32_t index):
+        return self._keypairs.get(index)
+
+    def index_in_use(self, uint32_t index) -> bool:
+        return index in self._keypairs
+
+    # -- allowed-IPs table ----------------------------------------------------------------
+
+    def set_routes(self, list entries not None) -> None:
+        """Replace the allowed-IPs table with (network_address_bytes, prefix_len, PeerSlot).
+
+        Entries are matched longest prefix first (the caller's order is not relied on).
+        """
+        cdef list ordered = sorted(entries, key=lambda e: -e[1])
+        cdef Route* routes = <Route*>PyMem_Calloc(max(1, len(ordered)), sizeof(Route))
+        if routes == NULL:
+            raise MemoryError()
+        cdef Route* r
+        cdef bytes net
+        cdef PeerSlot slot
+        cdef int i, plen
+        peers = []
+        for i, (net, plen, slot) in enumerate(ordered):
+            if len(net) not in (4, 16) or not 0 <= plen <= len(net) * 8:
+                PyMem_Free(routes)
+                raise ValueError(f"bad route {net!r}/{plen}")
+            r = &routes[i]
+            r.family = 4 if len(net) == 4 else 6
+            r.prefix_len = plen
+            memcpy(r.addr, <const uint8_t*>net, len(net))
+            r.peer = &slot.s
+            peers.append(slot)
+        PyMem_Free(self.routes)
+        self.routes = routes
+        self.route_count = len(ordered)
+        self._route_peers = peers
+
+    cdef PeerState* route_lookup(self, const uint8_t* addr, uint8_t family) noexcept nogil:
+        cdef uint32_t i
+        cdef Route* r
+        for i in range(self.route_count):
+            r = &self.routes[i]
+            if r.family == family and _prefix_match(addr, r.addr, r.prefix_len):
+                return r.peer
+        return NULL
+
+    def route(self, bytes address not None):
+        """The PeerSlot whose allowed IPs cover `address` (4 or 16 bytes), or None."""
+        if len(address) not in (4, 16):
+            raise ValueError("address must be 4 or 16 bytes")
+        cdef PeerState* p = self.route_lookup(<const uint8_t*>address, 4 if len(address) == 4 else 6)
+        return None if p == NULL else <PeerSlot>p.owner
+
+    # -- counters ---------------------------------------------------------------------------
+
+    cdef void count_drop(self, int code) noexcept nogil:
+        if -DROP_REASONS < code < 0:
+            self.drops[-code] += 1
+
+    def drop(self, int code) -> None:
+        """Count a drop decided outside the batch loops (e.g. by the Python control path)."""
+        self.count_drop(code)
+
+    def counters(self) -> dict:
+        drops = {name: self.drops[code] for code, name in DROP_REASON_NAMES.items()}
+        return {"rx_packets": self.rx_packets, "rx_bytes": self.rx_bytes,
+                "tx_packets": self.tx_packets, "tx_bytes": self.tx_bytes, "drops": drops}
+
+    # -- the batch loops --------------------------------------------------------------------
+
+    def decrypt(self, PacketBatch batch not None, double now) -> int:
+        """Authenticate and decrypt every received datagram in `batch` in place.
+
+        Returns the number of inner packets (RES_DATA). Never raises for bad input.
+        """
+        cdef int n
+        with nogil:
+            n = self.decrypt_batch(batch, now)
+        return n
+
+    def encrypt(self, PacketBatch batch not None, double now) -> int:
+        """Seal every RES_PENDING descriptor of `batch` in place. Returns how many were sealed."""
+        cdef int n
+        with nogil:
+            n = self.encrypt_batch(batch, now)
+        return n
+
+    cdef int decrypt_batch(self, PacketBatch b, double now) noexcept nogil:
+        cdef uint32_t i, length, kind, total
+        cdef int plain
+        cdef int ndata = 0
+        cdef PacketDesc* d
+        cdef uint8_t* p
+        cdef uint8_t* ip
+        cdef KeypairState* kp
+        cdef PeerState* peer
+        b.epoch += 1
+        b.touched_count = 0
+        for i in range(b.count):
+            d = &b.desc[i]
+            if d.result < 0:            # udpio marked it (e.g. truncated)
+                self.count_drop(d.result)
+                continue
+            p = b.arena + d.off
+            length = d.len
+            d.peer = NULL
+            d.keypair = NULL
+            if length < TRANSPORT_OVERHEAD:
+                d.result = DROP_SHORT
+                self.count_drop(DROP_SHORT)
+                continue
+            kind = load_u32le(p)        # reserved bytes must be zero (wireguard.md §3)
+            if kind != MESSAGE_TRANSPORT:
+                if ((kind == MESSAGE_INITIATION and length == INITIATION_LEN)
+                        or (kind == MESSAGE_RESPONSE and length == RESPONSE_LEN)
+                        or (kind == MESSAGE_COOKIE_REPLY and length == COOKIE_REPLY_LEN)):
+                    d.result = RES_HANDSHAKE
+                else:
+                    d.result = DROP_TYPE
+                    self.count_drop(DROP_TYPE)
+                continue
+            kp = self.lookup(load_u32le(p + 4))
+            if kp == NULL or not kp.valid or kp.peer == NULL:
+                d.result = DROP_NO_KEYPAIR
+                self.count_drop(DROP_NO_KEYPAIR)
+                continue
+            if now - kp.created >= REJECT_AFTER_TIME:
+                d.result = DROP_EXPIRED
+                self.count_drop(DROP_EXPIRED)
+                continue
+            plain = keypair_open(kp, p, length)
+            if plain < 0:
+                d.result = plain
+                self.count_drop(plain)
+                continue
+            peer = kp.peer
+            d.keypair = kp
+            d.peer = peer
+            b.touch(peer)
+            peer.rx_packets += 1
+            peer.rx_bytes += length
+            self.rx_packets += 1
+            self.rx_bytes += length
+            peer.events |= EV_RECEIVED_ANY
+            peer.last_received_any = now
+            # wireguard.md §11: any authenticated packet moves the endpoint to its source.
+            if d.addr.len and (d.addr.len != peer.endpoint.len
+                               or memcmp(d.addr.addr, peer.endpoint.addr, d.addr.len) != 0):
+                memcpy(&peer.endpoint, &d.addr, sizeof(Endpoint))
+                peer.events |= EV_ENDPOINT_CHANGED
+            d.inner_off = d.off + TRANSPORT_HEADER_LEN
+            if plain == 0:
+                d.inner_len = 0
+                d.result = RES_KEEPALIVE
+                continue
+            ip = p + TRANSPORT_HEADER_LEN
+            # wireguard.md §9: trim to the inner IP length; check the source is this peer's.
+            if ip[0] >> 4 == 4 and plain >= 20:
+                total = load_u16be(ip + 2)
+                if total < 20 or total > <uint32_t>plain:
+                    d.result = DROP_IP
+                    self.count_drop(DROP_IP)
+                    continue
+                if self.route_lookup(ip + 12, 4) != peer:
+                    d.result = DROP_SOURCE
+                    self.count_drop(DROP_SOURCE)
+                    continue
+            elif ip[0] >> 4 == 6 and plain >= 40:
+                total = 40 + <uint32_t>load_u16be(ip + 4)
+                if total > <uint32_t>plain:
+                    d.result = DROP_IP
+                    self.count_drop(DROP_IP)
+                    continue
+                if self.route_lookup(ip + 8, 6) != peer:
+                    d.result = DROP_SOURCE
+                    self.count_drop(DROP_SOURCE)
+                    continue
+            else:
+                d.result = DROP_IP
+                self.count_drop(DROP_IP)
+                continue
+            d.inner_len = total
+            d.result = RES_DATA
+            peer.events |= EV_RECEIVED_DATA
+            peer.last_received_data = now
+            ndata += 1
+        return ndata
+
+    cdef int encrypt_batch(self, PacketBatch b, double now) noexcept nogil:
+        cdef uint32_t i, length, padded
+        cdef int nsealed = 0
+        cdef PacketDesc* d
+        cdef uint8_t* ip
+        cdef KeypairState* kp
+        cdef PeerState* peer
+        cdef uint32_t mtu = self.mtu
+        b.epoch += 1
+        b.touched_count = 0
+        for i in range(b.count):
+            d = &b.desc[i]
+            if d.result != RES_PENDING:
+                continue
+            length = d.inner_len
+            ip = b.arena + d.inner_off
+            peer = d.peer
+            if length:
+                if peer == NULL:
+                    if ip[0] >> 4 == 4 and length >= 20:
+                        peer = self.route_lookup(ip + 16, 4)
+                    elif ip[0] >> 4 == 6 and length >= 40:
+                        peer = self.route_lookup(ip + 24, 6)
+                    else:
+                        d.result = DROP_IP
+                        self.count_drop(DROP_IP)
+                        continue
+                    if peer == NULL:
+                        d.result = DROP_NO_ROUTE
+                        self.count_drop(DROP_NO_ROUTE)
+                        continue
+                    d.peer = peer
+                if length > mtu:
+                    d.result = DROP_TOO_BIG
+                    self.count_drop(DROP_TOO_BIG)
+                    continue
+            b.touch(peer)
+            kp = peer.current
+            # wireguard.md §7.3: no usable keypair -> stage and start a handshake.
+            if (kp == NULL or not kp.valid or now - kp.created >= REJECT_AFTER_TIME
+                    or kp.send_counter >= REJECT_AFTER_MESSAGES or peer.endpoint.len == 0):
+                d.result = RES_STAGE
+                peer.events |= EV_WANT_HANDSHAKE
+                continue
+            # wireguard.md §6: pad to a multiple of 16, never past the MTU.
+            padded = (length + 15) & ~(<uint32_t>15)
+            if padded > mtu:
+                padded = mtu if mtu > length else length
+            if padded + TRANSPORT_OVERHEAD > b.slot_size:
+                d.result = DROP_TOO_BIG
+                self.count_drop(DROP_TOO_BIG)
+                continue
+            if padded > length:
+                memset(ip + length, 0, padded - length)
+            d.len = keypair_seal(kp, b.arena + d.off, padded)
+            d.keypair = kp
+            memcpy(&d.addr, &peer.endpoint, sizeof(Endpoint))
+            d.result = RES_SEALED
+            nsealed += 1
+            peer.tx_packets += 1
+            peer.tx_bytes += d.len
+            self.tx_packets += 1
+            self.tx_bytes += d.len
+            peer.events |= EV_SENT_ANY
+            peer.last_sent_any = now
+            if length:
+                peer.events |= EV_SENT_DATA
+                peer.last_sent_data = now
+            # wireguard.md §7.3 "keep key fresh, sending".
+            if (kp.send_counter > REKEY_AFTER_MESSAGES
+                    or (kp.is_initiator and now - kp.created > REKEY_AFTER_TIME)):
+                peer.events |= EV_WANT_HANDSHAKE
+        return nsealed
