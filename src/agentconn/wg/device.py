@@ -1,0 +1,326 @@
+"""A WireGuard device: peers, indices, allowed IPs, the handshake control path, and the glue
+between the Cython data path and the per-peer state machines.
+
+Theory of operation
+-------------------
+The asyncio adapter (aio/tunnel.py) owns the socket and the clock. Per receive wake-up it:
+reads datagrams into a PacketBatch (udpio), calls ``Datapath.decrypt`` (C, whole batch), then
+``Device.after_decrypt`` which runs the control path for the handshake messages in the batch
+and the timer hooks once per touched peer; inner IP packets go to the IP layer. Per flush it
+calls ``Device.fill`` (queued handshake datagrams, keepalives, staged packets), adds the IP
+layer's packets, calls ``Datapath.encrypt`` (C), then ``Device.after_encrypt`` (stage what had no
+session, start handshakes, timer hooks), and sends the batch (udpio).
+
+Handshake input (wireguard.md §9 step 5): mac1 is checked before any Diffie-Hellman; under
+load, mac2 must carry a valid cookie (else a cookie reply is sent) and a per-source rate limit
+applies. "Under load" engages when one wake-up brings UNDER_LOAD_QUEUE_THRESHOLD or more
+handshake messages (our analogue of wireguard-go's handshake queue) and stays for 1 s; tests and
+operators can force it with ``force_under_load``.
+
+Nothing here reads a clock or touches a socket: ``now`` (monotonic) and ``wall`` (Unix time,
+for TAI64N) come in as arguments.
+"""
+from __future__ import annotations
+
+import collections
+import os
+import random
+from collections.abc import Iterable
+
+from _wgcore.datapath import RESULT, Datapath, PacketBatch
+from _wgcore.keypair import Keypair
+
+from ..errors import ConfigError
+from .allowedips import AllowedIPs
+from .config import PeerConfig
+from .constants import (
+    MESSAGE_COOKIE_REPLY,
+    MESSAGE_INITIATION,
+    MESSAGE_RESPONSE,
+    UNDER_LOAD_AFTER_TIME,
+    UNDER_LOAD_QUEUE_THRESHOLD,
+)
+from .cookie import CookieChecker, RateLimiter
+from .endpoint import source_bytes, source_ip
+from .keys import StaticIdentity, encode_key
+from .messages import message_type
+from .noise import consume_initiation
+from .peer import Peer
+
+__all__ = ["Device"]
+
+RES_HANDSHAKE = RESULT["HANDSHAKE"]
+RES_STAGE = RESULT["STAGE"]
+
+
+class Device:
+    """The WireGuard interface state for one static identity (sans-IO).
+
+    ``mtu`` is the inner (tunnel) MTU used for padding. ``rng`` supplies jitter and indices
+    (a seeded :class:`random.Random` makes tests deterministic).
+    """
+
+    def __init__(self, private_key: bytes, *, mtu: int = 1420,
+                 rng: random.Random | None = None,
+                 random_bytes: "collections.abc.Callable[[int], bytes]" = os.urandom) -> None:
+        self.identity = StaticIdentity(private_key)
+        self.rng = rng or random.SystemRandom()
+        self.datapath = Datapath(mtu)
+        self.peers: dict[bytes, Peer] = {}
+        self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
+        self.cookie_checker = CookieChecker(self.identity.public, random=random_bytes)
+        self.rate_limiter = RateLimiter()
+        self.force_under_load: bool | None = None
+        self._under_load_until = float("-inf")
+        self._index_owner: dict[int, Peer] = {}
+        self._next_peer_id = 1
+        self._out: list[tuple[bytes, bytes]] = []            # (datagram, sockaddr)
+        self._flush: dict[Peer, bool] = {}                   # peer -> keepalive wanted
+        self.counters = collections.Counter[str]()
+
+    # -- configuration ------------------------------------------------------------------------
+
+    @property
+    def public_key(self) -> bytes:
+        return self.identity.public
+
+    @property
+    def mtu(self) -> int:
+        return int(self.datapath.mtu)
+
+    def add_peer(self, config: PeerConfig, endpoint: bytes = b"") -> Peer:
+        """Configure a peer. Raises ConfigError for a duplicate key or our own key."""
+        if config.public_key in self.peers:
+            raise ConfigError(f"peer {encode_key(config.public_key)} is configured twice")
+        if config.public_key == self.identity.public:
+            raise ConfigError("a peer cannot have the interface's own public key")
+        peer = Peer(self, self.identity, config, self._next_peer_id, self.rng)
+        self._next_peer_id += 1
+        self.peers[config.public_key] = peer
+        for network in config.allowed_ips:
+            self.allowed_ips.insert(network, peer)
+        self._sync_routes()
+        if endpoint:
+            peer.slot.endpoint = endpoint
+        return peer
+
+    def remove_peer(self, public_key: bytes) -> None:
+        peer = self.peers.pop(public_key)
+        peer.zero_key_material()
+        peer.timers.cancel_all()
+        self.allowed_ips.remove_by_peer(peer)
+        self._sync_routes()
+        self._flush.pop(peer, None)
+
+    def _sync_routes(self) -> None:
+        self.datapath.set_routes([
+            (network.network_address.packed, network.prefixlen, peer.slot)
+            for network, peer in self.allowed_ips.entries()
+        ])
+
+    # -- services for peers ---------------------------------------------------------------------
+
+    def allocate_index(self, peer: Peer, *, replacing: int | None = None) -> int:
+        """A fresh random local index for `peer` (wireguard.md §4.6), releasing `replacing`."""
+        if replacing is not None:
+            self.release_index(replacing)
+        while True:
+            index = self.rng.getrandbits(32)
+            if index not in self._index_owner:
+                self._index_owner[index] = peer
+                return index
+
+    def release_index(self, index: int) -> None:
+        self._index_owner.pop(index, None)
+
+    def install_keypair(self, peer: Peer, keypair: Keypair) -> None:
+        self._index_owner[keypair.local_index] = peer
+        self.datapath.add_keypair(keypair, peer.slot)
+
+    def delete_keypair(self, keypair: Keypair) -> None:
+        """wireguard.md §8: remove its index so later packets for it drop; wipe its keys."""
+        self.datapath.remove_keypair(keypair)
+        if self._index_owner.get(keypair.local_index) is not None:
+            del self._index_owner[keypair.local_index]
+        keypair.zero()
+
+    def queue_datagram(self, datagram: bytes, sockaddr: bytes) -> None:
+        """Send `datagram` unencrypted (handshake messages, cookie replies) at the next flush."""
+        if sockaddr:
+            self._out.append((datagram, sockaddr))
+        else:
+            self.counters["no_endpoint"] += 1
+
+    def want_flush(self, peer: Peer, *, keepalive: bool) -> None:
+        self._flush[peer] = self._flush.get(peer, False) or keepalive
+
+    def under_load(self, now: float) -> bool:
+        if self.force_under_load is not None:
+            return self.force_under_load
+        return now < self._under_load_until
+
+    # -- receive --------------------------------------------------------------------------------
+
+    def after_decrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
+        """Control-path work for a decrypted batch: handshake messages, then per-peer hooks."""
+        for peer_slot in batch.touched_peers():
+            peer: Peer = peer_slot.peer
+            peer.handle_events(peer_slot.take_events(), now, wall)
+        handshakes = batch.collect(RES_HANDSHAKE)
+        if len(handshakes) >= UNDER_LOAD_QUEUE_THRESHOLD:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
+        for _, datagram, source, _ in handshakes:
+            self.receive_handshake(datagram, source, now, wall)
+
+    def receive_handshake(self, data: bytes, source: bytes, now: float, wall: float) -> None:
+        """Consume one handshake-type datagram from `source` (a sockaddr). Never raises."""
+        kind = message_type(data)
+        if kind == MESSAGE_COOKIE_REPLY:
+            self._consume_cookie_reply(data, now)
+            return
+        if kind not in (MESSAGE_INITIATION, MESSAGE_RESPONSE):
+            self.counters["drop_bad_handshake"] += 1
+            return
+        # wireguard.md §9 step 5: mac1 before any DH; under load, mac2 and the rate limiter.
+        if not self.cookie_checker.check_mac1(data):
+            self.counters["drop_mac1"] += 1
+            return
+        if self.under_load(now):
+            src = source_bytes(source)
+            if not self.cookie_checker.check_mac2(data, src, now):
+                self.queue_datagram(self.cookie_checker.create_reply(data, src, now), source)
+                self.counters["cookie_replies_sent"] += 1
+                return
+            if not self.rate_limiter.allow(source_ip(source), now):
+                self.counters["drop_rate_limited"] += 1
+                return
+        if kind == MESSAGE_INITIATION:
+            self._consume_initiation(data, source, now, wall)
+        else:
+            self._consume_response(data, source, now, wall)
+
+    def _consume_cookie_reply(self, data: bytes, now: float) -> None:
+        receiver = int.from_bytes(data[4:8], "little")
+        peer = self._index_owner.get(receiver)
+        if peer is None or not peer.cookie.consume_reply(data, now):
+            self.counters["drop_cookie_reply"] += 1
+            return
+        self.counters["cookie_replies_received"] += 1
+
+    def _precomputed(self, public_key: bytes) -> bytes | None:
+        peer = self.peers.get(public_key)
+        return None if peer is None else peer.handshake.precomputed_static_static
+
+    def _consume_initiation(self, data: bytes, source: bytes, now: float, wall: float) -> None:
+        consumed = consume_initiation(self.identity, data, self._precomputed)
+        if consumed is None:
+            self.counters["drop_handshake_invalid"] += 1
+            return
+        peer = self.peers[consumed.peer_public]
+        if not peer.handshake.accept_initiation(consumed, now):
+            self.counters["drop_handshake_replay"] += 1
+            return
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_received(now)
+        peer.slot.endpoint = source
+        # Respond (wireguard.md §4.3) and derive our keys at once, into `next`.
+        index = self.allocate_index(peer, replacing=peer.handshake_index)
+        peer.handshake_index = index
+        response = peer.handshake.create_response(index)
+        peer.cookie.add_macs(response, now)
+        peer.derive_as_responder(peer.handshake.derive_keys(), now)
+        peer.last_sent_handshake = now     # a response counts for the 5 s spacing (§8)
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_sent(now)
+        self.queue_datagram(bytes(response), source)
+        peer.counters["handshake_responses_sent"] += 1
+
+    def _consume_response(self, data: bytes, source: bytes, now: float, wall: float) -> None:
+        receiver = int.from_bytes(data[8:12], "little")
+        peer = self._index_owner.get(receiver)
+        if peer is None or peer.handshake_index != receiver:
+            self.counters["drop_response_unknown_index"] += 1
+            return
+        if not peer.handshake.consume_response(data):
+            self.counters["drop_handshake_invalid"] += 1
+            return
+        peer.slot.endpoint = source
+        peer.timers.on_any_authenticated_packet_traversal(now)
+        peer.timers.on_any_authenticated_packet_received(now)
+        peer.derive_as_initiator(peer.handshake.derive_keys(), now, wall)
+
+    # -- send -----------------------------------------------------------------------------------
+
+    def has_pending(self) -> bool:
+        """True when fill() has something to put in a batch."""
+        return bool(self._out) or any(
+            keepalive or (peer.staged and peer.current is not None)
+            for peer, keepalive in self._flush.items())
+
+    def fill(self, batch: PacketBatch) -> None:
+        """Put queued handshake datagrams, keepalives and releasable staged packets in `batch`."""
+        while self._out and batch.count < batch.slots:
+            datagram, sockaddr = self._out.pop(0)
+            batch.add_raw(datagram, sockaddr)
+        for peer in list(self._flush):
+            keepalive = self._flush[peer]
+            while peer.staged and batch.count < batch.slots:
+                batch.add_packet(peer.staged.popleft(), peer.slot)
+                keepalive = False
+            if peer.staged:
+                return                      # batch full; the rest goes in the next one
+            if keepalive:
+                if batch.count >= batch.slots:
+                    return
+                batch.add_keepalive(peer.slot)
+            del self._flush[peer]
+
+    def after_encrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
+        """Stage what had no usable session, then run the per-peer hooks for what was sent."""
+        for _, packet, _, slot in batch.collect(RES_STAGE):
+            slot.peer.stage(packet)
+        for peer_slot in batch.touched_peers():
+            peer: Peer = peer_slot.peer
+            peer.handle_events(peer_slot.take_events(), now, wall)
+
+    # -- timers ---------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        """The earliest deadline among all peers, or None."""
+        return min((d for p in self.peers.values()
+                    if (d := p.timers.next_deadline()) is not None), default=None)
+
+    def handle_timer(self, now: float, wall: float) -> None:
+        for peer in list(self.peers.values()):
+            peer.handle_timer(now, wall)
+
+    # -- status ---------------------------------------------------------------------------------
+
+    def stats(self, now: float) -> dict[str, object]:
+        data = self.datapath.counters()
+        drops: dict[str, int] = dict(data.pop("drops"))
+        for name, value in self.counters.items():
+            if name.startswith("drop_"):
+                drops[name[5:]] = drops.get(name[5:], 0) + value
+        peers = [p.status(now) for p in self.peers.values()]
+        totals = collections.Counter[str]()
+        for p in self.peers.values():
+            totals.update(p.counters)
+        return {
+            "public_key": encode_key(self.identity.public),
+            **data,
+            "handshakes": {
+                "initiations_sent": totals["handshake_initiations_sent"],
+                "responses_sent": totals["handshake_responses_sent"],
+                "completed": totals["handshakes_completed"],
+                "gave_up": totals["handshake_gave_up"],
+                "cookie_replies_sent": self.counters["cookie_replies_sent"],
+                "cookie_replies_received": self.counters["cookie_replies_received"],
+            },
+            "under_load": self.under_load(now),
+            "drops": drops,
+            "peers": peers,
+        }
+
+    def iter_peers(self) -> Iterable[Peer]:
+        return self.peers.values()

@@ -1,0 +1,77 @@
+"""UDP endpoints as raw ``struct sockaddr`` bytes, the form the data path stores and sends to.
+
+The data path (``_wgcore``) copies a peer's endpoint straight into ``sendmmsg``, so endpoints
+are kept as the sockaddr the socket expects: ``sockaddr_in`` (16 bytes) on an AF_INET socket,
+``sockaddr_in6`` (28 bytes) on an AF_INET6 one, where IPv4 peers appear as ``::ffff:a.b.c.d``.
+"""
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from ..errors import ConfigError
+
+__all__ = ["sockaddr", "parse_sockaddr", "source_bytes", "format_sockaddr"]
+
+_FAMILY = struct.Struct("=H")        # sa_family_t, host byte order
+_PORT = struct.Struct("!H")
+
+
+def sockaddr(host: str, port: int, family: int) -> bytes:
+    """The sockaddr for numeric ``host``:``port`` on a socket of ``family``.
+
+    Raises :class:`ConfigError` if ``host`` is not an IP address usable on that family.
+    """
+    try:
+        ip = ipaddress.ip_address(host.strip("[]"))
+    except ValueError:
+        raise ConfigError(f"endpoint host {host!r} is not an IP address") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(f"endpoint port {port} out of range 0-65535")
+    if family == socket.AF_INET:
+        if ip.version != 4:
+            raise ConfigError(f"endpoint {host} is IPv6 but the socket is IPv4-only")
+        return _FAMILY.pack(socket.AF_INET) + _PORT.pack(port) + ip.packed + bytes(8)
+    if ip.version == 4:
+        ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
+    return (_FAMILY.pack(socket.AF_INET6) + _PORT.pack(port) + bytes(4) + ip.packed
+            + bytes(4))
+
+
+def parse_sockaddr(raw: bytes) -> tuple[str, int]:
+    """(host, port) of a sockaddr; IPv4-mapped IPv6 addresses are shown as IPv4."""
+    if len(raw) < 8:
+        return ("", 0)
+    (family,) = _FAMILY.unpack_from(raw)
+    (port,) = _PORT.unpack_from(raw, 2)
+    if family == socket.AF_INET:
+        return (str(ipaddress.IPv4Address(raw[4:8])), port)
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        ip = ipaddress.IPv6Address(raw[8:24])
+        if ip.ipv4_mapped is not None:
+            return (str(ip.ipv4_mapped), port)
+        return (str(ip), port)
+    return ("", 0)
+
+
+def format_sockaddr(raw: bytes) -> str:
+    """``host:port`` (``[v6]:port``) for display; empty string for no endpoint."""
+    host, port = parse_sockaddr(raw)
+    if not host:
+        return ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def source_bytes(raw: bytes) -> bytes:
+    """IP bytes then port (u16 LE) of a sockaddr, as wireguard-go keys cookies (spec §5)."""
+    host, port = parse_sockaddr(raw)
+    if not host:
+        return raw
+    return ipaddress.ip_address(host).packed + struct.pack("<H", port)
+
+
+def source_ip(raw: bytes) -> bytes:
+    """The IP bytes of a sockaddr (the rate limiter's key)."""
+    host, _ = parse_sockaddr(raw)
+    return ipaddress.ip_address(host).packed if host else raw
