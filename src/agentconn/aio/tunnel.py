@@ -233,7 +233,7 @@ class Tunnel:
                     break
                 if device.datapath.decrypt(rx, now):
                     for _, packet, _, _ in rx.collect(RES_DATA):
-                        self._receive_ip(packet, now)
+                        self._receive_ip(packet)
                 device.after_decrypt(rx, now, wall)
                 if n < rx.slots:
                     break
@@ -241,13 +241,14 @@ class Tunnel:
         except Exception:
             log.exception("tunnel receive path failed; the packet batch was dropped")
 
-    def _receive_ip(self, packet: bytes, now: float) -> None:
+    def _receive_ip(self, packet: bytes) -> None:
         reply = answer(packet, self.addresses)
         if reply is not None:
             self.ip_counters["echo_answered"] += 1
             self._ip_out.append(reply)
             return
-        matched = self._pinger.receive(packet, now)
+        # RTTs use time.monotonic(): uvloop's loop.time() has millisecond resolution.
+        matched = self._pinger.receive(packet, time.monotonic())
         if matched is not None:
             token, rtt = matched
             waiter = self._ping_waiters.pop(token, None)
@@ -351,8 +352,7 @@ class Tunnel:
         if self.device.datapath.route(dst.packed) is None:
             raise NoRouteError(f"no peer's AllowedIPs cover {dst}")
         src = self._source_for(dst)
-        now = self._loop.time()
-        token, packet = self._pinger.request(src, dst, kind=kind, now=now,
+        token, packet = self._pinger.request(src, dst, kind=kind, now=time.monotonic(),
                                              payload_size=payload_size)
         waiter: asyncio.Future[float] = self._loop.create_future()
         self._ping_waiters[token] = waiter
@@ -363,7 +363,7 @@ class Tunnel:
             raise PingTimeoutError(f"no reply from {dst} within {timeout:g} s") from None
         finally:
             self._ping_waiters.pop(token, None)
-            self._pinger.expire(self._loop.time(), timeout)
+            self._pinger.expire(time.monotonic(), timeout)
 
     # -- status ---------------------------------------------------------------------------------
 

@@ -1,0 +1,74 @@
+"""The ``agentconn`` command line: argparse wiring and output formatting only (STYLE §1)."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from ..errors import AgentConnError
+from . import commands
+
+
+def _event_loop_runner(coro: object) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        return int(asyncio.run(coro))  # type: ignore[arg-type]
+    return int(uvloop.run(coro))  # type: ignore[arg-type]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentconn",
+        description="Userspace WireGuard tunnels to Coder-style workspace agents.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="two userspace WireGuard peers in one process, pinging")
+    demo.add_argument("--count", type=int, default=5, help="pings each way (default 5)")
+    demo.add_argument("--json", action="store_true", help="print the final state as JSON")
+
+    ping = sub.add_parser("ping", help="ping an address through a tunnel")
+    ping.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
+    ping.add_argument("--count", "-n", type=int, default=4, help="number of pings (default 4)")
+    ping.add_argument("--interval", "-i", type=float, default=1.0,
+                      help="seconds between pings (default 1)")
+    ping.add_argument("--timeout", "-W", type=float, default=5.0,
+                      help="seconds to wait for each reply (default 5)")
+    ping.add_argument("--tsmp", action="store_true",
+                      help="send TSMP pings (IP protocol 99, as Coder clients do) instead of ICMP")
+    ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
+    ping.add_argument("address", help="IPv4 or IPv6 address inside the tunnel")
+
+    sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
+    sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "demo":
+            return _event_loop_runner(commands.demo(count=args.count, as_json=args.json))
+        if args.command == "ping":
+            return _event_loop_runner(commands.ping(
+                config=args.config, address=args.address, count=args.count,
+                interval=args.interval, timeout=args.timeout,
+                kind="tsmp" if args.tsmp else "icmp", show_stats=args.stats))
+        if args.command == "genkey":
+            print(commands.genkey())
+            return 0
+        if args.command == "pubkey":
+            print(commands.pubkey(sys.stdin.read()))
+            return 0
+    except AgentConnError as exc:
+        print(f"agentconn {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

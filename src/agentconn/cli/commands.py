@@ -1,0 +1,112 @@
+"""The work behind each CLI subcommand (kept apart from argparse so tests can call it)."""
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import sys
+import time
+from typing import Any, Literal
+
+from ..errors import NoRouteError, PingTimeoutError
+from ..wg.crypto import dh_generate, public_key
+from ..wg.keys import encode_key, parse_key
+
+
+def genkey() -> str:
+    return encode_key(dh_generate())
+
+
+def pubkey(private_text: str) -> str:
+    return encode_key(public_key(parse_key(private_text.strip(), what="private key")))
+
+
+async def ping(*, config: str, address: str, count: int, interval: float, timeout: float,
+               kind: Literal["icmp", "tsmp"], show_stats: bool) -> int:
+    """Ping `address` `count` times; exit status 0 if any reply came back, 1 if none."""
+    from ..aio.tunnel import Tunnel
+
+    ipaddress.ip_address(address)  # ValueError early, before binding anything
+    replies = 0
+    rtts: list[float] = []
+    async with Tunnel.from_config(config) as tunnel:
+        for seq in range(count):
+            started = time.monotonic()
+            try:
+                rtt = await tunnel.ping(address, timeout=timeout, kind=kind)
+            except PingTimeoutError as exc:
+                print(f"seq={seq}: {exc}", flush=True)
+            except NoRouteError as exc:
+                print(f"agentconn ping: {exc}", file=sys.stderr)
+                return 2
+            else:
+                replies += 1
+                rtts.append(rtt)
+                print(f"{kind} reply from {address}: seq={seq} time={rtt * 1000:.3f} ms",
+                      flush=True)
+            if seq + 1 < count:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        if show_stats:
+            print(json.dumps(tunnel.stats(), indent=2, default=str))
+    loss = 100.0 * (count - replies) / count if count else 0.0
+    summary = f"--- {address}: {count} sent, {replies} received, {loss:.0f}% loss"
+    if rtts:
+        summary += (f", rtt min/avg/max = {min(rtts) * 1000:.3f}/"
+                    f"{sum(rtts) / len(rtts) * 1000:.3f}/{max(rtts) * 1000:.3f} ms")
+    print(summary)
+    if not replies:
+        print(f"agentconn ping: no replies from {address} "
+              f"(is the peer up, its endpoint right, and {address} in its AllowedIPs?)",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def _demo_config(private: bytes, peer_public: bytes, own: str, own6: str, peer: str,
+                 peer6: str) -> str:
+    return (f"[Interface]\nPrivateKey = {encode_key(private)}\nListenPort = 0\n"
+            f"Address = {own}/24, {own6}/64\n\n"
+            f"[Peer]\nPublicKey = {encode_key(peer_public)}\n"
+            f"AllowedIPs = {peer}/32, {peer6}/128\nPersistentKeepalive = 25\n")
+
+
+async def demo(*, count: int, as_json: bool) -> int:
+    """Two userspace WireGuard peers in this process, over loopback UDP, pinging each other."""
+    from ..aio.tunnel import Tunnel
+
+    key_a, key_b = dh_generate(), dh_generate()
+    conf_a = _demo_config(key_a, public_key(key_b), "100.64.0.1", "fd7a:115c:a1e0::1",
+                          "100.64.0.2", "fd7a:115c:a1e0::2")
+    conf_b = _demo_config(key_b, public_key(key_a), "100.64.0.2", "fd7a:115c:a1e0::2",
+                          "100.64.0.1", "fd7a:115c:a1e0::1")
+    async with Tunnel.from_config(conf_a) as a, Tunnel.from_config(conf_b) as b:
+        a.set_peer_endpoint(b.public_key, "127.0.0.1", b.listen_port)
+        b.set_peer_endpoint(a.public_key, "127.0.0.1", a.listen_port)
+        print(f"peer A {a.public_key} on udp/{a.listen_port}, 100.64.0.1 fd7a:115c:a1e0::1")
+        print(f"peer B {b.public_key} on udp/{b.listen_port}, 100.64.0.2 fd7a:115c:a1e0::2")
+        for label, src, dst, kind in (("A -> B ICMPv4", a, "100.64.0.2", "icmp"),
+                                      ("B -> A ICMPv6", b, "fd7a:115c:a1e0::1", "icmp"),
+                                      ("A -> B TSMP  ", a, "fd7a:115c:a1e0::2", "tsmp")):
+            rtts = []
+            for _ in range(count):
+                rtts.append(await src.ping(dst, timeout=5.0, kind=kind))  # type: ignore[arg-type]
+            shown = " ".join(f"{r * 1e6:.0f}" for r in rtts)
+            print(f"{label} {dst:>18}: rtt µs {shown}")
+        state: dict[str, Any] = {"A": a.stats(), "B": b.stats()}
+        if as_json:
+            print(json.dumps(state, indent=2, default=str))
+        else:
+            for name, s in state.items():
+                peer = s["peers"][0]
+                cur = peer["keypairs"]["current"]
+                print(f"{name}: handshakes {s['handshakes']['completed']} completed, "
+                      f"rx {s['rx_packets']} pkts/{s['rx_bytes']} B, "
+                      f"tx {s['tx_packets']} pkts/{s['tx_bytes']} B, "
+                      f"drops {sum(s['drops'].values())}")
+                print(f"   current keypair: local {cur['local_index']:#010x} remote "
+                      f"{cur['remote_index']:#010x} age {cur['age']:.3f}s initiator "
+                      f"{cur['is_initiator']} sent {cur['send_counter']}")
+                print(f"   timers (s from now): {peer['timers']}")
+                print(f"   endpoint {peer['endpoint']}  udp {s['udp']['gro'] and 'GRO' or '-'}"
+                      f"/{s['udp']['gso'] and 'GSO' or '-'}")
+    return 0
