@@ -61,7 +61,10 @@ class Tunnel:
     """
 
     def __init__(self, config: InterfaceConfig, *, listen_host: str = "",
-                 gro: bool = True, gso: bool = True) -> None:
+                 sock: socket.socket | None = None, gro: bool = True, gso: bool = True) -> None:
+        """`sock`: an unconnected UDP socket to use instead of binding one (it must already be
+        bound; the tunnel makes it non-blocking and closes it). `gro`/`gso`: allow UDP receive
+        and send offload where the kernel has it."""
         self.config = config
         mtu = config.mtu or DEFAULT_MTU
         if not 576 <= mtu <= 65535 - 80:
@@ -72,6 +75,7 @@ class Tunnel:
         self._gro = gro
         self._gso = gso
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._own_sock = sock
         self._sock: socket.socket | None = None
         self._io: UdpIO | None = None
         self._rx: PacketBatch | None = None
@@ -111,7 +115,11 @@ class Tunnel:
             raise TunnelClosedError("tunnel was closed")
         loop = asyncio.get_running_loop()
         self._loop = loop
-        self._sock = self._bind()
+        if self._own_sock is not None:
+            self._sock = self._own_sock
+            self._sock.setblocking(False)
+        else:
+            self._sock = self._bind()
         family = self._sock.family
         for peer_config in self.config.peers:
             endpoint = b""
@@ -211,6 +219,21 @@ class Tunnel:
         if self._sock is None:
             raise TunnelClosedError("tunnel not started")
         peer.slot.endpoint = sockaddr(host, port, self._sock.family)
+
+    def rekey(self, public_key: str | bytes | None = None) -> None:
+        """Start a new handshake with one peer (default: every peer) now, as REKEY_AFTER_TIME
+        would. At most one initiation per peer per REKEY_TIMEOUT (5 s) is sent."""
+        if self._loop is None or self._closed:
+            raise TunnelClosedError("tunnel is not running")
+        peers = list(self.device.iter_peers())
+        if public_key is not None:
+            key = parse_key(public_key, what="peer public key") if isinstance(public_key, str) else public_key
+            peers = [p for p in peers if p.public_key == key]
+            if not peers:
+                raise ConfigError(f"no peer with public key {encode_key(key)}")
+        for peer in peers:
+            peer.send_handshake_initiation(self._loop.time(), time.time(), retry=False)
+        self._schedule_flush()
 
     def add_peer(self, peer_config: PeerConfig, endpoint: tuple[str, int] | None = None) -> None:
         """Configure another peer on a running tunnel."""
