@@ -30,6 +30,8 @@ def parse_key(text: str, *, what: str = "key") -> bytes:
     expected and what was found.
     """
     stripped = text.strip()
+    if not stripped.isascii():
+        raise InvalidKeyError(f"{what}: keys are ASCII (base64 or hex); found other characters")
     if len(stripped) == _HEX_LENGTH:
         return _parse_hex(stripped, what)
     if len(stripped) == _BASE64_LENGTH:
