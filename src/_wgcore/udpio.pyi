@@ -1,0 +1,14 @@
+import socket
+from typing import Any
+
+from _wgcore.datapath import PacketBatch
+
+class UdpIO:
+    gro: bool
+    gso: bool
+    last_send_errno: int
+    def __init__(self, sock: socket.socket, gro: bool = True, gso: bool = True,
+                 buffer_size: int = ...) -> None: ...
+    def recv(self, batch: PacketBatch) -> int: ...
+    def send(self, batch: PacketBatch) -> int: ...
+    def counters(self) -> dict[str, Any]: ...
