@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The README's "main job": install agentconn into a fresh venv and run the embedded demo —
+# two userspace WireGuard peers in one process over loopback UDP, handshaking and pinging.
+# Works on a fresh Debian machine as root (installs gcc / python3-venv / Python headers when
+# missing); elsewhere it only needs Python >= 3.10 with venv, pip and a C compiler.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PYTHON:-python3}
+need=()
+command -v gcc >/dev/null 2>&1 || need+=(gcc)
+"$PY" -c "import venv, ensurepip" >/dev/null 2>&1 || need+=(python3-venv)
+"$PY" - <<'PYEOF' || need+=(python3-dev)
+import os, sys, sysconfig
+sys.exit(0 if os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")) else 1)
+PYEOF
+if [ ${#need[@]} -gt 0 ]; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && apt-get install -y -qq --no-install-recommends "${need[@]}"
+    else
+        echo "demo.sh: please install: ${need[*]}" >&2
+        exit 1
+    fi
+fi
+
+VENV=${AGENTCONN_VENV:-.venv}
+[ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q .
+exec "$VENV/bin/agentconn" demo "$@"
