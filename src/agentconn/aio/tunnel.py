@@ -176,7 +176,7 @@ class Tunnel:
             raise ConfigError(f"cannot resolve endpoint {host}:{port}: {exc}") from None
         for fam, _, _, _, addr in infos:
             if family == socket.AF_INET6 or fam == socket.AF_INET:
-                return sockaddr(addr[0], port, family)
+                return sockaddr(str(addr[0]), port, family)
         raise ConfigError(f"endpoint {host}:{port} has no address usable on this socket")
 
     async def close(self) -> None:

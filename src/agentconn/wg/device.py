@@ -278,7 +278,8 @@ class Device:
     def after_encrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
         """Stage what had no usable session, then run the per-peer hooks for what was sent."""
         for _, packet, _, slot in batch.collect(RES_STAGE):
-            slot.peer.stage(packet)
+            if slot is not None:         # RES_STAGE always names its peer
+                slot.peer.stage(packet)
         for peer_slot in batch.touched_peers():
             peer: Peer = peer_slot.peer
             peer.handle_events(peer_slot.take_events(), now, wall)
