@@ -42,6 +42,17 @@ cdef uint64_t REKEY_AFTER_MESSAGES = (<uint64_t>1) << 60
 cdef uint64_t REJECT_AFTER_MESSAGES = 0xFFFFFFFFFFFFDFFFULL
 
 cdef KeypairState* TOMBSTONE = <KeypairState*>1
+# One epoch per decrypt/encrypt call across ALL batches: a peer is listed once per call in
+# touched_peers(). (A per-batch counter let two batches reuse the same value and skip peers.)
+cdef uint32_t _epoch = 0
+
+
+cdef inline uint32_t _next_epoch() noexcept nogil:
+    global _epoch
+    _epoch += 1
+    if _epoch == 0:          # wrapped: 0 is the "never touched" value of a fresh PeerState
+        _epoch = 1
+    return _epoch
 
 DROP_REASON_NAMES = {
     -DROP_SHORT: "short",
@@ -535,7 +546,7 @@ cdef class Datapath:
         cdef uint8_t* ip
         cdef KeypairState* kp
         cdef PeerState* peer
-        b.epoch += 1
+        b.epoch = _next_epoch()
         b.touched_count = 0
         for i in range(b.count):
             d = &b.desc[i]
@@ -565,7 +576,7 @@ cdef class Datapath:
                 d.result = DROP_NO_KEYPAIR
                 self.count_drop(DROP_NO_KEYPAIR)
                 continue
-            if now - kp.created >= REJECT_AFTER_TIME:
+            if now - kp.created > REJECT_AFTER_TIME:
                 d.result = DROP_EXPIRED
                 self.count_drop(DROP_EXPIRED)
                 continue
@@ -594,6 +605,9 @@ cdef class Datapath:
                 d.inner_len = 0
                 d.result = RES_KEEPALIVE
                 continue
+            # wireguard-go sets dataPacketReceived before the inner IP checks (receive.go).
+            peer.events |= EV_RECEIVED_DATA
+            peer.last_received_data = now
             ip = p + TRANSPORT_HEADER_LEN
             # wireguard.md §9: trim to the inner IP length; check the source is this peer's.
             if ip[0] >> 4 == 4 and plain >= 20:
@@ -622,8 +636,6 @@ cdef class Datapath:
                 continue
             d.inner_len = total
             d.result = RES_DATA
-            peer.events |= EV_RECEIVED_DATA
-            peer.last_received_data = now
             ndata += 1
         return ndata
 
@@ -635,7 +647,7 @@ cdef class Datapath:
         cdef KeypairState* kp
         cdef PeerState* peer
         cdef uint32_t mtu = self.mtu
-        b.epoch += 1
+        b.epoch = _next_epoch()
         b.touched_count = 0
         for i in range(b.count):
             d = &b.desc[i]

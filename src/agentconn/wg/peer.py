@@ -9,7 +9,7 @@ path's PeerSlot); receives are accepted on any of the three while their index is
   or old ``next`` if one was pending); we send at once (key confirmation, staged packets).
 * We respond -> the new keypair waits in ``next``; it becomes ``current`` only when the first
   authenticated packet arrives on it (responder key confirmation).
-* Timers (timers.py) drive retransmission (every 5 s + jitter, giving up after 18 retries),
+* Timers (timers.py) drive retransmission (every 5 s + jitter; 1 + 19 initiations, then give up),
   passive and persistent keepalives, the 15 s "no reply" new handshake, and key zeroing.
 
 Packets with no usable keypair are staged (at most MAX_STAGED_PACKETS, oldest dropped) and a
@@ -51,6 +51,8 @@ EV_RECEIVED_DATA = EVENTS["RECEIVED_DATA"]
 EV_RECEIVED_ANY = EVENTS["RECEIVED_ANY"]
 EV_WANT_HANDSHAKE = EVENTS["WANT_HANDSHAKE"]
 
+_SPACING_TOLERANCE = 0.010
+
 # wireguard.md §7.3 "keep key fresh, receiving": 180 - 10 - 5 s.
 _LAST_MINUTE_HANDSHAKE_AGE = REJECT_AFTER_TIME - KEEPALIVE_TIMEOUT - REKEY_TIMEOUT
 
@@ -87,7 +89,9 @@ class Peer:
         """wireguard-go SendHandshakeInitiation: at most one initiation per REKEY_TIMEOUT."""
         if not retry:
             self.timers.handshake_attempts = 0
-        if now - self.last_sent_handshake < REKEY_TIMEOUT:
+        # Tolerance: a retry armed for exactly +5.000 s must not be refused by float rounding or
+        # an event loop firing a timer a millisecond early (uvloop has ms resolution).
+        if now - self.last_sent_handshake < REKEY_TIMEOUT - _SPACING_TOLERANCE:
             return
         self.last_sent_handshake = now
         index = self.device.allocate_index(self, replacing=self.handshake_index)
