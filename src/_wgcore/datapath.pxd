@@ -9,6 +9,7 @@ cdef class PeerSlot:
 
 cdef class PacketBatch:
     cdef bytearray _arena
+    cdef list _refs               # PeerSlots named by add_packet/add_keepalive (kept alive)
     cdef uint8_t* arena
     cdef readonly uint32_t slots
     cdef readonly uint32_t slot_size

@@ -176,6 +176,7 @@ cdef class PacketBatch:
         self.slot_size = slot_size
         self.capacity = capacity
         self._arena = bytearray(<Py_ssize_t>slots * slot_size)
+        self._refs = []
         self.arena = <uint8_t*>self._arena
         self.desc = <PacketDesc*>PyMem_Calloc(capacity, sizeof(PacketDesc))
         self.touched = <PeerState**>PyMem_Calloc(capacity, sizeof(PeerState*))
@@ -198,6 +199,7 @@ cdef class PacketBatch:
     def clear(self) -> None:
         """Forget every descriptor (the buffers are reused)."""
         self.count = 0
+        self._refs.clear()
 
     cdef PacketDesc* _next_slot(self) except NULL:
         if self.count >= self.slots or self.count >= self.capacity:
@@ -219,7 +221,9 @@ cdef class PacketBatch:
         if n:
             memcpy(self.arena + d.inner_off, &packet[0], n)
         d.result = RES_PENDING
-        d.peer = &peer.s if peer is not None else NULL
+        if peer is not None:
+            d.peer = &peer.s
+            self._refs.append(peer)
         return self.count - 1
 
     def add_keepalive(self, PeerSlot peer not None) -> int:
@@ -229,6 +233,7 @@ cdef class PacketBatch:
         d.inner_len = 0
         d.result = RES_PENDING
         d.peer = &peer.s
+        self._refs.append(peer)
         return self.count - 1
 
     def add_raw(self, const uint8_t[::1] datagram not None, bytes sockaddr not None) -> int:
@@ -435,8 +440,12 @@ cdef class Datapath:
         keypair._peer_slot = peer
         self._keypairs[index] = keypair
         if (self.table_used + 1) * 2 > self.table_mask + 1:
-            self._rebuild(max(1024, (len(self._keypairs) * 4)))
-            # _rebuild inserted it already
+            # Grow (or just sweep tombstones) to a power of two >= 4x the live entries; the
+            # mask arithmetic needs a power of two. _rebuild inserts every live keypair.
+            capacity = 1024
+            while capacity < len(self._keypairs) * 4:
+                capacity *= 2
+            self._rebuild(capacity)
         else:
             self._insert(index, &keypair.s)
 
@@ -656,6 +665,10 @@ cdef class Datapath:
             length = d.inner_len
             ip = b.arena + d.inner_off
             peer = d.peer
+            if peer == NULL and length == 0:
+                d.result = DROP_IP           # an empty packet is not IP: nothing to route by
+                self.count_drop(DROP_IP)
+                continue
             if length:
                 if peer == NULL:
                     if ip[0] >> 4 == 4 and length >= 20:

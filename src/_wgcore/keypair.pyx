@@ -134,6 +134,8 @@ cdef class Keypair:
         """Build one transport message for `plaintext` (already padded by the caller)."""
         if not self.s.valid:
             raise ValueError("keypair was zeroed")
+        if self.s.send_counter >= REJECT_AFTER_MESSAGES:
+            raise ValueError("keypair exhausted: send counter reached REJECT_AFTER_MESSAGES")
         cdef Py_ssize_t n = plaintext.shape[0]
         cdef bytearray out = bytearray(TRANSPORT_OVERHEAD + n)
         cdef uint8_t* p = out

@@ -88,6 +88,8 @@ cdef class UdpIO:
     cdef uint32_t rcap
     cdef mmsghdr* smsgs
     cdef iovec* siov
+    cdef uint32_t* siov_desc       # descriptor index of each iovec (to mark refused datagrams)
+    cdef PacketDesc* sdesc         # the batch being sent (valid during _send only)
     cdef uint8_t* sctrl
     cdef uint32_t scap
     cdef uint64_t recv_calls, send_calls, rx_datagrams, tx_datagrams, gso_messages
@@ -104,6 +106,8 @@ cdef class UdpIO:
         self.rcap = 0
         self.smsgs = NULL
         self.siov = NULL
+        self.siov_desc = NULL
+        self.sdesc = NULL
         self.sctrl = NULL
         self.scap = 0
         self.last_send_errno = 0
@@ -125,6 +129,7 @@ cdef class UdpIO:
         PyMem_Free(self.rctrl)
         PyMem_Free(self.smsgs)
         PyMem_Free(self.siov)
+        PyMem_Free(self.siov_desc)
         PyMem_Free(self.sctrl)
 
     cdef int _reserve_recv(self, uint32_t n) except -1:
@@ -145,10 +150,12 @@ cdef class UdpIO:
         if n <= self.scap:
             return 0
         PyMem_Free(self.smsgs); PyMem_Free(self.siov); PyMem_Free(self.sctrl)
+        PyMem_Free(self.siov_desc)
         self.smsgs = <mmsghdr*>PyMem_Calloc(n, sizeof(mmsghdr))
         self.siov = <iovec*>PyMem_Calloc(n, sizeof(iovec))
+        self.siov_desc = <uint32_t*>PyMem_Calloc(n, sizeof(uint32_t))
         self.sctrl = <uint8_t*>PyMem_Calloc(n, CTRL_SPACE)
-        if not (self.smsgs and self.siov and self.sctrl):
+        if not (self.smsgs and self.siov and self.sctrl and self.siov_desc):
             self.scap = 0
             raise MemoryError()
         self.scap = n
@@ -277,6 +284,7 @@ cdef class UdpIO:
             if join:
                 self.siov[niov].iov_base = batch.arena + d.off
                 self.siov[niov].iov_len = d.len
+                self.siov_desc[niov] = i
                 niov += 1
                 seg_count += 1
                 group_bytes += d.len
@@ -292,6 +300,7 @@ cdef class UdpIO:
             h.msg_namelen = d.addr.len
             self.siov[niov].iov_base = batch.arena + d.off
             self.siov[niov].iov_len = d.len
+            self.siov_desc[niov] = i
             h.msg_iov = &self.siov[niov]
             h.msg_iovlen = 1
             niov += 1
@@ -313,7 +322,9 @@ cdef class UdpIO:
                 seg16 = <uint16_t>h.msg_iov[0].iov_len
                 memcpy(CMSG_DATA(c), &seg16, sizeof(uint16_t))
                 self.gso_messages += 1
+        self.sdesc = batch.desc
         sent_datagrams = self._sendmmsg_all(nmsg)
+        self.sdesc = NULL
         self.tx_datagrams += sent_datagrams
         return sent_datagrams
 
@@ -348,6 +359,7 @@ cdef class UdpIO:
                 self.send_eagain += 1
             else:
                 self.send_errors += 1
+            self._mark_refused(h, 0, h.msg_iovlen)
             # Skip the message the kernel refused (UDP is lossy; the tunnel above recovers).
             done += 1
         return datagrams
@@ -367,7 +379,15 @@ cdef class UdpIO:
                 datagrams += 1
             else:
                 self.send_errors += 1
+                self._mark_refused(h, k, 1)
         return datagrams
+
+    cdef void _mark_refused(self, msghdr* h, size_t first, size_t count) noexcept nogil:
+        # The datagrams of message `h` the kernel refused: DROP_SEND on their descriptors.
+        cdef size_t base = <size_t>(h.msg_iov - self.siov)
+        cdef size_t k
+        for k in range(first, first + count):
+            self.sdesc[self.siov_desc[base + k]].result = DROP_SEND
 
     def counters(self) -> dict:
         return {

@@ -468,13 +468,30 @@ def test_reject_after_messages_never_sends_on_that_keypair() -> None:
     assert receiver_index(wire.sent("a->b", (DATA,))[-1][2]) == pa.current.remote_index
 
 
-def test_counter_at_reject_after_messages_is_not_accepted() -> None:
+def test_counter_at_reject_after_messages_is_not_accepted(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Keypair.seal refuses that counter, so forge the authentic message with the pure-Python
+    # reference AEAD and B's real transport keys (captured as they are derived).
+    import struct
+
+    from agentconn.wg.crypto import aead_encrypt
+    from agentconn.wg.noise import Handshake
+
+    derived = []
+    original = Handshake.derive_keys
+
+    def spy(self: Handshake):  # type: ignore[no-untyped-def]
+        keys = original(self)
+        derived.append(keys)
+        return keys
+
+    monkeypatch.setattr(Handshake, "derive_keys", spy)
     p = DevicePair()
     p.send(p.a, a2b(0))
     p.run()
     kb = p.peer_of_b.current
-    kb.send_counter = REJECT_AFTER_MESSAGES
-    forged_but_authentic = kb.seal(b2a(1))              # B's own key, counter 2^64-2^13-1
+    keys = next(k for k in derived if k.local_index == kb.local_index)
+    forged_but_authentic = (struct.pack("<IIQ", 4, keys.remote_index, REJECT_AFTER_MESSAGES)
+                            + aead_encrypt(keys.send_key, REJECT_AFTER_MESSAGES, b2a(1), b""))
     assert counter_of(forged_but_authentic) == REJECT_AFTER_MESSAGES
     p.deliver(p.a, [forged_but_authentic], ADDR_B)
     assert p.a.received == []
