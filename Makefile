@@ -5,3 +5,6 @@ test:
 
 demo:
 	bash scripts/demo.sh
+
+bench:
+	cd benchmarks && python -m pytest -q -p no:cacheprovider --benchmark-only

@@ -479,7 +479,7 @@ cdef class Datapath:
         cdef Route* r
         cdef bytes net
         cdef PeerSlot slot
-        cdef int i, plen
+        cdef int i, k, plen
         peers = []
         for i, (net, plen, slot) in enumerate(ordered):
             if len(net) not in (4, 16) or not 0 <= plen <= len(net) * 8:
@@ -489,6 +489,12 @@ cdef class Datapath:
             r.family = 4 if len(net) == 4 else 6
             r.prefix_len = plen
             memcpy(r.addr, <const uint8_t*>net, len(net))
+            # Mask the host bits so _prefix_match can compare whole bytes.
+            for k in range(len(net)):
+                if k * 8 >= plen:
+                    r.addr[k] = 0
+                elif k * 8 + 8 > plen:
+                    r.addr[k] &= <uint8_t>(0xff << (8 - (plen - k * 8)))
             r.peer = &slot.s
             peers.append(slot)
         PyMem_Free(self.routes)

@@ -93,7 +93,7 @@ cdef class UdpIO:
     cdef uint8_t* sctrl
     cdef uint32_t scap
     cdef uint64_t recv_calls, send_calls, rx_datagrams, tx_datagrams, gso_messages
-    cdef uint64_t gro_buffers, truncated, send_errors, send_eagain
+    cdef uint64_t gro_buffers, truncated, send_errors, send_eagain, desc_overflow
     cdef public int last_send_errno
 
     def __cinit__(self, sock, bint gro=True, bint gso=True, int buffer_size=SOCKET_BUFFER):
@@ -228,6 +228,8 @@ cdef class UdpIO:
             off = 0
             while True:
                 if batch.count >= batch.capacity:
+                    # No descriptor left for the rest of this buffer: count what is lost.
+                    self.desc_overflow += (length - off + seg - 1) // seg
                     break
                 d = &batch.desc[batch.count]
                 batch.count += 1
@@ -395,5 +397,5 @@ cdef class UdpIO:
             "rx_datagrams": self.rx_datagrams, "tx_datagrams": self.tx_datagrams,
             "gso_messages": self.gso_messages, "gro_buffers": self.gro_buffers,
             "truncated": self.truncated, "send_errors": self.send_errors,
-            "send_eagain": self.send_eagain, "gro": bool(self.gro), "gso": bool(self.gso),
+            "send_eagain": self.send_eagain, "desc_overflow": self.desc_overflow, "gro": bool(self.gro), "gso": bool(self.gso),
         }
