@@ -779,9 +779,13 @@ def test_add_keypair_rejects_duplicate_index() -> None:
 
 
 def _child(code: str) -> subprocess.CompletedProcess[str]:
-    src = Path(__file__).resolve().parents[2] / "src"
+    # Import _wgcore from wherever this process got it (src/ in development, the installed
+    # wheel under scripts/test.sh).
+    import _wgcore
+
+    site = Path(_wgcore.__file__).resolve().parents[1]
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
-                          timeout=10, env={"PYTHONPATH": str(src), "PATH": "/usr/bin:/bin"})
+                          timeout=10, env={"PYTHONPATH": str(site), "PATH": "/usr/bin:/bin"})
 
 
 def test_many_keypairs_all_reachable() -> None:
