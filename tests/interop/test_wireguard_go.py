@@ -201,3 +201,59 @@ async def test_garbage_datagrams_are_counted_and_the_session_survives(wgpair: Wg
         assert after["drops"]["auth_failed"] >= 200
     finally:
         await tunnel.close()
+
+
+_UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET6 if ':' in sys.argv[1] else socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+print('ready', flush=True)
+for _ in range(int(sys.argv[3])):
+    data, addr = s.recvfrom(65535)
+    s.sendto(data[::-1], addr)
+"""
+
+
+async def test_udp_sockets_against_the_kernel(wgpair: WgPair) -> None:
+    """Our UDP client <-> a kernel UDP echo server in the namespace, and a kernel client <->
+    our UDP server, over IPv4 and IPv6."""
+    tunnel = await _tunnel(wgpair)
+    try:
+        queue: asyncio.Queue[tuple[bytes, tuple[str, int]]] = asyncio.Queue()
+
+        class Collect(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                queue.put_nowait((data, addr))
+
+        for server_ip in ("10.77.0.1", "fd77::1"):
+            proc = await asyncio.create_subprocess_exec(
+                *wgpair.ns.exec_prefix(), sys.executable, "-c", _UDP_ECHO, server_ip, "7007", "3",
+                stdout=asyncio.subprocess.PIPE)
+            assert proc.stdout is not None
+            assert (await asyncio.wait_for(proc.stdout.readline(), 10)).strip() == b"ready"
+            client, _ = await tunnel.create_datagram_endpoint(Collect)
+            for payload in (b"a", os.urandom(1000), b"x" * 1300):
+                client.sendto(payload, (server_ip, 7007))
+                data, addr = await asyncio.wait_for(queue.get(), 10)
+                assert data == payload[::-1] and addr == (server_ip, 7007)
+            client.close()
+            await asyncio.wait_for(proc.wait(), 10)
+
+        class Echo(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                self.transport.sendto(data.upper(), addr)  # type: ignore[attr-defined]
+
+        server, _ = await tunnel.create_datagram_endpoint(Echo, local_addr=(None, 9000))
+        for ours in ("10.77.0.2", "fd77::2"):
+            family = "AF_INET6" if ":" in ours else "AF_INET"
+            client_code = (f"import socket; s = socket.socket(socket.{family}, socket.SOCK_DGRAM); "
+                           f"s.settimeout(10); s.sendto(b'kernel says hi', ('{ours}', 9000)); "
+                           f"print(s.recvfrom(100)[0].decode())")
+            code, out = await _run_in(wgpair.ns, sys.executable, "-c", client_code)
+            assert code == 0 and out.strip() == "KERNEL SAYS HI", out
+        server.close()
+    finally:
+        await tunnel.close()

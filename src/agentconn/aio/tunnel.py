@@ -32,12 +32,24 @@ from _wgcore.udpio import UdpIO
 
 from ..errors import ConfigError, NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
 from ..net.icmp import Pinger, answer
+from ..net.udp import PortTable, parse_datagram
+from ..net.wire import WireError
 from ..wg.config import InterfaceConfig, PeerConfig, load_config
 from ..wg.device import Device
 from ..wg.endpoint import format_sockaddr, sockaddr
 from ..wg.keys import encode_key, parse_key
+from .datagram import TunnelDatagramTransport
 
 __all__ = ["Tunnel"]
+
+
+def _ip_protocol(packet: bytes) -> int:
+    """The transport protocol number of an IPv4/IPv6 packet (no extension headers), or -1."""
+    if len(packet) >= 40 and packet[0] >> 4 == 6:
+        return packet[6]
+    if len(packet) >= 20 and packet[0] >> 4 == 4:
+        return packet[9]
+    return -1
 
 log = logging.getLogger("agentconn.tunnel")
 
@@ -88,7 +100,9 @@ class Tunnel:
         self._ping_waiters: dict[int, asyncio.Future[float]] = {}
         self._closed = False
         self._ip_handlers: list[Callable[[bytes], bool]] = []
-        self.ip_counters = {"echo_answered": 0, "unhandled": 0}
+        self._udp_ports: PortTable[TunnelDatagramTransport] = PortTable()
+        self.ip_counters = {"echo_answered": 0, "unhandled": 0, "udp_received": 0,
+                            "udp_no_socket": 0, "udp_malformed": 0}
 
     @classmethod
     def from_config(cls, path_or_text: str | os.PathLike[str], **kwargs: Any) -> Tunnel:
@@ -265,6 +279,9 @@ class Tunnel:
             log.exception("tunnel receive path failed; the packet batch was dropped")
 
     def _receive_ip(self, packet: bytes) -> None:
+        if self._udp_ports and _ip_protocol(packet) == 17:
+            self._receive_udp(packet)
+            return
         reply = answer(packet, self.addresses)
         if reply is not None:
             self.ip_counters["echo_answered"] += 1
@@ -282,6 +299,60 @@ class Tunnel:
             if handler(packet):
                 return
         self.ip_counters["unhandled"] += 1
+
+    def _receive_udp(self, packet: bytes) -> None:
+        try:
+            datagram = parse_datagram(packet)
+        except WireError:
+            self.ip_counters["udp_malformed"] += 1
+            return
+        if datagram.dst not in self.addresses:
+            self.ip_counters["udp_no_socket"] += 1
+            return
+        transport = self._udp_ports.lookup(datagram.dst, datagram.dst_port)
+        if transport is None:
+            self.ip_counters["udp_no_socket"] += 1
+            return
+        self.ip_counters["udp_received"] += 1
+        transport._deliver(datagram.payload, datagram.src, datagram.src_port)
+
+    # -- UDP sockets ------------------------------------------------------------------------
+
+    async def create_datagram_endpoint(
+            self, protocol_factory: Callable[[], asyncio.DatagramProtocol], *,
+            local_addr: tuple[str | None, int] | None = None,
+            remote_addr: tuple[str, int] | None = None,
+    ) -> tuple[TunnelDatagramTransport, asyncio.DatagramProtocol]:
+        """A UDP socket on the tunnel's own addresses, like ``loop.create_datagram_endpoint``.
+
+        `local_addr` (host, port): host must be one of the interface addresses, or None/""
+        for all of them; port 0 picks an ephemeral port. `remote_addr` connects the socket.
+        Raises OSError(EADDRINUSE) for a taken port and ValueError for a foreign address.
+        """
+        if self._closed or self._loop is None:
+            raise TunnelClosedError("tunnel is not running")
+        host, port = local_addr if local_addr is not None else (None, 0)
+        local_ip = ipaddress.ip_address(host) if host else None
+        if local_ip is not None and local_ip not in self.addresses:
+            raise ValueError(f"{local_ip} is not an address of this tunnel "
+                             f"({', '.join(map(str, self.addresses))})")
+        remote = None
+        if remote_addr is not None:
+            remote = (ipaddress.ip_address(remote_addr[0]), int(remote_addr[1]))
+            if self.device.datapath.route(remote[0].packed) is None:
+                raise NoRouteError(f"no peer's AllowedIPs cover {remote[0]}")
+            if local_ip is None:
+                local_ip = self._source_for(remote[0])
+        protocol = protocol_factory()
+        transport = TunnelDatagramTransport(self, protocol, (local_ip, 0), remote)
+        bound = self._udp_ports.bind(local_ip, int(port), transport)
+        transport._local = (local_ip, bound)
+        protocol.connection_made(transport)
+        return transport, protocol
+
+    def _loop_call_soon(self, callback: Callable[..., object], *args: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon(callback, *args)
 
     # -- send -----------------------------------------------------------------------------------
 
