@@ -95,6 +95,8 @@ cdef class UdpIO:
     cdef uint64_t recv_calls, send_calls, rx_datagrams, tx_datagrams, gso_messages
     cdef uint64_t gro_buffers, truncated, send_errors, send_eagain, desc_overflow
     cdef public int last_send_errno
+    cdef readonly bint blocked        # the last send stopped on EAGAIN (socket buffer full)
+    cdef readonly uint32_t resume_at  # ...and this descriptor is the first it did not send
 
     def __cinit__(self, sock, bint gro=True, bint gso=True, int buffer_size=SOCKET_BUFFER):
         self._sock = sock
@@ -249,19 +251,25 @@ cdef class UdpIO:
                 if off >= length:
                     break
 
-    def send(self, PacketBatch batch not None) -> int:
-        """Send every RES_SEALED/RES_RAW descriptor, coalescing runs for GSO.
+    def send(self, PacketBatch batch not None, uint32_t start=0) -> int:
+        """Send every RES_SEALED/RES_RAW descriptor from index `start` on, coalescing runs for
+        GSO.
 
-        Returns the number of datagrams the kernel accepted. Datagrams it refused (full buffer,
-        unreachable) are marked DROP_SEND and counted.
+        Returns the number of datagrams the kernel accepted. Datagrams it refused (unreachable,
+        invalid) are marked DROP_SEND and counted. When the socket buffer is full (EAGAIN) the
+        send stops there instead: ``blocked`` becomes true and ``resume_at`` names the first
+        descriptor not sent, so the caller can wait for writability and call
+        ``send(batch, resume_at)`` — backpressure rather than loss.
         """
         self._reserve_send(batch.count + 1)
         cdef int sent
+        self.blocked = False
+        self.resume_at = batch.count
         with nogil:
-            sent = self._send(batch)
+            sent = self._send(batch, start)
         return sent
 
-    cdef int _send(self, PacketBatch batch) noexcept nogil:
+    cdef int _send(self, PacketBatch batch, uint32_t start) noexcept nogil:
         cdef uint32_t i, nmsg = 0, niov = 0, seg_size = 0, seg_count = 0, group_bytes = 0
         cdef uint32_t first_desc = 0
         cdef PacketDesc* d
@@ -272,7 +280,7 @@ cdef class UdpIO:
         cdef bint join
         cdef int sent_datagrams = 0
         # Map each message back to its first descriptor and count, to mark failures.
-        for i in range(batch.count):
+        for i in range(start, batch.count):
             d = &batch.desc[i]
             if d.result != RES_SEALED and d.result != RES_RAW:
                 continue
@@ -359,8 +367,10 @@ cdef class UdpIO:
                 continue
             if err == EAGAIN:
                 self.send_eagain += 1
-            else:
-                self.send_errors += 1
+                self.blocked = True
+                self.resume_at = self.siov_desc[<size_t>(h.msg_iov - self.siov)]
+                break
+            self.send_errors += 1
             self._mark_refused(h, 0, h.msg_iovlen)
             # Skip the message the kernel refused (UDP is lossy; the tunnel above recovers).
             done += 1

@@ -28,6 +28,8 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from _wgcore.datapath import RESULT, PacketBatch
+from _wgcore.tcp import EVENTS as TCP_EVENTS
+from _wgcore.tcp import TcpConn, TcpStack
 from _wgcore.udpio import UdpIO
 
 from ..errors import ConfigError, NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
@@ -39,6 +41,7 @@ from ..wg.device import Device
 from ..wg.endpoint import format_sockaddr, sockaddr
 from ..wg.keys import encode_key, parse_key
 from .datagram import TunnelDatagramTransport
+from .streams import TcpTransport, TunnelServer
 
 __all__ = ["Tunnel"]
 
@@ -53,12 +56,22 @@ def _ip_protocol(packet: bytes) -> int:
 
 log = logging.getLogger("agentconn.tunnel")
 
+
+def _connect_error(code: int, remote: tuple[bytes, int]) -> OSError:
+    host = ipaddress.ip_address(remote[0])
+    what = {111: "connection refused", 110: "connection timed out",
+            104: "connection reset by peer"}.get(code, os.strerror(code))
+    return OSError(code, f"connect to {host} port {remote[1]}: {what}")
+
 RES_DATA = RESULT["DATA"]
+EVENTS_CLOSED = TCP_EVENTS["CLOSED"]
 DEFAULT_MTU = 1420            # wg-quick's default; Coder's tailnet uses 1280 (tailnet.md §3)
 RX_SLOTS = 64                 # messages per recvmmsg
 RX_SLOT_SIZE = 65536          # one GRO super-buffer per message
 TX_SLOTS = 256
 MAX_BATCHES_PER_WAKEUP = 16   # stay fair to the rest of the loop
+MAX_TX_BATCHES_PER_FLUSH = 64
+EPHEMERAL_PORTS = (32768, 60999)   # Linux's default ip_local_port_range
 
 
 class Tunnel:
@@ -103,6 +116,12 @@ class Tunnel:
         self._udp_ports: PortTable[TunnelDatagramTransport] = PortTable()
         self.ip_counters = {"echo_answered": 0, "unhandled": 0, "udp_received": 0,
                             "udp_no_socket": 0, "udp_malformed": 0}
+        self.tcp = TcpStack(mtu=mtu)
+        self.tcp.set_addresses([a.packed for a in self.addresses])
+        self._tx_pending: PacketBatch | None = None     # sealed, waiting for socket space
+        self._tx_spare: PacketBatch | None = None
+        self._connect_waiters: dict[TcpConn, asyncio.Future[None]] = {}
+        self._writer_armed = False
 
     @classmethod
     def from_config(cls, path_or_text: str | os.PathLike[str], **kwargs: Any) -> Tunnel:
@@ -200,6 +219,17 @@ class Tunnel:
         self._closed = True
         if self._loop is not None and self._sock is not None:
             self._loop.remove_reader(self._sock.fileno())
+            if self._writer_armed:
+                self._loop.remove_writer(self._sock.fileno())
+                self._writer_armed = False
+        for listener in self.tcp.listeners():
+            listener.close()
+        for conn in self.tcp.connections():
+            conn.abort()
+        for conn_waiter in self._connect_waiters.values():
+            if not conn_waiter.done():
+                conn_waiter.set_exception(TunnelClosedError("tunnel closed"))
+        self._dispatch_tcp()
         for handle in (self._flush_handle, self._timer_handle):
             if handle is not None:
                 handle.cancel()
@@ -260,7 +290,8 @@ class Tunnel:
 
     def _on_readable(self) -> None:
         assert self._loop is not None and self._io is not None and self._rx is not None
-        loop, io, rx, device = self._loop, self._io, self._rx, self.device
+        loop, io, rx, device, tcp = self._loop, self._io, self._rx, self.device, self.tcp
+        non_tcp = tcp.non_tcp
         try:
             now = loop.time()
             wall = time.time()
@@ -269,11 +300,18 @@ class Tunnel:
                 if n == 0:
                     break
                 if device.datapath.decrypt(rx, now):
-                    for _, packet, _, _ in rx.collect(RES_DATA):
-                        self._receive_ip(packet)
+                    assert self._tx is not None
+                    tcp.input(rx, self._tx, now)
+                    if tcp.non_tcp != non_tcp:
+                        non_tcp = tcp.non_tcp
+                        for _, packet, _, _ in rx.collect(RES_DATA):
+                            self._receive_ip(packet)
+                    if self._tx.count * 2 >= self._tx.slots and self._tx_pending is None:
+                        self._send_tx(now, wall)
                 device.after_decrypt(rx, now, wall)
                 if n < rx.slots:
                     break
+            self._dispatch_tcp()
             self._flush()
         except Exception:
             log.exception("tunnel receive path failed; the packet batch was dropped")
@@ -350,6 +388,109 @@ class Tunnel:
         protocol.connection_made(transport)
         return transport, protocol
 
+    # -- TCP ------------------------------------------------------------------------------------
+
+    def _require_loop(self) -> asyncio.AbstractEventLoop:
+        if self._closed or self._loop is None:
+            raise TunnelClosedError("tunnel is not running")
+        return self._loop
+
+    def _ephemeral_port(self, src: bytes, dst: bytes, dport: int) -> int:
+        low, high = EPHEMERAL_PORTS
+        span = high - low + 1
+        start = int.from_bytes(os.urandom(2), "big") % span
+        for i in range(span):
+            port = low + (start + i) % span
+            if not self.tcp.in_use(src, port, dst, dport):
+                return port
+        raise OSError(99, f"no free local port to reach {ipaddress.ip_address(dst)} port {dport}")
+
+    async def create_connection(
+            self, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str, port: int, *,
+            local_port: int = 0,
+    ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+        """Open a TCP connection through the tunnel, like ``loop.create_connection``.
+
+        `host` is an IPv4/IPv6 address literal covered by some peer's AllowedIPs. Returns
+        (transport, protocol) once the handshake completed. Raises NoRouteError,
+        ConnectionRefusedError (the peer answered RST), TimeoutError (no answer after 6 SYN
+        retransmissions, about 2 minutes; bound it with asyncio.timeout), ValueError for a
+        host that is not an address.
+        """
+        loop = self._require_loop()
+        try:
+            dst = ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"host must be an IP address inside the tunnel, got {host!r}") from None
+        if not 0 < int(port) < 65536:
+            raise ValueError(f"port {port} out of range 1-65535")
+        if self.device.datapath.route(dst.packed) is None:
+            raise NoRouteError(f"no peer's AllowedIPs cover {dst}")
+        src = self._source_for(dst)
+        lport = local_port or self._ephemeral_port(src.packed, dst.packed, int(port))
+        conn = self.tcp.connect(src.packed, lport, dst.packed, int(port), loop.time())
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._connect_waiters[conn] = waiter
+        self._schedule_flush()
+        try:
+            await waiter
+        except BaseException:
+            conn.abort()
+            self._schedule_flush()
+            raise
+        finally:
+            self._connect_waiters.pop(conn, None)
+        protocol = protocol_factory()
+        transport = TcpTransport(self, conn, protocol)
+        protocol.connection_made(transport)
+        transport._deliver()
+        if conn.state_name == "CLOSED":
+            transport._on_events(EVENTS_CLOSED)
+        return transport, protocol
+
+    async def open_connection(self, host: str, port: int, *, limit: int = 2 ** 16,
+                              local_port: int = 0
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A (StreamReader, StreamWriter) pair for a TCP connection through the tunnel, like
+        ``asyncio.open_connection``. Raises as :meth:`create_connection`."""
+        loop = self._require_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await self.create_connection(lambda: protocol, host, port,
+                                                    local_port=local_port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
+
+    async def create_server(self, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                            port: int, host: str | None = None, *, backlog: int = 128
+                            ) -> TunnelServer:
+        """Listen on a TCP port of the tunnel's addresses (`host`: one of them, or None for
+        all), like ``loop.create_server``. Raises OSError(EADDRINUSE) for a taken port and
+        ValueError for an address that is not the tunnel's."""
+        self._require_loop()
+        raw = b""
+        if host:
+            ip = ipaddress.ip_address(host)
+            if ip not in self.addresses:
+                raise ValueError(f"{ip} is not an address of this tunnel "
+                                 f"({', '.join(map(str, self.addresses))})")
+            raw = ip.packed
+        listener = self.tcp.listen(int(port), raw, backlog)
+        return TunnelServer(self, listener, protocol_factory)
+
+    async def start_server(self, client_connected_cb: Callable[..., Any], port: int,
+                           host: str | None = None, *, backlog: int = 128,
+                           limit: int = 2 ** 16) -> TunnelServer:
+        """Like ``asyncio.start_server``: `client_connected_cb(reader, writer)` (plain or
+        coroutine function) runs for every accepted connection."""
+        loop = self._require_loop()
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await self.create_server(factory, port, host, backlog=backlog)
+
     def _loop_call_soon(self, callback: Callable[..., object], *args: object) -> None:
         if self._loop is not None:
             self._loop.call_soon(callback, *args)
@@ -368,19 +509,22 @@ class Tunnel:
             self._flush_handle = self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
+        """Fill the tx batch (handshakes, keepalives, staged and IP-layer packets, TCP
+        segments), seal it and send it; repeat while there is more, up to a bound."""
         self._flush_handle = None
         if self._closed:
             return
         assert self._loop is not None and self._io is not None and self._tx is not None
-        loop, io, tx, device = self._loop, self._io, self._tx, self.device
+        if self._tx_pending is not None:
+            return                       # socket full: _on_writable resumes us
+        device, tcp = self.device, self.tcp
         try:
-            now = loop.time()
+            now = self._loop.time()
             wall = time.time()
-            for _ in range(8):
-                if not (self._ip_out or device.has_pending()):
-                    break
-                tx.clear()
-                device.fill(tx)
+            for _ in range(MAX_TX_BATCHES_PER_FLUSH):
+                tx = self._tx
+                if device.has_pending() and tx.count < tx.slots:
+                    device.fill(tx)
                 room = tx.slots - tx.count
                 if room and self._ip_out:
                     chunk, self._ip_out = self._ip_out[:room], self._ip_out[room:]
@@ -389,20 +533,81 @@ class Tunnel:
                             tx.add_packet(packet)
                         except ValueError:
                             device.datapath.drop(RESULT["DROP_TOO_BIG"])
-                device.datapath.encrypt(tx, now)
-                device.after_encrypt(tx, now, wall)
-                io.send(tx)
-            if self._ip_out or device.has_pending():
+                more = tcp.output(tx, now) if tcp.has_output else False
+                if tx.count:
+                    self._send_tx(now, wall)
+                if self._tx_pending is not None:
+                    break
+                if not (more or self._ip_out or device.has_pending()):
+                    break
+            else:
                 self._schedule_flush()
+            self._dispatch_tcp()
             self._rearm_timer(now)
         except Exception:
             log.exception("tunnel send path failed; the packet batch was dropped")
+
+    def _send_tx(self, now: float, wall: float) -> None:
+        """Seal and send the tx batch. If the socket buffer fills, keep the rest of the batch
+        and wait for writability (backpressure instead of loss)."""
+        assert self._io is not None and self._tx is not None and self._loop is not None
+        tx = self._tx
+        device = self.device
+        device.datapath.encrypt(tx, now)
+        device.after_encrypt(tx, now, wall)
+        self._io.send(tx)
+        if self._io.blocked:
+            self._tx_pending = tx
+            self._tx = self._tx_spare or PacketBatch(tx.slots, tx.slot_size)
+            self._tx_spare = None
+            if not self._writer_armed and self._sock is not None:
+                self._loop.add_writer(self._sock.fileno(), self._on_writable)
+                self._writer_armed = True
+        else:
+            tx.clear()
+
+    def _on_writable(self) -> None:
+        assert self._io is not None and self._loop is not None and self._sock is not None
+        pending = self._tx_pending
+        if pending is not None:
+            self._io.send(pending, self._io.resume_at)
+            if self._io.blocked:
+                return
+            pending.clear()
+            self._tx_spare = pending
+            self._tx_pending = None
+        self._loop.remove_writer(self._sock.fileno())
+        self._writer_armed = False
+        self._flush()
+
+    def _dispatch_tcp(self) -> None:
+        """Deliver the TCP stack's per-connection events to transports, servers and
+        connect() waiters (once per connection per batch)."""
+        for obj in self.tcp.take_touched():
+            events = obj.take_events()
+            owner = obj.owner
+            try:
+                if owner is not None:
+                    owner._on_events(events)
+                elif isinstance(obj, TcpConn):
+                    waiter = self._connect_waiters.get(obj)
+                    if waiter is not None and not waiter.done():
+                        if obj.state_name == "ESTABLISHED" or obj.state_name == "CLOSE_WAIT":
+                            waiter.set_result(None)
+                        elif obj.state_name == "CLOSED":
+                            remote = obj.remote
+                            waiter.set_exception(_connect_error(obj.error or 111, remote))
+            except Exception:
+                log.exception("TCP event handling failed for %r", obj)
 
     # -- timers ---------------------------------------------------------------------------------
 
     def _rearm_timer(self, now: float) -> None:
         assert self._loop is not None
         deadline = self.device.get_timer()
+        tcp_deadline = self.tcp.get_timer()
+        if tcp_deadline is not None and (deadline is None or tcp_deadline < deadline):
+            deadline = tcp_deadline
         if deadline == self._timer_at:
             return
         if self._timer_handle is not None:
@@ -417,7 +622,10 @@ class Tunnel:
         self._timer_handle = None
         self._timer_at = None
         try:
-            self.device.handle_timer(self._loop.time(), time.time())
+            now = self._loop.time()
+            self.device.handle_timer(now, time.time())
+            self.tcp.handle_timer(now)
+            self._dispatch_tcp()
         except Exception:
             log.exception("tunnel timer handling failed")
         self._flush()
@@ -468,4 +676,19 @@ class Tunnel:
         data["listen_port"] = self.listen_port if self._sock is not None and not self._closed else None
         data["udp"] = self._io.counters() if self._io is not None else {}
         data["ip"] = dict(self.ip_counters)
+        tcp = self.tcp.counters()
+        tcp["connections"] = [self._conn_stats(c) for c in self.tcp.connections()]
+        tcp["listeners"] = [{"address": str(ipaddress.ip_address(l.address)) if l.address else "",
+                             "port": l.port, "pending": l.pending, "half_open": l.half_open,
+                             "accepted": l.accepted, "syn_received": l.syn_received,
+                             "syn_evicted": l.syn_evicted} for l in self.tcp.listeners()]
+        data["tcp"] = tcp
         return data
+
+    @staticmethod
+    def _conn_stats(conn: TcpConn) -> dict[str, Any]:
+        info = conn.counters()
+        local, remote = conn.local, conn.remote
+        info["local"] = (str(ipaddress.ip_address(local[0])), local[1])
+        info["remote"] = (str(ipaddress.ip_address(remote[0])), remote[1])
+        return info
