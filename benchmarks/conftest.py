@@ -30,6 +30,30 @@ class Recorder:
         _RESULTS.append(row)
         return row
 
+    def add_transfer(self, benchmark: Any, *, group: str, case: str, role: str,
+                     direction: str, nbytes: int, seconds: float,
+                     cpu_seconds: float | None = None, wg_cpu_seconds: float | None = None,
+                     note: str = "") -> dict[str, Any]:
+        """One bulk transfer (bench_tcp.py): payload bytes at the receiver over `seconds`.
+
+        `role`: "baseline-iperf3", "baseline-python" or "ours"; the summary prints each "ours"
+        row's ratio to the baselines of the same group and direction. `cpu_seconds`: our
+        process's CPU during the transfer; `wg_cpu_seconds`: wireguard-go's.
+        """
+        gb = nbytes / 1e9
+        row: dict[str, Any] = {
+            "group": group, "name": f"{case} ({direction})", "kind": "transfer", "case": case,
+            "role": role, "direction": direction, "bytes": nbytes, "seconds": seconds,
+            "gbit_per_s": nbytes * 8 / seconds / 1e9, "note": note,
+            "cpu_s_per_gb": cpu_seconds / gb if cpu_seconds is not None else None,
+            "wg_cpu_s_per_gb": wg_cpu_seconds / gb if wg_cpu_seconds is not None else None,
+        }
+        for key, value in row.items():
+            if key not in ("group", "name", "kind") and value is not None:
+                benchmark.extra_info[key] = value
+        _RESULTS.append(row)
+        return row
+
 
 @pytest.fixture
 def record() -> Recorder:
@@ -46,6 +70,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         groups.setdefault(row["group"], []).append(row)
     for group, rows in groups.items():
         write(group)
+        if rows[0].get("kind") == "transfer":
+            _write_transfers(write, rows)
+            continue
         raws = [r for r in rows if r.get("role") == "raw"]
         for row in rows:
             if "packets_per_s" in row:
@@ -59,3 +86,31 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
                 line = (f"  {row['name']:<40} {row['ops_per_s']:8.1f} /s "
                         f"{row['seconds'] * 1e6:8.1f} us each")
             write(line)
+
+
+_BASELINES = {"baseline-iperf3": "/iperf3", "baseline-python": "/py-base"}
+
+
+def _write_transfers(write: Any, rows: list[dict[str, Any]]) -> None:
+    """One line per case and direction; "ours" rows with their ratios to the baselines."""
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
+    write(f"  {'direction':<9} {'case':<44} {'Gbit/s':>7} {'/iperf3':>8} {'/py-base':>8}"
+          f" {'CPU s/GB ours':>13} {'wg-go':>6}  notes")
+    for direction in sorted({r["direction"] for r in rows}, key=["upload", "download"].index):
+        same = [r for r in rows if r["direction"] == direction]
+        base = {r["role"]: r for r in same if r["role"] in _BASELINES}
+        for row in sorted(same, key=lambda r: r["role"] == "ours"):
+            ratios = {label: (row["gbit_per_s"] / base[role]["gbit_per_s"]
+                              if row["role"] == "ours" and role in base else None)
+                      for role, label in _BASELINES.items()}
+            write(f"  {direction:<9} {row['case']:<44} {row['gbit_per_s']:7.3f}"
+                  f" {num(ratios['/iperf3'], '8.3f'):>8} {num(ratios['/py-base'], '8.3f'):>8}"
+                  f" {num(row['cpu_s_per_gb'], '13.1f'):>13}"
+                  f" {num(row['wg_cpu_s_per_gb'], '6.1f'):>6}  {row['note']}")
+        if not any(r["role"] == "ours" for r in same):
+            write(f"  {direction:<9} {'ours: not measured (failed or skipped)':<44}")
+    write("  /iperf3, /py-base: ours divided by wireguard-go <-> wireguard-go with iperf3 / with "
+          "the Python peers, same direction. CPU s/GB: process CPU (user+sys) per GB moved; "
+          "wg-go: all wireguard-go processes of the case.")
