@@ -330,7 +330,9 @@ cdef class TcpConn:
     cdef bint peer_fin_pending
     cdef uint32_t peer_fin_seq
     cdef bint app_closed                 # close() called: no more reads
-    cdef uint32_t drained_since_grow     # bytes the application read since the last auto-tune
+    cdef double rcv_rtt                  # receiver's RTT estimate (timestamp echoes), for tuning
+    cdef double space_time               # start of the current auto-tuning measurement
+    cdef uint64_t space_mark             # bytes_read at space_time
     # SACK scoreboard of our sent data (RFC 6675)
     cdef Range sacked[MAX_SACK_BLOCKS]
     cdef int sacked_n
@@ -365,11 +367,15 @@ cdef class TcpConn:
     cdef double rtx_at                   # retransmission, SYN retry or zero-window probe
     cdef double delack_at
     cdef double expire_at                # TIME_WAIT end, FIN_WAIT_2 / SYN_RECEIVED give-up
+    cdef double tlp_at                   # tail-loss probe (RFC 8985 §7)
+    cdef bint tlp_send                   # the probe is due at the next output
+    cdef bint tlp_done                   # one probe per episode (until the ACK advances)
     cdef bint persist
     # counters
     cdef readonly uint64_t bytes_sent, bytes_acked, bytes_received, bytes_read
     cdef readonly uint64_t segs_in, segs_out, retransmits, fast_retransmits, timeouts
     cdef readonly uint64_t ooo_segments, dup_segments, sack_blocks_received, window_probes
+    cdef readonly uint64_t tail_probes
 
     def __cinit__(self):
         self.list_index = -1
@@ -439,7 +445,7 @@ cdef class TcpConn:
     @property
     def readable(self) -> int:
         """In-order bytes waiting to be read."""
-        return self.rcv_nxt - self.rd_seq - (1 if self.peer_fin else 0) if self._synced() else 0
+        return self._readable()
 
     @property
     def send_space(self) -> int:
@@ -456,10 +462,11 @@ cdef class TcpConn:
     @property
     def at_eof(self) -> bool:
         """The peer's FIN arrived and every byte before it was read."""
-        return self.peer_fin and self.readable == 0
+        return self.peer_fin and self._readable() == 0
 
-    cdef inline bint _synced(self) noexcept:
-        return self.state >= ESTABLISHED or self.state == SYN_RECEIVED
+    cdef inline uint32_t _readable(self) noexcept:
+        # rcv_nxt and rd_seq both start at 0 before the peer's SYN, so this is 0 there.
+        return self.rcv_nxt - self.rd_seq - (1 if self.peer_fin else 0)
 
     def send(self, const uint8_t[::1] data not None) -> int:
         """Append to the send ring; returns how many bytes were taken (may be fewer than given
@@ -500,7 +507,7 @@ cdef class TcpConn:
 
     def read(self, Py_ssize_t max_bytes=-1) -> bytes:
         """Take up to `max_bytes` (default: all) in-order received bytes; opens the window."""
-        cdef uint32_t avail = self.readable
+        cdef uint32_t avail = self._readable()
         if max_bytes >= 0 and <uint32_t>max_bytes < avail:
             avail = <uint32_t>max_bytes
         if avail == 0:
@@ -514,19 +521,34 @@ cdef class TcpConn:
         self.rbuf_head = (self.rbuf_head + avail) & (self.rbuf_cap - 1)
         self.rd_seq += avail
         self.bytes_read += avail
-        self.drained_since_grow += avail
         self._after_read()
         return out
 
     cdef void _after_read(self):
-        # Receive-buffer auto-tuning (in the spirit of Linux's tcp_rcv_space_adjust): when the
-        # application drains more than half the ring between two growths while the ring was
-        # the limit, double it. A stalled reader never triggers this, so its memory stays
-        # bounded by the window it was given.
+        # Receive-buffer auto-tuning (dynamic right-sizing, as Linux's tcp_rcv_space_adjust):
+        # once per receiver RTT, if the application drained more than half the ring in that
+        # RTT, the window is what limits the sender: size the ring to twice that amount (the
+        # bandwidth-delay product with headroom), up to rbuf_max. A stalled reader drains
+        # nothing, so its memory stays bounded by the window it was given.
         cdef uint32_t wnd_before = self.rcv_adv - self.rcv_nxt if seq_gt(self.rcv_adv, self.rcv_nxt) else 0
-        if self.drained_since_grow > self.rbuf_cap // 2 and self.rbuf_cap < self.rbuf_max:
-            self._grow_receive(self.rbuf_cap * 2)
-            self.drained_since_grow = 0
+        cdef double now = self.stack.now
+        cdef double rtt = self.rcv_rtt if self.rcv_rtt > 0 else (self.srtt if self.srtt > 0 else 0.01)
+        cdef uint64_t copied
+        cdef uint32_t cap
+        if rtt < 0.001:
+            rtt = 0.001            # the timestamp clock's resolution
+        if self.space_time == 0:
+            self.space_time = now
+            self.space_mark = self.bytes_read
+        elif now - self.space_time >= rtt:
+            copied = self.bytes_read - self.space_mark
+            if copied * 2 > self.rbuf_cap and self.rbuf_cap < self.rbuf_max:
+                cap = self.rbuf_cap
+                while cap < copied * 2 and cap < self.rbuf_max:
+                    cap *= 2
+                self._grow_receive(cap)
+            self.space_time = now
+            self.space_mark = self.bytes_read
         # Window update (RFC 9293 §3.8.6.2.2): tell the peer once the window grew enough.
         cdef uint32_t wnd_now = self._receive_window()
         if self.state in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2) and wnd_now >= 2 * wnd_before \
@@ -576,7 +598,7 @@ cdef class TcpConn:
         if self.state == CLOSED:
             return
         self.app_closed = True
-        if self.readable > 0 or self.state == SYN_SENT:
+        if self._readable() > 0 or self.state == SYN_SENT:
             self.abort()
             return
         self.shutdown()
@@ -606,6 +628,7 @@ cdef class TcpConn:
             "retransmits": self.retransmits, "fast_retransmits": self.fast_retransmits,
             "timeouts": self.timeouts, "ooo_segments": self.ooo_segments,
             "dup_segments": self.dup_segments, "window_probes": self.window_probes,
+            "tail_probes": self.tail_probes,
             "sack": self.sack_ok, "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale),
             "error": self.error,
@@ -629,6 +652,7 @@ cdef class TcpConn:
         self.rtx_at = 0
         self.delack_at = 0
         self.expire_at = 0
+        self.tlp_at = 0
         if self.listener is not None:
             self.listener._forget(self)
             self.listener = None
@@ -677,10 +701,36 @@ cdef class TcpConn:
                 self.stack._send_rst_for(self, self.snd_max)
                 self._close(0)
                 return 0
+        if self.tlp_at and self.tlp_at <= now:
+            self.tlp_at = 0
+            if not self.in_recovery and not self.tlp_done and self.snd_una != self.snd_max \
+                    and self.state >= ESTABLISHED and not self.persist:
+                self.tlp_done = True
+                self.tlp_send = True
+                self.tail_probes += 1
+                self.stack._want_output(self)
         if self.rtx_at and self.rtx_at <= now:
             self.rtx_at = 0
+            self.tlp_at = 0
             self._retransmit_timeout(now)
         return 0
+
+    cdef void _arm_tlp(self, double now):
+        # RFC 8985 §7.2: PTO = 2 * SRTT, plus the peer's delayed-ACK time when only one
+        # segment is in flight; never later than the RTO.
+        cdef double pto
+        if self.srtt == 0 or self.in_recovery or self.tlp_done or self.snd_una == self.snd_max:
+            self.tlp_at = 0
+            return
+        pto = 2 * self.srtt
+        if self.snd_max - self.snd_una <= self.smss:
+            pto += 0.2
+        if pto < 0.01:
+            pto = 0.01
+        if self.rtx_at and now + pto >= self.rtx_at:
+            self.tlp_at = 0
+            return
+        self.tlp_at = now + pto
 
     cdef int _retransmit_timeout(self, double now) except -1:
         cdef uint32_t flight
@@ -1078,10 +1128,13 @@ cdef class TcpConn:
                     self.cwnd += umin(acked, 2 * self.smss)
             else:
                 self._cwnd_on_ack(acked, flight_before, now)
+            self.tlp_done = False
             if self.snd_una == self.snd_max:
                 self.rtx_at = 0
+                self.tlp_at = 0
             else:
                 self.rtx_at = now + self.rto
+                self._arm_tlp(now)
             if self.persist and self.snd_wnd:
                 self.persist = False
             # Our FIN acknowledged?
@@ -1169,12 +1222,19 @@ cdef class TcpConn:
     cdef void _detect_loss(self, double now):
         cdef uint32_t lost = self.snd_una
         cdef uint32_t above = 0
+        cdef uint32_t flight = self.snd_max - self.snd_una
+        cdef uint32_t thresh = 2 * self.smss
         cdef int i
+        # RFC 5827 early retransmit: with fewer than 4 segments outstanding and nothing new to
+        # send, three duplicate ACKs can never come; lower the threshold to (segments - 1).
+        if flight < 4 * self.smss and self.snd_max == self.sbuf_seq + self.sbuf_len + \
+                (1 if self.fin_sent else 0):
+            thresh = self.smss if flight > 2 * self.smss else 0
         # RFC 6675 §4 IsLost(seq): more than (DupThresh - 1) * SMSS bytes SACKed above it.
         if self.sack_ok and self.sacked_n:
             for i in range(self.sacked_n - 1, -1, -1):
                 above += self.sacked[i].end - self.sacked[i].start
-                if above > 2 * self.smss:
+                if above > thresh:
                     lost = self.sacked[i].start
                     break
         if seq_gt(lost, self.snd_una) or self.dupacks >= 3:
@@ -1220,6 +1280,7 @@ cdef class TcpConn:
 
     cdef void _receive_data(self, Segment* s, double now):
         cdef uint32_t end, space, off, pos, first, n
+        cdef double rtt
         cdef int i, j
         cdef uint32_t mask = self.rbuf_cap - 1
         n = s.len
@@ -1239,6 +1300,11 @@ cdef class TcpConn:
             memcpy(self.rbuf, s.data + first, n - first)
         end = s.seq + n
         self.bytes_received += n
+        if self.ts_ok and s.has_ts and s.tsecr:
+            # Linux tcp_rcv_rtt_measure_ts: the echo of our clock bounds the RTT from above.
+            rtt = <double>(ts_clock(now) - (s.tsecr - self.ts_offset)) / 1000.0
+            if rtt >= 0 and (self.rcv_rtt == 0 or rtt < self.rcv_rtt):
+                self.rcv_rtt = rtt
         if s.seq == self.rcv_nxt:
             self.rcv_nxt = end
             if self.ooo_n:
@@ -1349,6 +1415,23 @@ cdef class TcpConn:
                 stack._emit(self, tx, self.snd_max, F_ACK, 0, now)
             return 0
         data_end = self.sbuf_seq + self.sbuf_len
+        if self.tlp_send:
+            if tx.count >= tx.slots:
+                return 1
+            self.tlp_send = False
+            if self.snd_una != self.snd_max:
+                # RFC 8985 §7.3: send new data if the window allows, else resend the last segment
+                wnd_end = self.snd_una + self.snd_wnd
+                if seq_lt(self.snd_max, data_end) and seq_gt(wnd_end, self.snd_max):
+                    n = umin(umin(data_end - self.snd_max, self.smss), wnd_end - self.snd_max)
+                    self._send_range(tx, self.snd_max, n, data_end, now, False)
+                else:
+                    seq = seq_max(self.snd_una, seq_min(self.snd_max, data_end) - self.smss) \
+                        if seq_gt(seq_min(self.snd_max, data_end), self.snd_una + self.smss) else self.snd_una
+                    n = seq_min(self.snd_max, data_end) - seq if seq_lt(seq, data_end) else 0
+                    if n or (self.fin_sent and seq == self.fin_seq):
+                        self._send_range(tx, seq, n, data_end, now, True)
+                sent_any += 1
         while True:
             if tx.count >= tx.slots:
                 return 1
@@ -1444,6 +1527,8 @@ cdef class TcpConn:
         if self.rtx_at == 0 or self.persist:
             self.persist = False
             self.rtx_at = now + self.rto
+        if not rexmit and self.tlp_at == 0:
+            self._arm_tlp(now)
         return n
 
 
@@ -1843,6 +1928,9 @@ cdef class TcpStack:
             d = c.expire_at
             if d and (best == 0 or d < best):
                 best = d
+            d = c.tlp_at
+            if d and (best == 0 or d < best):
+                best = d
         return best if best else None
 
     def handle_timer(self, double now) -> None:
@@ -1854,7 +1942,7 @@ cdef class TcpStack:
         for i in range(self.all_n):
             c = <TcpConn>self.all_conns[i]
             if (c.rtx_at and c.rtx_at <= now) or (c.delack_at and c.delack_at <= now) or \
-                    (c.expire_at and c.expire_at <= now):
+                    (c.expire_at and c.expire_at <= now) or (c.tlp_at and c.tlp_at <= now):
                 due.append(c)
         for c in due:
             c._on_timer(now)
@@ -2002,6 +2090,12 @@ cdef class TcpStack:
             return True
         cdef uint32_t h = key_hash(&key)
         cdef TcpConn c = self._lookup(&key, h)
+        if c is not None and c.state == TIME_WAIT and (s.flags & (F_SYN | F_ACK | F_RST)) == F_SYN \
+                and seq_gt(s.seq, c.rcv_nxt):
+            # RFC 9293 §3.6.1 / RFC 6191: a new SYN above the old sequence space may reuse a
+            # 4-tuple in TIME_WAIT; the old connection ends and the SYN opens a new one.
+            c._close(0)
+            c = None
         if c is not None:
             c._input(&s, now)
             if c.segs_unacked >= ACK_EVERY and c.list_index >= 0 and tx.count < tx.slots:
