@@ -557,8 +557,8 @@ cdef class TcpConn:
             self.stack._want_output(self)
 
     cdef int _grow_receive(self, uint32_t cap) except -1:
-        if cap > self.rbuf_max:
-            cap = self.rbuf_max
+        while cap > self.rbuf_max:           # stay a power of two (rbuf_max may not be one)
+            cap >>= 1
         if cap <= self.rbuf_cap:
             return 0
         cdef uint8_t* buf = <uint8_t*>PyMem_Malloc(cap)
@@ -1667,7 +1667,7 @@ cdef class TcpStack:
     cdef readonly uint64_t segments_in, segments_out, resets_sent, non_tcp, conns_opened
 
     def __cinit__(self, uint32_t mtu=1280, uint32_t send_buffer=4 << 20,
-                  uint32_t receive_buffer=6 << 20, uint32_t receive_buffer_initial=256 << 10,
+                  uint32_t receive_buffer=4 << 20, uint32_t receive_buffer_initial=256 << 10,
                   bytes secret=None):
         if not 576 <= mtu <= 65535:
             raise ValueError(f"MTU {mtu} out of range 576-65535")
@@ -1677,8 +1677,10 @@ cdef class TcpStack:
                 raise ValueError(f"{name} {value} out of range 4096-2**30")
         self.mtu = mtu
         self.send_buffer = send_buffer
-        self.receive_buffer = receive_buffer
-        self.receive_buffer_initial = 1 << (receive_buffer_initial.bit_length() - 1)
+        # Rings index with a mask: capacities are powers of two (rounded down).
+        self.receive_buffer = 1 << (receive_buffer.bit_length() - 1)
+        self.receive_buffer_initial = min(1 << (receive_buffer_initial.bit_length() - 1),
+                                          self.receive_buffer)
         self.sack_enabled = True
         self.timestamps_enabled = True
         self._conns = {}
@@ -1752,6 +1754,7 @@ cdef class TcpStack:
             i = (i + 1) & self.table_mask
 
     cdef int _table_insert(self, TcpConn c) except -1:
+        """Insert `c`, which must not be in ``_conns`` yet (a rebuild re-inserts those)."""
         cdef uint32_t i
         if (self.table_used + 1) * 2 > self.table_mask + 1:
             self._table_rebuild()
@@ -1797,8 +1800,8 @@ cdef class TcpStack:
 
     cdef int _add(self, TcpConn c) except -1:
         cdef bytes k = (<const uint8_t*>&c.key)[:sizeof(ConnKey)]
+        self._table_insert(c)        # before _conns: a rebuild must not insert c twice
         self._conns[k] = c
-        self._table_insert(c)
         if self.all_n == self.all_cap:
             self.all_cap *= 2
             self.all_conns = <void**>PyMem_Realloc(self.all_conns, self.all_cap * sizeof(void*))

@@ -813,6 +813,9 @@ class WgPair:
     preshared_key: str | None
     their_addresses: tuple[str, str] = ("10.77.0.1", "fd77::1")
     our_addresses: tuple[str, str] = ("10.77.0.2", "fd77::2")
+    # Link MTU of both sides; None: wireguard-go's link at 1420 and no MTU line in our config
+    # (so our side uses its default, also 1420).
+    mtu: int | None = None
 
     @property
     def endpoint(self) -> str:
@@ -822,13 +825,18 @@ class WgPair:
     def their_public_key(self) -> str:
         return self.wg.public_key
 
-    def wg_quick_config(self, persistent_keepalive: int | None = None) -> str:
-        """A wg-quick style config for our side."""
+    def wg_quick_config(
+        self, persistent_keepalive: int | None = None, mtu: int | None = None
+    ) -> str:
+        """A wg-quick style config for our side (`mtu` defaults to the pair's)."""
         lines = [
             "[Interface]",
             f"PrivateKey = {self.our_private_key}",
             f"Address = {self.our_addresses[0]}/32, {self.our_addresses[1]}/128",
         ]
+        mtu = mtu if mtu is not None else self.mtu
+        if mtu is not None:
+            lines.append(f"MTU = {mtu}")
         if self.our_port is not None:
             lines.append(f"ListenPort = {self.our_port}")
         lines += ["", "[Peer]", f"PublicKey = {self.their_public_key}"]
@@ -851,12 +859,15 @@ def wg_pair(
     our_private_key: str | None = None,
     their_private_key: str | None = None,
     persistent_keepalive: int | None = None,
+    mtu: int | None = None,
 ) -> WgPair:
     """Start wireguard-go in `ns` configured for one peer: us.
 
     `our_port`: if given, wireguard-go gets `endpoint 127.0.0.1:<our_port>` for us (so it can
     initiate); otherwise it learns our endpoint from our first authenticated packet.
     `preshared_key`: True to generate one, or a base64 key.
+    `mtu`: link MTU of wireguard-go's interface and of our config (default: 1420 and no MTU
+    line in our config).
     """
     wg = WireGuardGo(ns, private_key=their_private_key).start()
     our_priv = our_private_key or genkey()
@@ -868,10 +879,11 @@ def wg_pair(
         our_public_key=pubkey(our_priv),
         our_port=our_port,
         preshared_key=psk,
+        mtu=mtu,
     )
     wg.add_address(f"{pair.their_addresses[0]}/24")
     wg.add_address(f"{pair.their_addresses[1]}/64")
-    wg.up(1420)
+    wg.up(mtu if mtu is not None else 1420)
     wg.set_peer(
         pair.our_public_key,
         allowed_ips=[f"{pair.our_addresses[0]}/32", f"{pair.our_addresses[1]}/128"],
