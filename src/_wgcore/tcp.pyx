@@ -619,7 +619,10 @@ cdef class TcpConn:
         return {
             "state": STATE_NAMES[self.state], "cwnd": self.cwnd, "ssthresh": self.ssthresh,
             "srtt": self.srtt, "rttvar": self.rttvar, "rto": self.rto, "min_rtt": self.min_rtt,
-            "snd_wnd": self.snd_wnd, "rcv_wnd": self._receive_window(), "mss": self.smss,
+            "snd_wnd": self.snd_wnd, "mss": self.smss,
+            # the window last advertised (what the peer sees), and the ring's free space
+            "rcv_wnd": self.rcv_adv - self.rcv_nxt if seq_gt(self.rcv_adv, self.rcv_nxt) else 0,
+            "rcv_space": self._receive_window(),
             "send_buffer": self.sbuf_cap, "receive_buffer": self.rbuf_cap,
             "in_flight": self.snd_max - self.snd_una, "sacked": self.sacked_bytes,
             "bytes_sent": self.bytes_sent, "bytes_acked": self.bytes_acked,
@@ -1913,7 +1916,7 @@ cdef class TcpStack:
 
     @property
     def has_output(self) -> bool:
-        return self.out_n > 0
+        return self.out_n > 0 or bool(self._rsts) or bool(self._probes)
 
     def get_timer(self):
         """The earliest deadline among all connections (seconds), or None."""

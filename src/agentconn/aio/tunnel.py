@@ -230,6 +230,7 @@ class Tunnel:
             if not conn_waiter.done():
                 conn_waiter.set_exception(TunnelClosedError("tunnel closed"))
         self._dispatch_tcp()
+        self._send_resets_on_close()
         for handle in (self._flush_handle, self._timer_handle):
             if handle is not None:
                 handle.cancel()
@@ -241,6 +242,21 @@ class Tunnel:
                 waiter.set_exception(TunnelClosedError("tunnel closed"))
         if self._sock is not None:
             self._sock.close()
+
+    def _send_resets_on_close(self) -> None:
+        """Last words: the RSTs of the aborted connections, so peers do not wait forever."""
+        if self._loop is None or self._io is None or self._tx is None or self._tx_pending is not None:
+            return
+        try:
+            now, wall = self._loop.time(), time.time()
+            for _ in range(8):
+                more = self.tcp.output(self._tx, now)
+                if self._tx.count:
+                    self._send_tx(now, wall)
+                if not more or self._tx_pending is not None:
+                    break
+        except Exception:
+            log.exception("sending resets at close failed")
 
     # -- properties -----------------------------------------------------------------------------
 
@@ -560,7 +576,7 @@ class Tunnel:
             self._tx_pending = tx
             self._tx = self._tx_spare or PacketBatch(tx.slots, tx.slot_size)
             self._tx_spare = None
-            if not self._writer_armed and self._sock is not None:
+            if not self._writer_armed and self._sock is not None and not self._closed:
                 self._loop.add_writer(self._sock.fileno(), self._on_writable)
                 self._writer_armed = True
         else:
