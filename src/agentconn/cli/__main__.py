@@ -28,6 +28,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="two userspace WireGuard peers in one process, pinging")
     demo.add_argument("--count", type=int, default=5, help="pings each way (default 5)")
     demo.add_argument("--json", action="store_true", help="print the final state as JSON")
+    demo.add_argument("--megabytes", type=int, default=64,
+                      help="size of the TCP bulk transfer (default 64)")
 
     ping = sub.add_parser("ping", help="ping an address through a tunnel")
     ping.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
@@ -50,7 +52,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return _event_loop_runner(commands.demo(count=args.count, as_json=args.json))
+            return _event_loop_runner(commands.demo(count=args.count, as_json=args.json,
+                                                             megabytes=args.megabytes))
         if args.command == "ping":
             return _event_loop_runner(commands.ping(
                 config=args.config, address=args.address, count=args.count,

@@ -70,8 +70,57 @@ def _demo_config(private: bytes, peer_public: bytes, own: str, own6: str, peer: 
             f"AllowedIPs = {peer}/32, {peer6}/128\nPersistentKeepalive = 25\n")
 
 
-async def demo(*, count: int, as_json: bool) -> int:
-    """Two userspace WireGuard peers in this process, over loopback UDP, pinging each other."""
+async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
+    """B listens on TCP port 4 (the agent's HTTP port in Coder); A sends a line and gets it
+    echoed, then streams `megabytes` MB that B hashes; prints the throughput."""
+    import asyncio
+    import hashlib
+    import os
+    import time
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        line = await reader.readline()
+        writer.write(line)
+        digest, total = hashlib.sha256(), 0
+        while chunk := await reader.read(1 << 20):
+            digest.update(chunk)
+            total += len(chunk)
+        writer.write(f"{total} {digest.hexdigest()}\n".encode())
+        await writer.drain()
+        writer.close()
+
+    server = await b.start_server(serve, 4)
+    try:
+        start = time.perf_counter()
+        reader, writer = await a.open_connection("fd7a:115c:a1e0::2", 4)
+        writer.write(b"hello over userspace TCP\n")
+        echo = await reader.readline()
+        rtt = time.perf_counter() - start
+        print(f"A -> B TCP     [fd7a:115c:a1e0::2]:4: connect + echo {rtt * 1e3:.1f} ms: {echo!r}")
+        block = os.urandom(1 << 20)
+        digest = hashlib.sha256()
+        start = time.perf_counter()
+        for _ in range(megabytes):
+            writer.write(block)
+            digest.update(block)
+            await writer.drain()
+        writer.write_eof()
+        total, their = (await reader.readline()).decode().split()
+        elapsed = time.perf_counter() - start
+        conn = writer.get_extra_info("tcp_connection").counters()
+        ok = "sha256 ok" if their == digest.hexdigest() else "SHA256 MISMATCH"
+        print(f"A -> B TCP bulk: {int(total) / 1e6:.0f} MB in {elapsed:.2f} s = "
+              f"{int(total) * 8 / elapsed / 1e9:.2f} Gbit/s, {ok}; cwnd {conn['cwnd']} B, "
+              f"srtt {conn['srtt'] * 1e3:.2f} ms, retransmits {conn['retransmits']}")
+        writer.close()
+        await writer.wait_closed()
+    finally:
+        server.close()
+
+
+async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
+    """Two userspace WireGuard peers in this process, over loopback UDP: pings both ways, then
+    TCP (an echo and a bulk transfer) through the userspace TCP/IP stack."""
     from ..aio.tunnel import Tunnel
 
     key_a, key_b = dh_generate(), dh_generate()
@@ -92,6 +141,7 @@ async def demo(*, count: int, as_json: bool) -> int:
                 rtts.append(await src.ping(dst, timeout=5.0, kind=kind))  # type: ignore[arg-type]
             shown = " ".join(f"{r * 1e6:.0f}" for r in rtts)
             print(f"{label} {dst:>18}: rtt µs {shown}")
+        await _demo_tcp(a, b, megabytes)
         state: dict[str, Any] = {"A": a.stats(), "B": b.stats()}
         if as_json:
             print(json.dumps(state, indent=2, default=str))
