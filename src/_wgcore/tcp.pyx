@@ -13,8 +13,8 @@ batches to read from or write into (STYLE §3).
   connection's state machine (:class:`TcpConn`). Consumed descriptors are marked empty; anything
   that is not TCP is left for the Python IP layer (ICMP, UDP). Malformed or unwanted segments are
   counted by reason and dropped, or answered with a RST as RFC 9293 §3.10.7.1 says. ACKs owed
-  mid-batch are written straight into `tx`; when `tx` is nearly full, ``input`` returns the index
-  to resume from so the caller can seal and send it first.
+  mid-batch (every ACK_EVERY segments) are written straight into `tx` while it has room; the
+  rest go out with the next ``output``.
 * ``output(tx, now)`` lets every connection with something to send (data within min(cwnd, peer
   window), retransmissions, SYN/FIN, owed ACKs) cut segments into `tx` slots: IP and TCP headers
   are written in front of the payload copied from the send ring, 16 bytes of WireGuard header
@@ -146,7 +146,7 @@ cdef double RTO_MAX = 60.0
 cdef double DELACK_TIMEOUT = 0.04      # RFC 9293 §3.8.6.3: < 0.5 s; Linux's minimum
 cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN
 cdef double FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, after the application closed
-cdef int SYN_RETRIES = 6               # 1+2+4+8+16+32 s: gives up after ~63 s, as Linux
+cdef int SYN_RETRIES = 6               # 1+2+4+...+64 s: gives up after ~127 s, as Linux
 cdef int DATA_RETRIES = 12
 cdef double CUBIC_C = 0.4              # RFC 9438 §4.1
 cdef double CUBIC_BETA = 0.7
@@ -349,6 +349,7 @@ cdef class TcpConn:
     cdef double rto
     cdef double min_rtt
     cdef int retries
+    cdef int probes_unanswered           # zero-window probes since the peer last answered
     cdef uint32_t rtt_seq                # Karn timing without timestamps
     cdef double rtt_time
     cdef bint rtt_timing
@@ -711,6 +712,7 @@ cdef class TcpConn:
                 self.tlp_done = True
                 self.tlp_send = True
                 self.tail_probes += 1
+                self.rtx_at = now + self.rto   # the RTO restarts behind the probe
                 self.stack._want_output(self)
         if self.rtx_at and self.rtx_at <= now:
             self.rtx_at = 0
@@ -731,7 +733,7 @@ cdef class TcpConn:
         if pto < 0.01:
             pto = 0.01
         if self.rtx_at and now + pto >= self.rtx_at:
-            self.tlp_at = 0
+            self.tlp_at = self.rtx_at      # RFC 8985 §7.2: the probe replaces the first RTO
             return
         self.tlp_at = now + pto
 
@@ -750,7 +752,13 @@ cdef class TcpConn:
         if self.state == CLOSED or self.state == TIME_WAIT:
             return 0
         if self.persist:
-            # RFC 9293 §3.8.6.1: probe the zero window; no retry limit while the peer answers.
+            # RFC 9293 §3.8.6.1 / RFC 1122 §4.2.2.17: probe the zero window, with no limit
+            # while the peer answers; a peer that stops answering times out like data would.
+            self.probes_unanswered += 1
+            if self.probes_unanswered > DATA_RETRIES:
+                self.stack._send_rst_for(self, self.snd_max)
+                self._close(_errno.ETIMEDOUT)
+                return 0
             self.window_probes += 1
             self.stack._send_probe(self)
             self.rto = min(self.rto * 2, RTO_MAX)
@@ -877,6 +885,7 @@ cdef class TcpConn:
         self.state = ESTABLISHED
         self.retries = 0
         self.rtx_at = 0
+        self.expire_at = 0              # the SYN_RECEIVED give-up deadline
         self._event(TEV_CONNECTED)
 
     # -- segment arrival (RFC 9293 §3.10.7) ---------------------------------------------------
@@ -889,6 +898,20 @@ cdef class TcpConn:
         cdef uint32_t wnd = self._receive_window()
         cdef uint32_t seg_len = s.len + (1 if s.flags & F_SYN else 0) + (1 if s.flags & F_FIN else 0)
         cdef bint ok
+        if self.state == SYN_RECEIVED and s.flags & F_SYN and not (s.flags & F_RST) \
+                and s.seq + 1 == self.rcv_nxt:
+            if s.flags & F_ACK and seq_gt(s.ack, self.snd_una) and seq_le(s.ack, self.snd_max):
+                # Simultaneous open (RFC 9293 fig. 8): the peer's SYN-ACK repeats its SYN and
+                # acknowledges ours; take it as the ACK that completes our SYN-RECEIVED.
+                s.flags &= ~F_SYN
+                s.seq += 1
+                seg_len -= 1
+                self.ack_now = True
+            elif not (s.flags & F_ACK):
+                # The peer retransmitted its SYN: our SYN-ACK was lost; send it again.
+                self.snd_max = self.iss
+                stack._want_output(self)
+                return 0
         # RFC 7323 §5.3 PAWS: a segment with an older timestamp than ts_recent is a duplicate.
         if self.ts_ok and s.has_ts and not (s.flags & F_RST) and self.ts_recent \
                 and <int32_t>(s.tsval - self.ts_recent) < 0:
@@ -1080,6 +1103,7 @@ cdef class TcpConn:
             return 1
         flight_before = self.snd_max - self.snd_una
         old_wnd = self.snd_wnd
+        self.probes_unanswered = 0
         # Window update (RFC 9293 §3.10.7.4: SND.WL1/WL2 rule).
         if seq_lt(self.snd_wl1, s.seq) or (self.snd_wl1 == s.seq and seq_le(self.snd_wl2, s.ack)):
             self.snd_wnd = s.wnd << self.snd_wscale
@@ -2097,7 +2121,8 @@ cdef class TcpStack:
         cdef uint32_t h = key_hash(&key)
         cdef TcpConn c = self._lookup(&key, h)
         if c is not None and c.state == TIME_WAIT and (s.flags & (F_SYN | F_ACK | F_RST)) == F_SYN \
-                and seq_gt(s.seq, c.rcv_nxt):
+                and (seq_gt(s.seq, c.rcv_nxt) or
+                     (c.ts_ok and s.has_ts and <int32_t>(s.tsval - c.ts_recent) > 0)):
             # RFC 9293 §3.6.1 / RFC 6191: a new SYN above the old sequence space may reuse a
             # 4-tuple in TIME_WAIT; the old connection ends and the SYN opens a new one.
             c._close(0)
@@ -2314,7 +2339,10 @@ cdef class TcpStack:
         # Payload must fit the MTU with these options.
         cdef uint32_t iph = IPV4_HEADER if c.key.family == 4 else IPV6_HEADER
         if iph + TCP_HEADER + olen + n > self.mtu:
+            # the options left less room: a shorter segment no longer ends the data or the
+            # stream, so it must not carry PSH/FIN (the caller sends the rest later)
             n = self.mtu - iph - TCP_HEADER - olen
+            flags &= ~(F_FIN | F_PSH)
         cdef uint32_t tcp_len = TCP_HEADER + olen + n
         cdef uint8_t* p = self._slot(tx, iph + tcp_len)
         cdef uint8_t* t = p + iph
