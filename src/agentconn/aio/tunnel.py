@@ -65,7 +65,7 @@ def _connect_error(code: int, remote: tuple[bytes, int]) -> OSError:
 
 RES_DATA = RESULT["DATA"]
 EVENTS_CLOSED = TCP_EVENTS["CLOSED"]
-DEFAULT_MTU = 1420            # wg-quick's default; Coder's tailnet uses 1280 (tailnet.md §3)
+DEFAULT_MTU = 1280            # Coder's tailnet MTU (tailnet.md §3); set MTU in the config to change it
 RX_SLOTS = 64                 # messages per recvmmsg
 RX_SLOT_SIZE = 65536          # one GRO super-buffer per message
 TX_SLOTS = 256
