@@ -39,6 +39,12 @@ retransmission without copies (segment payload is copied once, into the packet s
 sealed in place); out-of-order data is written into the receive ring at its final offset, so
 reassembly is just moving ``rcv_nxt`` over ranges.
 
+Why the whole connection is here, not split: STYLE §5 sketches the per-segment work in C and the
+state machine in Python. Splitting one connection's state across that boundary would cost a
+Python call per "rare" segment (every FIN, RST, SYN of a 10,000-SYN flood) and duplicate the
+invariants that tie sequence space, rings and timers together; so the RFC 9293 machine lives in
+this one object, as plain commented code with each rule named, and Python sees only events.
+
 Invariants: the C tables (connection hash, connection list, output list) hold borrowed pointers
 to objects the stack keeps in Python containers (``_conns``, ``_listeners``); a connection leaves
 every table when it reaches CLOSED.
