@@ -141,7 +141,6 @@ cdef enum:
     MAX_SACK_BLOCKS = 32           # scoreboard / out-of-order ranges kept per connection
     ACK_EVERY = 16                 # full segments received before an ACK is sent mid-batch
     OUR_WSCALE = 7                 # RFC 7323: windows up to 8 MiB
-    TX_RESERVE = 4                 # slots input() keeps free in tx for ACKs/RSTs
     MAX_LOCAL_ADDRESSES = 8
 
 # Tunables (seconds / bytes). RFC 6298 §2: initial RTO 1 s, minimum 1 s there; like Linux we use
@@ -1354,8 +1353,6 @@ cdef class TcpConn:
                 if self.peer_fin_pending and self.rcv_nxt == self.peer_fin_seq:
                     self._receive_fin(now)
             self.segs_unacked += 1
-            if s.flags & F_PSH and self.segs_unacked == 1:
-                pass
             self._event(TEV_READABLE)
             self.stack._want_output(self)
         else:
@@ -2433,7 +2430,7 @@ cdef class TcpStack:
         store_u16be(t + 16, csum_fold(sum_))
 
     cdef int _send_rst(self, const ConnKey* key, uint32_t seq, uint32_t ack, uint8_t flags) except -1:
-        """A bare RST (no connection state). The caller checked tx has room (TX_RESERVE)."""
+        """Queue a bare RST (no connection state); ``output`` writes it."""
         # Queued; output() writes them first. Bounded, like Linux's RST rate limit.
         if len(self._rsts) >= 1024:
             return 0

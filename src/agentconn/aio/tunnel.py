@@ -19,6 +19,7 @@ reads clocks: ``loop.time()`` for protocol timers and ``time.time()`` for TAI64N
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import os
@@ -41,7 +42,7 @@ from ..wg.device import Device
 from ..wg.endpoint import format_sockaddr, sockaddr
 from ..wg.keys import encode_key, parse_key
 from .datagram import TunnelDatagramTransport
-from .streams import TcpTransport, TunnelServer
+from .streams import TcpTransport, TunnelServer, address_tuple, connection_error
 
 __all__ = ["Tunnel"]
 
@@ -55,13 +56,6 @@ def _ip_protocol(packet: bytes) -> int:
     return -1
 
 log = logging.getLogger("agentconn.tunnel")
-
-
-def _connect_error(code: int, remote: tuple[bytes, int]) -> OSError:
-    host = ipaddress.ip_address(remote[0])
-    what = {111: "connection refused", 110: "connection timed out",
-            104: "connection reset by peer"}.get(code, os.strerror(code))
-    return OSError(code, f"connect to {host} port {remote[1]}: {what}")
 
 RES_DATA = RESULT["DATA"]
 EVENTS_CLOSED = TCP_EVENTS["CLOSED"]
@@ -612,7 +606,8 @@ class Tunnel:
                             waiter.set_result(None)
                         elif obj.state_name == "CLOSED":
                             remote = obj.remote
-                            waiter.set_exception(_connect_error(obj.error or 111, remote))
+                            waiter.set_exception(connection_error(
+                                obj.error or errno.ECONNREFUSED, address_tuple(*remote)))
             except Exception:
                 log.exception("TCP event handling failed for %r", obj)
 
