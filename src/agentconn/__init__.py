@@ -1,6 +1,8 @@
 """agentconn: reach a Coder-style workspace agent over a userspace WireGuard tunnel.
 
-Public API (see the README): :class:`Tunnel` and the exception tree in :mod:`agentconn.errors`.
+Public API (see the README): :func:`connect` / :class:`AgentConn` (the client),
+:class:`Agent` (the agent server), :class:`Tunnel`, and the exception tree in
+:mod:`agentconn.errors`.
 """
 from __future__ import annotations
 
@@ -18,10 +20,18 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .agent.agent import Agent
+    from .agent.options import AgentOptions
     from .aio.tunnel import Tunnel
+    from .client.conn import AgentApiError, AgentConn, connect
 
 __all__ = [
+    "Agent",
+    "AgentApiError",
+    "AgentConn",
+    "AgentOptions",
     "Tunnel",
+    "connect",
     "AgentConnError",
     "ConfigError",
     "HandshakeError",
@@ -40,4 +50,16 @@ def __getattr__(name: str) -> Any:
         from .aio.tunnel import Tunnel
 
         return Tunnel
+    if name in ("AgentConn", "AgentApiError", "connect"):
+        from .client import conn
+
+        return getattr(conn, name)
+    if name == "Agent":
+        from .agent.agent import Agent
+
+        return Agent
+    if name == "AgentOptions":
+        from .agent.options import AgentOptions
+
+        return AgentOptions
     raise AttributeError(f"module 'agentconn' has no attribute {name!r}")

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import uuid
 
-from agentconn.agent.http import ApiError, RequestContext, Router, decode_body, json_ok, query_params
+from agentconn.agent.http import (
+    ApiError,
+    RequestContext,
+    Router,
+    decode_body,
+    json_ok,
+    query_params,
+)
 from agentconn.proto.files import LSRequest
 
 

@@ -249,6 +249,6 @@ class Router:
             if e.status_hint >= 500:
                 raise
             return ApiError(e.status_hint, "Bad request.", str(e)).to_response()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 - chi's recoverer: any failure is a 500
             _log.exception("handler for %s %s failed", request.method, request.target)
             return ApiError(500, "Internal error.", f"{type(e).__name__}: {e}").to_response()

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Sequence
 
@@ -43,6 +42,24 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
     ping.add_argument("address", help="IPv4 or IPv6 address inside the tunnel")
 
+    agent = sub.add_parser("agent", help="run a workspace agent serving the agent API on port 4")
+    agent.add_argument("--config", "-c", required=True,
+                       help="wg-quick configuration: the agent's key and its client peers")
+    agent.add_argument("--agent-id", required=True,
+                       help="the agent UUID (its tunnel addresses derive from it)")
+    agent.add_argument("--directory", help="the workspace working directory")
+    agent.add_argument("--log-dir", help="where coder-agent.log goes (default ~/.agentconn)")
+    agent.add_argument("--manifest", help="JSON file served at /debug/manifest")
+    agent.add_argument("--mcp-config", action="append",
+                       help="MCP config file (repeatable; default <directory>/.mcp.json)")
+
+    pair = sub.add_parser("pair", help="write agent.conf and client.conf that reach each other")
+    pair.add_argument("--agent-id", required=True, help="the agent UUID")
+    pair.add_argument("--out", default=".", help="directory to write into (default .)")
+    pair.add_argument("--port", type=int, default=51820, help="agent UDP port (default 51820)")
+    pair.add_argument("--host", default="127.0.0.1",
+                      help="agent host as the client reaches it (default 127.0.0.1)")
+
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     return parser
@@ -59,6 +76,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config=args.config, address=args.address, count=args.count,
                 interval=args.interval, timeout=args.timeout,
                 kind="tsmp" if args.tsmp else "icmp", show_stats=args.stats))
+        if args.command == "agent":
+            return _event_loop_runner(commands.agent(
+                config=args.config, agent_id=args.agent_id, directory=args.directory,
+                log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config))
+        if args.command == "pair":
+            return commands.pair(agent_id=args.agent_id, out_dir=args.out, port=args.port,
+                                 host=args.host)
         if args.command == "genkey":
             print(commands.genkey())
             return 0

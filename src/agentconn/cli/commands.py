@@ -73,7 +73,6 @@ def _demo_config(private: bytes, peer_public: bytes, own: str, own6: str, peer: 
 async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
     """B listens on TCP port 4 (the agent's HTTP port in Coder); A sends a line and gets it
     echoed, then streams `megabytes` MB that B hashes; prints the throughput."""
-    import asyncio
     import hashlib
     import os
     import time
@@ -159,4 +158,73 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
                 print(f"   timers (s from now): {peer['timers']}")
                 print(f"   endpoint {peer['endpoint']}  udp {s['udp']['gro'] and 'GRO' or '-'}"
                       f"/{s['udp']['gso'] and 'GSO' or '-'}")
+    return 0
+
+
+def pair(*, agent_id: str, out_dir: str, port: int, host: str) -> int:
+    """Write ``agent.conf`` and ``client.conf``: two wg-quick configs that reach each other.
+
+    The agent's addresses come from its UUID (the agent adds them itself); the client gets a
+    Coder-prefix /128 from a fresh random UUID. The agent listens on ``host:port`` (UDP).
+    """
+    import os
+    import uuid as uuid_mod
+
+    from ..proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
+
+    aid = uuid_mod.UUID(agent_id)
+    agent_key, client_key = dh_generate(), dh_generate()
+    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid_mod.uuid4())
+    a_ts, a_coder = agent_addresses(aid)
+    os.makedirs(out_dir, exist_ok=True)
+    agent_conf = (f"# agentconn agent {aid}: agentconn agent --config agent.conf --agent-id {aid}\n"
+                  f"[Interface]\nPrivateKey = {encode_key(agent_key)}\nListenPort = {port}\n\n"
+                  f"[Peer]\nPublicKey = {encode_key(public_key(client_key))}\n"
+                  f"AllowedIPs = {client_ip}/128\n")
+    client_conf = (f"# agentconn client for agent {aid}\n"
+                   f"[Interface]\nPrivateKey = {encode_key(client_key)}\n"
+                   f"Address = {client_ip}/128\n\n"
+                   f"[Peer]\nPublicKey = {encode_key(public_key(agent_key))}\n"
+                   f"Endpoint = {host}:{port}\nAllowedIPs = {a_ts}/128, {a_coder}/128\n"
+                   f"PersistentKeepalive = 25\n")
+    for name, text in (("agent.conf", agent_conf), ("client.conf", client_conf)):
+        path = os.path.join(out_dir, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        print(f"wrote {path}")
+    print(f"agent address [{a_ts}]:4 (also {a_coder}); client address {client_ip}")
+    return 0
+
+
+async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: str | None,
+                manifest: str | None, mcp_config: list[str] | None) -> int:
+    """Run a workspace agent until interrupted."""
+    import signal
+
+    from ..agent.agent import Agent
+    from ..agent.options import AgentOptions
+
+    options = AgentOptions(directory=directory)
+    if log_dir:
+        options.log_dir = log_dir
+    manifest_obj = None
+    if manifest:
+        from pathlib import Path
+
+        manifest_obj = json.loads(Path(manifest).read_bytes())  # noqa: ASYNC240 - startup
+    ag = Agent(config, agent_id, options=options, manifest=manifest_obj,
+               mcp_config_files=mcp_config)
+    await ag.start()
+    print(f"agentconn agent {ag.agent_id}: API on http://[{ag.address}]:4 "
+          f"(udp/{ag.tunnel.listen_port}, public key {ag.tunnel.public_key}); "
+          f"log {options.log_dir}/coder-agent.log", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        await ag.close()
     return 0

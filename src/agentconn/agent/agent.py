@@ -1,0 +1,226 @@
+"""The workspace agent: a userspace WireGuard peer serving the agent HTTP API on port 4.
+
+Theory of operation: :class:`Agent` owns a :class:`~agentconn.aio.tunnel.Tunnel` whose
+addresses include the two /128s derived from the agent UUID (Tailscale and Coder prefixes,
+agent-api.md §2.1), a :class:`~agentconn.agent.http.Router` with every API module registered,
+and an :class:`~agentconn.web.server.HttpServer` accepting on tunnel TCP port 4 (§2.2). Modules
+share one :class:`~agentconn.agent.options.AgentOptions`; chat path tracking flows from the
+files/processes modules through :meth:`Agent.touched_paths`. MCP servers start in the
+background so a slow server never delays the API; the agent's own log goes to
+``<log_dir>/coder-agent.log`` (served by ``/debug/logs``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import logging
+import os
+import uuid
+from collections.abc import Sequence
+from typing import Any, Self
+
+from agentconn.agent.debug import LOG_FILE, DebugApi
+from agentconn.agent.http import Router
+from agentconn.agent.options import AgentOptions
+from agentconn.aio.tunnel import Tunnel
+from agentconn.proto.ports import AGENT_HTTP_API_PORT, agent_addresses
+from agentconn.web.server import HttpServer
+from agentconn.wg.config import InterfaceConfig, load_config
+
+__all__ = ["Agent"]
+
+_log = logging.getLogger("agentconn.agent")
+
+# Go's http.Server settings for the agent API (§2.4): read-header/read/write 20 s. We keep idle
+# keep-alive connections for 60 s so a pooling client can reuse them.
+HEADER_TIMEOUT = 20.0
+BODY_TIMEOUT = 20.0
+WRITE_TIMEOUT = 20.0
+KEEP_ALIVE_TIMEOUT = 60.0
+
+
+def _with_agent_addresses(config: InterfaceConfig, agent_id: uuid.UUID) -> InterfaceConfig:
+    config = copy.deepcopy(config)
+    have = {iface.ip for iface in config.addresses}
+    for addr in agent_addresses(agent_id):
+        if addr not in have:
+            config.addresses.append(ipaddress.IPv6Interface(f"{addr}/128"))
+    return config
+
+
+class Agent:
+    """A workspace agent reachable over WireGuard.
+
+    ``config`` is a wg-quick file path, its text or an :class:`InterfaceConfig` (the agent's
+    key and its peers, i.e. the clients allowed in). ``agent_id`` decides the addresses.
+    ``options`` describe the workspace (home, working directory, environment, log dir).
+    ``manifest`` is served at ``/debug/manifest`` (a default one describing this agent if
+    ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. Use as an async context
+    manager or call :meth:`start` / :meth:`close`.
+    """
+
+    def __init__(
+        self,
+        config: InterfaceConfig | str | os.PathLike[str],
+        agent_id: uuid.UUID | str,
+        *,
+        options: AgentOptions | None = None,
+        manifest: dict[str, Any] | None = None,
+        mcp_config_files: Sequence[str] | None = None,
+        log_to_file: bool = True,
+        **tunnel_kwargs: Any,
+    ) -> None:
+        self.agent_id = uuid.UUID(str(agent_id))
+        base = config if isinstance(config, InterfaceConfig) else load_config(config)
+        self.config = _with_agent_addresses(base, self.agent_id)
+        self.options = options or AgentOptions()
+        self.tunnel = Tunnel(self.config, **tunnel_kwargs)
+        self.router = Router()
+        self.http = HttpServer(self.router, header_timeout=HEADER_TIMEOUT,
+                               body_timeout=BODY_TIMEOUT, write_timeout=WRITE_TIMEOUT,
+                               keep_alive_timeout=KEEP_ALIVE_TIMEOUT)
+        self.startup_settled = asyncio.Event()
+        self._mcp_config_files = list(mcp_config_files) if mcp_config_files is not None else None
+        self._log_to_file = log_to_file
+        self._log_handler: logging.Handler | None = None
+        self._servers: list[Any] = []
+        self._modules: list[Any] = []
+        self._mcp_task: asyncio.Task[None] | None = None
+        self._started = False
+        self._closed = False
+        #: chat id → paths touched under it (write-file, edit-files, process workdirs), §3.
+        self.touched_paths: dict[uuid.UUID, list[str]] = {}
+        self.manifest = manifest if manifest is not None else self._default_manifest()
+        self.debug = DebugApi(self.options.log_dir, tunnel=self.tunnel, router=self.router,
+                              manifest=self.manifest)
+
+    def _default_manifest(self) -> dict[str, Any]:
+        return {
+            "agent_id": str(self.agent_id),
+            "agent_name": "main",
+            "owner_name": os.environ.get("USER", ""),
+            "workspace_id": str(uuid.UUID(int=0)),
+            "workspace_name": "",
+            "directory": self.options.directory or "",
+            "environment_variables": {},
+            "apps": [],
+            "scripts": [],
+            "metadata": [],
+            "devcontainers": [],
+            "disable_direct_connections": False,
+            "derp_force_websockets": False,
+            "addresses": [str(a) for a in self.addresses],
+        }
+
+    @property
+    def addresses(self) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+        """The tunnel addresses: the configured ones plus the two derived from the UUID."""
+        return [iface.ip for iface in self.config.addresses]
+
+    @property
+    def address(self) -> ipaddress.IPv6Address:
+        """The address clients dial (Tailscale prefix)."""
+        return agent_addresses(self.agent_id)[0]
+
+    def _record_paths(self, chats: tuple[uuid.UUID, ...], paths: list[str]) -> None:
+        for chat in chats:
+            seen = self.touched_paths.setdefault(chat, [])
+            for p in paths:
+                if p not in seen:
+                    seen.append(p)
+
+    def _on_process_exit(self, chat: uuid.UUID, workdir: str) -> None:
+        if workdir:
+            self._record_paths((chat,), [workdir])
+
+    def _setup_logging(self) -> None:
+        if not self._log_to_file:
+            return
+        os.makedirs(self.options.log_dir, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(self.options.log_dir, LOG_FILE))
+        handler.setFormatter(logging.Formatter(
+            "%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
+        logger = logging.getLogger("agentconn")
+        if logger.level == logging.NOTSET or logger.level > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(handler)
+        self._log_handler = handler
+
+    async def start(self) -> None:
+        """Bring the tunnel up and serve the API on port 4 of every agent address."""
+        if self._started:
+            raise RuntimeError("agent already started")
+        self._started = True
+        self._setup_logging()
+        from agentconn.agent.contextconfig import ContextConfigApi
+        from agentconn.agent.files import FilesApi
+        from agentconn.agent.listening import ListeningPortsApi
+        from agentconn.agent.mcp import McpManager
+        from agentconn.agent.processes import ProcessManager
+
+        opts = self.options
+        mcp = McpManager(opts, self._mcp_config_files)
+        context = ContextConfigApi(opts, startup_settled=self.startup_settled)
+        self._modules = [
+            self.debug,
+            FilesApi(opts, self._record_paths),
+            ProcessManager(opts, self._on_process_exit),
+            ListeningPortsApi(opts),
+            context,
+            mcp,
+        ]
+        for module in self._modules:
+            module.register(self.router)
+        await self.tunnel.start()
+        self._servers.append(
+            await self.tunnel.start_server(self.http.serve_connection, AGENT_HTTP_API_PORT))
+        self._mcp_task = asyncio.create_task(self._start_mcp(mcp))
+        self.startup_settled.set()
+        _log.info("agent %s listening on [%s]:%d (udp/%d)", self.agent_id, self.address,
+                  AGENT_HTTP_API_PORT, self.tunnel.listen_port)
+
+    async def _start_mcp(self, mcp: Any) -> None:
+        try:
+            await mcp.start()
+        except Exception:  # noqa: BLE001 - a bad MCP server must not take the agent down
+            _log.exception("starting MCP servers failed")
+
+    async def close(self) -> None:
+        """Stop serving, end child processes and MCP servers, close the tunnel."""
+        if self._closed:
+            return
+        self._closed = True
+        for server in self._servers:
+            server.close()
+        if self._mcp_task is not None:
+            self._mcp_task.cancel()
+            await asyncio.gather(self._mcp_task, return_exceptions=True)
+        for module in reversed(self._modules):
+            closer = getattr(module, "close", None)
+            if closer is not None:
+                try:
+                    await closer()
+                except Exception:  # noqa: BLE001 - close the rest regardless
+                    _log.exception("closing %s failed", type(module).__name__)
+        await self.tunnel.close()
+        if self._log_handler is not None:
+            logging.getLogger("agentconn").removeHandler(self._log_handler)
+            self._log_handler.close()
+
+    async def serve_forever(self) -> None:
+        """Run until cancelled (the CLI's main loop)."""
+        if not self._started:
+            await self.start()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await self.close()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()

@@ -1,0 +1,543 @@
+"""``AgentConn``: the agent HTTP API as an async client over a userspace WireGuard tunnel.
+
+Theory of operation: every method maps to one route of :mod:`agentconn.proto.routes`.
+Requests go through one :class:`~agentconn.web.client.HttpClient` whose opener only ever dials
+the pinned agent address on port 4 through the tunnel (agent-api.md §2.3), so a redirect or a
+bad URL can never reach another host. Unlike the Go client, connections are kept alive and
+reused (``keep_alive=False`` restores the Go behaviour: ``Connection: close``, one TCP
+connection per call). JSON bodies are sent as Go's encoder writes them (no HTML escaping,
+trailing newline, no Content-Type); responses decode into the typed models of
+:mod:`agentconn.proto`. Any status other than the route's success status raises
+:class:`AgentApiError` carrying the decoded ``codersdk.Response`` (message, detail,
+validations) or the raw text. Large bodies stream both ways: :meth:`AgentConn.read_file`
+returns a :class:`FileStream`, :meth:`AgentConn.write_file` accepts bytes, a binary file object
+or an async iterator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import os
+import time
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+from typing import IO, TYPE_CHECKING, Any, Self, TypeVar
+
+from agentconn.errors import AgentConnError, PingTimeoutError, TunnelError
+from agentconn.proto._codec import Model, go_json
+from agentconn.proto.common import Response as MessageResponse
+from agentconn.proto.common import Validation
+from agentconn.proto.context import ContextConfigResponse
+from agentconn.proto.debug import NetcheckReport
+from agentconn.proto.files import (
+    FileEdit,
+    FileEditRequest,
+    FileEditResponse,
+    FileEdits,
+    LSRequest,
+    LSResponse,
+    ReadFileLinesResponse,
+    ResolvePathResponse,
+)
+from agentconn.proto.listening import ListeningPortsResponse
+from agentconn.proto.mcp import (
+    CallMCPToolRequest,
+    CallMCPToolResponse,
+    ListMCPToolsResponse,
+    ReadMCPResourceRequest,
+    ReadMCPResourceResponse,
+)
+from agentconn.proto.ports import AGENT_HTTP_API_PORT, agent_addr
+from agentconn.proto.processes import (
+    ListProcessesResponse,
+    ProcessOutputResponse,
+    SignalProcessRequest,
+    StartProcessRequest,
+    StartProcessResponse,
+)
+from agentconn.proto.routes import READ_FILE_LINES_DEFAULTS, QueryValue, build_target, route
+from agentconn.web.client import HttpClient
+from agentconn.web.client import Response as HttpResponse
+
+if TYPE_CHECKING:
+    from agentconn.aio.tunnel import Tunnel
+    from agentconn.wg.config import InterfaceConfig
+
+__all__ = [
+    "AgentApiError",
+    "AgentConn",
+    "FileStream",
+    "ReadFileLinesLimits",
+    "SkipClose",
+    "connect",
+]
+
+M = TypeVar("M", bound=Model)
+
+_ERROR_BODY_LIMIT = 4 << 20
+_WRITE_CHUNK = 1 << 20
+#: A successful exchange this recent counts as proof of reachability (no ping before dialing).
+_REACHABLE_FRESH = 10.0
+
+
+class AgentApiError(AgentConnError):
+    """The agent answered with an unexpected status (Go ``codersdk.Error``).
+
+    ``status`` is the HTTP status; ``message``, ``detail`` and ``validations`` come from the
+    JSON ``codersdk.Response`` body when there is one, else ``message`` is the raw body text.
+    ``method`` and ``target`` say which call failed.
+    """
+
+    def __init__(self, status: int, message: str, detail: str = "",
+                 validations: Sequence[Validation] = (), *, method: str = "",
+                 target: str = "", body: bytes = b"") -> None:
+        self.status = status
+        self.message = message
+        self.detail = detail
+        self.validations = list(validations)
+        self.method = method
+        self.target = target
+        self.body = body
+        text = f"{method} {target}: unexpected status code {status}: {message}"
+        if detail:
+            text += f": {detail}"
+        for v in self.validations:
+            text += f"\n\tError: {v.field}: {v.detail}"
+        super().__init__(text)
+
+
+class SkipClose(Exception):
+    """Raised (or returned) by a close hook to keep the shared tunnel open (``ErrSkipClose``)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFileLinesLimits:
+    """``workspacesdk.ReadFileLinesLimits``; the defaults are ``DefaultReadFileLinesLimits``."""
+
+    max_file_size: int = READ_FILE_LINES_DEFAULTS["max_file_size"]
+    max_line_bytes: int = READ_FILE_LINES_DEFAULTS["max_line_bytes"]
+    max_response_lines: int = READ_FILE_LINES_DEFAULTS["max_response_lines"]
+    max_response_bytes: int = READ_FILE_LINES_DEFAULTS["max_response_bytes"]
+
+
+class FileStream:
+    """The body of a ``read_file`` call, streamed: iterate it, or :meth:`read` it whole.
+
+    ``mime_type`` is the agent's Content-Type (``application/octet-stream`` when missing);
+    ``size`` the Content-Length (``None`` if absent). Close it (or use ``async with``) if not
+    read to the end.
+    """
+
+    def __init__(self, response: HttpResponse) -> None:
+        self._response = response
+        self.mime_type: str = response.headers.get("content-type") or "application/octet-stream"
+        length = response.headers.get("content-length")
+        self.size: int | None = int(length) if length and length.isdigit() else None
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self._response.iter_bytes()
+
+    async def read(self) -> bytes:
+        """The whole body (held in memory)."""
+        return await self._response.read()
+
+    async def aclose(self) -> None:
+        self._response.release()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self.aclose()
+
+
+def _json_body(model: Model) -> bytes:
+    # The Go client's encoder: SetEscapeHTML(false), trailing newline.
+    return go_json(model.to_json(), html_escape=False)
+
+
+async def _file_chunks(f: IO[bytes]) -> AsyncIterator[bytes]:
+    while chunk := await asyncio.to_thread(f.read, _WRITE_CHUNK):
+        yield chunk
+
+
+async def _iter_chunks(data: AsyncIterable[bytes | bytearray | memoryview]) -> AsyncIterator[bytes]:
+    async for chunk in data:
+        yield bytes(chunk)
+
+
+class AgentConn:
+    """A connection to one workspace agent, reached through ``tunnel``.
+
+    Build it with :func:`connect` (which owns the tunnel) or directly around a running
+    :class:`~agentconn.aio.tunnel.Tunnel`. ``close_hook`` runs on :meth:`close`; if it raises
+    :class:`SkipClose` the tunnel stays open (Go ``CloseFunc``/``ErrSkipClose``); otherwise the
+    tunnel is closed when ``owns_tunnel`` is true. ``timeout`` bounds each connect/read/write
+    (seconds). ``keep_alive=False`` sends ``Connection: close`` and opens a new TCP connection
+    for every call, like the Go client.
+    """
+
+    def __init__(self, tunnel: Tunnel, agent_id: uuid.UUID | str, *, owns_tunnel: bool = False,
+                 close_hook: Callable[[], Awaitable[None] | None] | None = None,
+                 timeout: float = 30.0, keep_alive: bool = True, max_idle: int = 8) -> None:
+        self.agent_id = uuid.UUID(str(agent_id))
+        self._tunnel = tunnel
+        self._owns_tunnel = owns_tunnel
+        self._close_hook = close_hook
+        self.timeout = timeout
+        self.keep_alive = keep_alive
+        self._address = agent_addr(self.agent_id)
+        self._host = str(self._address)
+        self._http = HttpClient(self._open, max_idle_per_host=max_idle if keep_alive else 0)
+        self._extra_headers: list[tuple[str, str]] = []
+        self._last_ok = 0.0
+        self._closed = False
+
+    # -- local ---------------------------------------------------------------------------
+
+    @property
+    def tunnel(self) -> Tunnel:
+        """The underlying tunnel (Go ``TailnetConn``)."""
+        return self._tunnel
+
+    @property
+    def agent_address(self) -> ipaddress.IPv6Address:
+        """The address dialed: Tailscale service prefix + the agent UUID's last 10 bytes."""
+        return self._address
+
+    @property
+    def connections_opened(self) -> int:
+        """TCP connections opened to the API so far (for tests and benchmarks)."""
+        return self._http.connections_opened
+
+    def set_extra_headers(self, headers: Mapping[str, str] | Sequence[tuple[str, str]]) -> None:
+        """Replace the headers added to every later API request (e.g. ``Coder-Chat-Id``)."""
+        items = headers.items() if isinstance(headers, Mapping) else headers
+        self._extra_headers = [(str(k), str(v)) for k, v in items]
+
+    async def await_reachable(self, timeout: float = 30.0) -> bool:
+        """Wait until the agent answers a TSMP ping (Go ``AwaitReachable``); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                await self._tunnel.ping(self._host, timeout=min(left, 1.0), kind="tsmp")
+            except PingTimeoutError:
+                continue
+            self._last_ok = time.monotonic()
+            return True
+
+    async def ping(self, timeout: float = 5.0) -> tuple[float, bool, dict[str, Any]]:
+        """One TSMP ping: (RTT seconds, direct path, result). Our tunnel has no DERP relay,
+        so every path is direct."""
+        rtt = await self._tunnel.ping(self._host, timeout=timeout, kind="tsmp")
+        self._last_ok = time.monotonic()
+        return rtt, True, {"IP": self._host, "LatencySeconds": rtt, "Endpoint": "",
+                           "NodeIP": self._host, "PeerAPIPort": 0}
+
+    def get_peer_diagnostics(self) -> dict[str, Any]:
+        """Tunnel-level diagnostics for the agent peer (handshake, endpoint, counters)."""
+        stats = self._tunnel.stats()
+        peers = stats.get("peers", [])
+        for p in peers:
+            for net in p.get("allowed_ips", []):
+                if self._address in ipaddress.ip_network(net):
+                    return {"peer": p, "tcp": {k: v for k, v in stats.get("tcp", {}).items()
+                                               if k != "connections"}}
+        return {"peer": None}
+
+    def lease(self, *, close_hook: Callable[[], Awaitable[None] | None] | None = None
+              ) -> AgentConn:
+        """Another :class:`AgentConn` to the same agent over the same tunnel whose
+        :meth:`close` never closes the tunnel (coderd's cached, shared connections wrapped
+        with ``ErrSkipClose``). It has its own connection pool and extra headers."""
+        async def hook() -> None:
+            if close_hook is not None:
+                result = close_hook()
+                if result is not None:
+                    await result
+            raise SkipClose
+
+        conn = AgentConn(self._tunnel, self.agent_id, close_hook=hook, timeout=self.timeout,
+                         keep_alive=self.keep_alive)
+        conn._last_ok = self._last_ok
+        return conn
+
+    async def close(self) -> None:
+        """Close pooled connections; run the close hook; close the tunnel if owned."""
+        if self._closed:
+            return
+        self._closed = True
+        await self._http.close()
+        if self._close_hook is not None:
+            try:
+                result = self._close_hook()
+                if result is not None:
+                    await result
+            except SkipClose:
+                return
+        if self._owns_tunnel:
+            await self._tunnel.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # -- transport ------------------------------------------------------------------------
+
+    async def _open(self, host: str, port: int) -> tuple[asyncio.StreamReader,
+                                                         asyncio.StreamWriter]:
+        # The pinned dialer (§2.3): only the agent address, only port 4.
+        if host != self._host or port != AGENT_HTTP_API_PORT:
+            raise TunnelError(f"refusing to dial {host}:{port}: only the agent address "
+                              f"[{self._host}]:{AGENT_HTTP_API_PORT} is allowed")
+        stale = time.monotonic() - self._last_ok > _REACHABLE_FRESH
+        if stale and not await self.await_reachable(self.timeout):
+            raise TunnelError("workspace agent not reachable in time")
+        return await self._tunnel.open_connection(self._host, AGENT_HTTP_API_PORT)
+
+    async def _send(self, name: str, *, path: Mapping[str, str | uuid.UUID] | None = None,
+                    query: Mapping[str, QueryValue | None] | None = None,
+                    body: bytes | AsyncIterable[bytes] | None = None,
+                    headers: Sequence[tuple[str, str]] = (),
+                    timeout: float | None = None) -> HttpResponse:
+        """Send a request for route ``name``; return the response if its status is the
+        route's success status, else raise :class:`AgentApiError`."""
+        if self._closed:
+            raise AgentConnError("AgentConn is closed")
+        r = route(name)
+        target = build_target(r, path, query)
+        hdrs = [*self._extra_headers, *headers]
+        if not self.keep_alive:
+            hdrs.append(("Connection", "close"))
+        resp = await self._http.request(r.method, target, host=self._host,
+                                        port=AGENT_HTTP_API_PORT, headers=hdrs, body=body,
+                                        timeout=self.timeout if timeout is None else timeout)
+        self._last_ok = time.monotonic()
+        if resp.status != r.status:
+            raise await self._error(resp, r.method, target)
+        return resp
+
+    @staticmethod
+    async def _error(resp: HttpResponse, method: str, target: str) -> AgentApiError:
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async for chunk in resp.iter_bytes():
+                size += len(chunk)
+                if size > _ERROR_BODY_LIMIT:
+                    break
+                chunks.append(chunk)
+        finally:
+            resp.release()
+        raw = b"".join(chunks)
+        ctype = resp.headers.get("content-type", "")
+        if "json" in ctype:
+            try:
+                parsed = MessageResponse.from_json(raw)
+            except AgentConnError:
+                pass
+            else:
+                return AgentApiError(resp.status, parsed.message, parsed.detail,
+                                     parsed.validations, method=method, target=target, body=raw)
+        text = raw.decode("utf-8", "replace").strip()
+        return AgentApiError(resp.status, text or resp.reason, method=method, target=target,
+                             body=raw)
+
+    async def _call(self, name: str, model: type[M], **kw: Any) -> M:
+        resp = await self._send(name, **kw)
+        async with resp:
+            return model.from_json(await resp.read())
+
+    async def _bytes(self, name: str, **kw: Any) -> bytes:
+        resp = await self._send(name, **kw)
+        async with resp:
+            return await resp.read()
+
+    # -- debug and health ---------------------------------------------------------------------
+
+    async def listening_ports(self) -> ListeningPortsResponse:
+        """Ports listening on the workspace (``GET /api/v0/listening-ports``)."""
+        return await self._call("ListeningPorts", ListeningPortsResponse)
+
+    async def netcheck(self) -> NetcheckReport:
+        """The agent's network report (``GET /api/v0/netcheck``)."""
+        return await self._call("Netcheck", NetcheckReport)
+
+    async def debug_magicsock(self) -> bytes:
+        """The agent's tunnel debug page (HTML)."""
+        return await self._bytes("DebugMagicsock")
+
+    async def debug_manifest(self) -> bytes:
+        """The agent's manifest as JSON bytes."""
+        return await self._bytes("DebugManifest")
+
+    async def debug_logs(self, after: datetime | None = None) -> bytes:
+        """The agent's log (first 10 MiB), or with ``after`` every log section since then."""
+        return await self._bytes("DebugLogs", query={"after": after}, timeout=330.0)
+
+    async def prometheus_metrics(self) -> bytes:
+        """The agent's metrics in the Prometheus text format."""
+        return await self._bytes("PrometheusMetrics")
+
+    # -- files --------------------------------------------------------------------------------
+
+    async def ls(self, path: str = "", request: LSRequest | None = None, *,
+                 relativity: str | None = None, components: Sequence[str] | None = None
+                 ) -> LSResponse:
+        """List a directory: ``ls("/abs/dir")`` or ``ls(components=["repos"],
+        relativity="home")`` (or a full :class:`LSRequest`)."""
+        if request is None:
+            request = LSRequest(path=list(components or []), relativity=relativity or
+                                ("root" if path or not components else "home"))
+        return await self._call("LS", LSResponse, query={"path": path or None},
+                                body=_json_body(request))
+
+    async def resolve_path(self, path: str) -> str:
+        """The path with symlinks resolved (missing trailing components kept)."""
+        resp = await self._call("ResolvePath", ResolvePathResponse, query={"path": path})
+        return resp.resolved_path
+
+    async def read_file(self, path: str, offset: int = 0, limit: int = 0) -> FileStream:
+        """Stream ``limit`` bytes (0: to EOF) of ``path`` from ``offset``; see :class:`FileStream`."""
+        resp = await self._send("ReadFile", query={"path": path, "offset": offset,
+                                                   "limit": limit})
+        return FileStream(resp)
+
+    async def read_file_bytes(self, path: str, offset: int = 0, limit: int = 0) -> bytes:
+        """:meth:`read_file` read whole."""
+        async with await self.read_file(path, offset, limit) as f:
+            return await f.read()
+
+    async def read_file_lines(self, path: str, offset: int = 1, limit: int = 0,
+                              limits: ReadFileLinesLimits | None = None) -> ReadFileLinesResponse:
+        """Numbered lines of a text file; domain failures come back as ``success=False``."""
+        lim = limits or ReadFileLinesLimits()
+        return await self._call("ReadFileLines", ReadFileLinesResponse, query={
+            "path": path, "offset": offset, "limit": limit,
+            "max_file_size": lim.max_file_size, "max_line_bytes": lim.max_line_bytes,
+            "max_response_lines": lim.max_response_lines,
+            "max_response_bytes": lim.max_response_bytes})
+
+    async def write_file(self, path: str,
+                         data: bytes | bytearray | memoryview | IO[bytes]
+                         | AsyncIterable[bytes | bytearray | memoryview]) -> None:
+        """Atomically replace ``path`` with ``data`` (bytes, a binary file object or an async
+        iterator of chunks; files and iterators are streamed, never held whole)."""
+        body: bytes | AsyncIterable[bytes]
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            body = bytes(data)
+        elif isinstance(data, AsyncIterable):
+            body = _iter_chunks(data)
+        elif hasattr(data, "read"):
+            body = _file_chunks(data)
+        else:
+            raise TypeError(f"write_file data must be bytes, a binary file or an async iterator, "
+                            f"not {type(data).__name__}")
+        resp = await self._send("WriteFile", query={"path": path}, body=body)
+        async with resp:
+            await resp.read()
+
+    async def edit_files(self, files: FileEditRequest | Sequence[FileEdits]
+                         | Mapping[str, Sequence[FileEdit | tuple[str, str]]],
+                         *, include_diff: bool = False) -> FileEditResponse:
+        """Apply search/replace edits to files atomically (all-or-nothing on validation).
+
+        ``files`` is a :class:`FileEditRequest`, a list of :class:`FileEdits`, or a mapping
+        ``{path: [(old, new), FileEdit, ...]}``.
+        """
+        if isinstance(files, FileEditRequest):
+            request = files
+        else:
+            items: list[FileEdits] = []
+            if isinstance(files, Mapping):
+                for p, edits in files.items():
+                    items.append(FileEdits(path=p, edits=[
+                        e if isinstance(e, FileEdit) else FileEdit.for_client(e[0], e[1])
+                        for e in edits]))
+            else:
+                items = list(files)
+            request = FileEditRequest(files=items, include_diff=include_diff)
+        return await self._call("EditFiles", FileEditResponse, body=_json_body(request))
+
+    # -- processes ----------------------------------------------------------------------------
+
+    async def start_process(self, command: str | StartProcessRequest, *, workdir: str = "",
+                            env: Mapping[str, str] | None = None,
+                            background: bool = False) -> StartProcessResponse:
+        """Start ``sh -c command`` on the agent, detached from this request."""
+        req = command if isinstance(command, StartProcessRequest) else StartProcessRequest(
+            command=command, workdir=workdir, env=dict(env or {}), background=background)
+        return await self._call("StartProcess", StartProcessResponse, body=_json_body(req))
+
+    async def list_processes(self) -> ListProcessesResponse:
+        """Up to 10 tracked processes, running first."""
+        return await self._call("ListProcesses", ListProcessesResponse)
+
+    async def process_output(self, process_id: str, *, wait: bool = False) -> ProcessOutputResponse:
+        """The process's output so far; ``wait=True`` blocks until it exits (≤ 5 minutes)."""
+        return await self._call("ProcessOutput", ProcessOutputResponse,
+                                path={"id": process_id}, query={"wait": wait},
+                                timeout=330.0 if wait else None)
+
+    async def signal_process(self, process_id: str, signal: str) -> None:
+        """Send ``"kill"`` or ``"terminate"`` to the process group."""
+        body = _json_body(SignalProcessRequest(signal=signal))
+        await self._call("SignalProcess", MessageResponse, path={"id": process_id}, body=body)
+
+    # -- MCP and context ----------------------------------------------------------------------
+
+    async def list_mcp_tools(self, *, refresh: bool = False) -> ListMCPToolsResponse:
+        """Tools of the MCP servers configured on the agent (``server__tool`` names)."""
+        return await self._call("ListMCPTools", ListMCPToolsResponse, query={"refresh": refresh})
+
+    async def call_mcp_tool(self, tool_name: str, arguments: Mapping[str, Any] | None = None
+                            ) -> CallMCPToolResponse:
+        """Call ``server__tool`` with ``arguments``."""
+        req = CallMCPToolRequest(tool_name=tool_name, arguments=dict(arguments or {}))
+        return await self._call("CallMCPTool", CallMCPToolResponse, body=_json_body(req),
+                                timeout=max(self.timeout, 90.0))
+
+    async def read_mcp_resource(self, server_name: str, uri: str) -> ReadMCPResourceResponse:
+        """Read one resource of an MCP server."""
+        req = ReadMCPResourceRequest(server_name=server_name, uri=uri)
+        return await self._call("ReadMCPResource", ReadMCPResourceResponse, body=_json_body(req))
+
+    async def context_config(self) -> ContextConfigResponse:
+        """Instruction files and skills found in the workspace."""
+        return await self._call("ContextConfig", ContextConfigResponse,
+                                timeout=max(self.timeout, 60.0))
+
+
+async def connect(config: InterfaceConfig | str | os.PathLike[str], agent_id: uuid.UUID | str,
+                  *, reachable_timeout: float = 30.0, **kwargs: Any) -> AgentConn:
+    """Bring up a tunnel from ``config`` (wg-quick path, text or parsed) and return an
+    :class:`AgentConn` to ``agent_id`` that owns it. Waits until the agent answers a ping;
+    raises :class:`~agentconn.errors.TunnelError` if it does not within ``reachable_timeout``.
+    """
+    from agentconn.aio.tunnel import Tunnel
+    from agentconn.wg.config import InterfaceConfig as _Config
+    from agentconn.wg.config import load_config
+
+    cfg = config if isinstance(config, _Config) else load_config(config)
+    tunnel = Tunnel(cfg)
+    await tunnel.start()
+    conn = AgentConn(tunnel, agent_id, owns_tunnel=True, **kwargs)
+    try:
+        if reachable_timeout and not await conn.await_reachable(reachable_timeout):
+            raise TunnelError(f"workspace agent {conn.agent_address} not reachable within "
+                              f"{reachable_timeout:g} s")
+    except BaseException:
+        await conn.close()
+        raise
+    return conn
+
