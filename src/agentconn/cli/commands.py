@@ -212,7 +212,7 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     if manifest:
         from pathlib import Path
 
-        manifest_obj = json.loads(Path(manifest).read_bytes())  # noqa: ASYNC240 - startup
+        manifest_obj = json.loads(Path(manifest).read_bytes())
     ag = Agent(config, agent_id, options=options, manifest=manifest_obj,
                mcp_config_files=mcp_config)
     await ag.start()
