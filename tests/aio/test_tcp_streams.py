@@ -512,6 +512,44 @@ def test_paused_reader_closes_window_and_stalls_writer(loop_name: str) -> None:
     with_pair(loop_name, body)
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_resumed_reader_reopens_window_without_probe(loop_name: str) -> None:
+    """A StreamReader that pauses its transport (buffer over its limit while the app is busy)
+    and then resumes must send the window update at once: the writer never has to wait for its
+    persist timer. (Before the fix the update waited for the next socket event, so every pause
+    cost a zero-window probe and >= 200 ms.)"""
+    data = pattern(4 * MB, seed=11)
+
+    async def body(a: Tunnel, b: Tunnel) -> None:
+        got = hashlib.sha256()
+        done: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+
+        async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            n = 0
+            while chunk := await reader.read(256 * 1024):
+                got.update(chunk)
+                n += len(chunk)
+                await asyncio.sleep(0.02)       # the app is busy; the reader buffer fills
+            writer.close()
+            done.set_result(n)
+
+        server = await b.start_server(slow_reader, 7011, limit=16 * 1024)
+        reader, writer = await a.open_connection("10.55.0.2", 7011)
+        local_port = writer.get_extra_info("sockname")[1]
+        for off in range(0, len(data), MB):
+            writer.write(data[off:off + MB])
+            await writer.drain()
+        writer.write_eof()
+        assert await asyncio.wait_for(done, 60) == len(data)
+        assert got.hexdigest() == sha(data)
+        sender = conn_stats(a, local_port)
+        assert sender["window_probes"] == 0 and sender["timeouts"] == 0, sender
+        writer.close()
+        server.close()
+
+    with_pair(loop_name, body)
+
+
 # -- errors and server lifecycle -------------------------------------------------------------
 
 

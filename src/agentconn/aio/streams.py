@@ -138,7 +138,14 @@ class TcpTransport(asyncio.Transport):
         if not self._reading_paused:
             return
         self._reading_paused = False
-        self._loop.call_soon(self._deliver)
+        self._loop.call_soon(self._resume_delivery)
+
+    def _resume_delivery(self) -> None:
+        # Reading drains the ring and may reopen a closed window: the window update must go
+        # out now (the tunnel flushes on its own only around its socket events), or the peer
+        # waits for its persist timer (>= 200 ms) to probe.
+        self._deliver()
+        self._tunnel._schedule_flush()
 
     # -- writing ------------------------------------------------------------------------------
 
