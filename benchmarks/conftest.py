@@ -73,6 +73,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if rows[0].get("kind") == "transfer":
             _write_transfers(write, rows)
             continue
+        if rows[0].get("kind") == "api":
+            _write_api(write, rows)
+            continue
         raws = [r for r in rows if r.get("role") == "raw"]
         for row in rows:
             if "packets_per_s" in row:
@@ -114,3 +117,20 @@ def _write_transfers(write: Any, rows: list[dict[str, Any]]) -> None:
     write("  /iperf3, /py-base: ours divided by wireguard-go <-> wireguard-go with iperf3 / with "
           "the Python peers, same direction. CPU s/GB: process CPU (user+sys) per GB moved; "
           "wg-go: all wireguard-go processes of the case.")
+
+
+def _write_api(write: Any, rows: list[dict[str, Any]]) -> None:
+    """bench_agent_api.py: small-call latency and bulk throughput, keep-alive vs per call."""
+    base = {r["name"].rsplit(", ", 1)[0]: r for r in rows if r["name"].endswith("per-call")}
+    for row in rows:
+        stem = row["name"].rsplit(", ", 1)[0]
+        if "p50" in row:
+            line = (f"  {row['name']:<36} {row['calls_per_s']:8.0f} calls/s  p50 "
+                    f"{row['p50'] * 1e3:6.2f} ms  p99 {row['p99'] * 1e3:6.2f} ms  "
+                    f"{row['connections']} TCP connections")
+        else:
+            line = f"  {row['name']:<36} {row['mb_per_s']:8.1f} MB/s"
+        if row["name"].endswith("keep-alive") and stem in base:
+            ref = base[stem]
+            line += f"   keep-alive/per-call: {ref['seconds'] / row['seconds']:.2f}x"
+        write(line)

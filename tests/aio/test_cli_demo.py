@@ -1,4 +1,4 @@
-"""`agentconn demo` (the README's main job) runs end to end: pings and TCP over a real tunnel."""
+"""`agentconn demo` (the README main job) runs end to end: pings, TCP and the agent API."""
 from __future__ import annotations
 
 import os
@@ -23,3 +23,9 @@ def test_demo_pings_and_moves_tcp_data_intact() -> None:
     bulk = [line for line in lines if "TCP bulk" in line]
     assert len(bulk) == 1 and "sha256 ok" in bulk[0] and "8 MB" in bulk[0], out.stdout
     assert "drops 0" in out.stdout
+    # the agent API part: Agent + AgentConn in the same process over their own tunnel
+    assert "API ls " in out.stdout and "'hello.py'" in out.stdout
+    assert "+print('hi from the agent')" in out.stdout
+    assert "API read_file: b\"print('hi from the agent')\\n\"" in out.stdout
+    assert "exit 0, output 'hi from the agent\\n'" in out.stdout
+    assert "over 1 TCP connection(s)" in out.stdout

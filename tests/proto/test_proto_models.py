@@ -468,7 +468,6 @@ def test_netcheck_example() -> None:
         (m.DesktopActionRequest, b'{"coordinate":[1,"2"]}', "coordinate[1]", "integer"),
         (m.DesktopActionRequest, b'{"duration":"1s"}', "duration", "integer"),
         (m.CallMCPToolRequest, b'{"tool_name":"a__b","arguments":[1]}', "arguments", "object"),
-        (m.ReadMCPResourceRequest, b'{"server_name":"s"}', "uri", "required"),
         (m.MCPContent, b'{"type":"video"}', "type", "one of"),
         (m.NetcheckReport, b'{"net_info":[]}', "net_info", "object"),
         (m.NetcheckReport, b'{"interfaces":{"severity":"bad"}}', "interfaces.severity", "one of"),

@@ -161,8 +161,11 @@ class Agent:
         from agentconn.agent.processes import ProcessManager
 
         opts = self.options
-        mcp = McpManager(opts, self._mcp_config_files)
+        # ContextConfigApi consumes the CODER_AGENT_EXP_* variables (children must not inherit
+        # them) and resolves the .mcp.json list the MCP manager uses.
         context = ContextConfigApi(opts, startup_settled=self.startup_settled)
+        mcp = McpManager(opts, self._mcp_config_files if self._mcp_config_files is not None
+                         else context.mcp_config_files())
         self._modules = [
             self.debug,
             FilesApi(opts, self._record_paths),

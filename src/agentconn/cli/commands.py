@@ -117,6 +117,63 @@ async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
         server.close()
 
 
+async def _demo_agent_api() -> None:
+    """An Agent and an AgentConn in this process over their own tunnel: the README snippet
+    (list a directory, write, edit and read a file, run a process) against real files."""
+    import tempfile
+    import uuid
+    from pathlib import Path
+
+    from ..agent.agent import Agent
+    from ..agent.options import AgentOptions
+    from ..aio.tunnel import Tunnel
+    from ..client.conn import AgentConn
+    from ..proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
+
+    agent_id = uuid.UUID("12345678-1234-1234-1234-123456789abc")
+    ka, kc = dh_generate(), dh_generate()
+    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid.uuid4())
+    ts, coder = agent_addresses(agent_id)
+    with tempfile.TemporaryDirectory(prefix="agentconn-demo-") as tmp:
+        root = Path(tmp)
+        for d in ("home", "work", "logs"):
+            (root / d).mkdir()
+        options = AgentOptions(home=str(root / "home"), directory=str(root / "work"),
+                               log_dir=str(root / "logs"))
+        agent = Agent(f"[Interface]\nPrivateKey = {encode_key(ka)}\n[Peer]\n"
+                      f"PublicKey = {encode_key(public_key(kc))}\nAllowedIPs = {client_ip}/128\n",
+                      agent_id, options=options, listen_host="127.0.0.1")
+        async with agent, Tunnel.from_config(
+                f"[Interface]\nPrivateKey = {encode_key(kc)}\nAddress = {client_ip}/128\n"
+                f"[Peer]\nPublicKey = {encode_key(public_key(ka))}\n"
+                f"Endpoint = 127.0.0.1:{agent.tunnel.listen_port}\n"
+                f"AllowedIPs = {ts}/128, {coder}/128\n", listen_host="127.0.0.1") as client:
+            async with AgentConn(client, agent_id) as conn:
+                start = time.perf_counter()
+                work = str(root / "work")
+                await conn.write_file(f"{work}/hello.py", b"print('hello from the agent')\n")
+                listing = await conn.ls(work)
+                names = [e.name for e in listing.contents]
+                print(f"agent {agent_id} at [{conn.agent_address}]:4")
+                print(f"API ls {work}: {names}")
+                res = await conn.edit_files({f"{work}/hello.py": [("hello from", "hi from")]},
+                                            include_diff=True)
+                print("API edit_files diff:\n  " + res.files[0].diff.strip().replace("\n", "\n  "))
+                text = await conn.read_file_bytes(f"{work}/hello.py")
+                print(f"API read_file: {text!r}")
+                proc = await conn.start_process(f"python3 {work}/hello.py || python {work}/hello.py")
+                out = await conn.process_output(proc.id, wait=True)
+                print(f"API process {proc.id}: exit {out.exit_code}, output {out.output!r}")
+                calls = 200
+                t0 = time.perf_counter()
+                for _ in range(calls):
+                    await conn.list_processes()
+                each = (time.perf_counter() - t0) / calls
+                print(f"API {calls} keep-alive calls: {each * 1e3:.2f} ms each over "
+                      f"{conn.connections_opened} TCP connection(s); whole API demo "
+                      f"{time.perf_counter() - start:.2f} s")
+
+
 async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
     """Two userspace WireGuard peers in this process, over loopback UDP: pings both ways, then
     TCP (an echo and a bulk transfer) through the userspace TCP/IP stack."""
@@ -141,6 +198,7 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
             shown = " ".join(f"{r * 1e6:.0f}" for r in rtts)
             print(f"{label} {dst:>18}: rtt µs {shown}")
         await _demo_tcp(a, b, megabytes)
+        await _demo_agent_api()
         state: dict[str, Any] = {"A": a.stats(), "B": b.stats()}
         if as_json:
             print(json.dumps(state, indent=2, default=str))

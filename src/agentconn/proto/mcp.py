@@ -104,8 +104,8 @@ class CallMCPToolResponse(Model):
 class ReadMCPResourceRequest(Model):
     """``POST /api/v0/mcp/read-resource`` body."""
 
-    server_name: str = key("server_name")
-    uri: str = key("uri")
+    server_name: str = key("server_name", default="")
+    uri: str = key("uri", default="")
 
 
 ReadMCPResourceResponse = MCPResourceContents
