@@ -51,10 +51,21 @@ async def make_api() -> AsyncIterator[MakeApi]:
     """``api = await make_api(router)``: serve ``router`` on 127.0.0.1 and return a harness."""
     servers: list[asyncio.Server] = []
     clients: list[HttpClient] = []
+    serving: set[asyncio.Task[None]] = set()
 
     async def make(router: Router) -> ApiHarness:
         http = HttpServer(router)
-        server = await asyncio.start_server(http.serve_connection, "127.0.0.1", 0)
+
+        async def serve(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            serving.add(task)
+            try:
+                await http.serve_connection(r, w)
+            finally:
+                serving.discard(task)
+
+        server = await asyncio.start_server(serve, "127.0.0.1", 0)
         servers.append(server)
         port = server.sockets[0].getsockname()[1]
         client = HttpClient(asyncio.open_connection)
@@ -64,6 +75,10 @@ async def make_api() -> AsyncIterator[MakeApi]:
     yield make
     for c in clients:
         await c.close()
+    # Let connection handlers see the clients' EOF and return, so none is cancelled at loop
+    # teardown (Python 3.11's start_server callback logs a cancelled handler as an error).
+    if serving:
+        await asyncio.wait(set(serving), timeout=5)
     for s in servers:
         s.close()
         await s.wait_closed()
