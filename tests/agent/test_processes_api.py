@@ -501,3 +501,43 @@ async def test_waitpid_thread_fallback() -> None:
     status = await processes._wait_exit_thread(popen.pid)
     popen.returncode = -1  # reaped by us; keep Popen from waiting again
     assert status is not None and os.waitstatus_to_exitcode(status) == 5
+
+
+async def test_wait_ends_when_the_client_goes_away(make_procs: MakeHarness) -> None:
+    """§4.3: ``wait=true`` blocks until exit, the cap, or the client leaving — the last one
+    must free the handler (and its connection) at once, not after 5 minutes."""
+    h = await make_procs()
+    pid = await h.start("sleep 60")
+    finished: list[int] = []
+    original = h.manager._output
+
+    async def spy(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return await original(*args, **kwargs)
+        finally:
+            finished.append(1)
+
+    h.manager._output = spy  # type: ignore[method-assign]
+    router = Router()
+    h.manager.register(router)
+    from agentconn.web import HttpServer
+
+    server = await asyncio.start_server(HttpServer(router).serve_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"GET /api/v0/processes/{pid}/output?wait=true HTTP/1.1\r\n"
+                     "Host: agent\r\n\r\n".encode())
+        await writer.drain()
+        await asyncio.sleep(0.5)
+        assert finished == []          # still waiting for the process
+        writer.close()
+        await _until(lambda: _ready(finished), timeout=10)
+        assert (await h.output(pid)).json()["running"] is True
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def _ready(flag: list[int]) -> bool:
+    return bool(flag)

@@ -321,23 +321,6 @@ def _skill_parts(roots: list[str], meta_file: str) -> list[ChatMessagePart]:
     return parts
 
 
-def _client_gone(request: Request) -> bool:
-    """Whether the client hung up while its request waits (Go: the request context ends).
-
-    The web server exposes no disconnect signal, so this looks at the connection's stream
-    pair: a peer EOF or a closing transport means nobody will read the answer.
-    """
-    stream = getattr(request, "_stream", None)
-    reader = getattr(stream, "reader", None)
-    writer = getattr(stream, "writer", None)
-    try:
-        if writer is not None and writer.is_closing():
-            return True
-        return bool(reader is not None and reader.at_eof())
-    except Exception:  # noqa: BLE001 - a foreign stream type: assume the client is there
-        return False
-
-
 class ContextConfigApi:
     """Serves ``GET /api/v0/context-config`` (§12.1).
 
@@ -415,7 +398,7 @@ class ContextConfigApi:
                 done, _ = await asyncio.wait({waiter}, timeout=min(remaining, _GONE_POLL_INTERVAL))
                 if done:
                     return True
-                if _client_gone(request):
+                if request.client_gone:
                     return False
         finally:
             waiter.cancel()

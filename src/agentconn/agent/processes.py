@@ -380,10 +380,16 @@ class ProcessManager:
         if proc is None:
             raise ApiError(404, f"Process {_go_quote(id)} not found.")
         if query_params(request, "ProcessOutput")["wait"] is True and proc.running:
+            # §4.3: until the process exits, the client goes away or the cap passes; then
+            # answer with the current snapshot.
+            done = asyncio.ensure_future(proc.done.wait())
+            gone = asyncio.ensure_future(request.wait_client_gone())
             try:
-                await asyncio.wait_for(proc.done.wait(), self._max_wait)
-            except TimeoutError:
-                pass  # §4.3: the cap passed; answer with the current snapshot
+                await asyncio.wait({done, gone}, timeout=self._max_wait,
+                                   return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                done.cancel()
+                gone.cancel()
         # State before output: once the state says exited, the buffer is final.
         running, exit_code = proc.running, proc.exit_code
         output, truncated = proc.buffer.output()

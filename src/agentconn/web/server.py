@@ -176,6 +176,18 @@ class Request:
             raise RemoteProtocolError(f"request body is not JSON: {exc}") from exc
 
     @property
+    def client_gone(self) -> bool:
+        """True once the client hung up (its half of the connection ended or the connection is
+        closing): a long-running handler can stop waiting, as Go's request context ends."""
+        writer, reader = self._stream.writer, self._stream.reader
+        return writer.is_closing() or reader.at_eof()
+
+    async def wait_client_gone(self, poll: float = 0.25) -> None:
+        """Return once :attr:`client_gone` is true (checked every ``poll`` seconds)."""
+        while not self.client_gone:
+            await asyncio.sleep(poll)
+
+    @property
     def is_websocket(self) -> bool:
         """True when this is a websocket upgrade request (``Upgrade: websocket``)."""
         return "websocket" in self.headers.get("upgrade", "").lower()
