@@ -114,6 +114,32 @@ class H11Stream:
             self.writer.writelines(pieces)
             await wait_for(self.writer.drain(), timeout, "HTTP write")
 
+    async def close_lingering(self, linger: float = 0.5, limit: int = 256 * 1024) -> None:
+        """Half-close, then discard what the peer still sends (up to ``linger`` seconds and
+        ``limit`` bytes) before closing: closing with unread input makes TCP answer with a
+        reset, which can destroy a final error response before the peer reads it (Go's
+        ``closeWriteAndWait`` does the same)."""
+        if self.closed:
+            return
+        try:
+            if self.writer.can_write_eof():
+                self.writer.write_eof()
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + linger
+            left = limit
+            while left > 0:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                data = await asyncio.wait_for(self.reader.read(min(left, 65536)), remaining)
+                if not data:
+                    break
+                left -= len(data)
+        except (OSError, RuntimeError, asyncio.TimeoutError):
+            pass
+        finally:
+            self.close()
+
     def close(self) -> None:
         """Close the transport (idempotent); does not wait."""
         if not self.closed:

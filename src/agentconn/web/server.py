@@ -281,7 +281,11 @@ class HttpServer:
         except Exception:  # noqa: BLE001 - one bad connection must not stop the server
             _log.exception("HTTP connection %s failed", stream.peer())
         finally:
-            stream.close()
+            if stream.conn.their_state is h11.DONE or stream.conn.their_state is h11.CLOSED:
+                stream.close()
+            else:
+                # Input may be left unread (e.g. after a 431): linger so the answer survives.
+                await stream.close_lingering()
 
     async def _read_head(self, stream: H11Stream) -> h11.Request | None:
         loop = asyncio.get_running_loop()
