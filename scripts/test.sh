@@ -29,6 +29,9 @@ need_cmd wg wireguard-tools
 need_cmd ip iproute2
 need_cmd iperf3 iperf3
 need_cmd curl curl
+need_cmd ssh openssh-client
+need_cmd sftp openssh-client
+need_cmd sshd openssh-server
 need_cmd ping iputils-ping
 need_cmd gcc gcc
 if ! command -v "$PYTHON" >/dev/null 2>&1; then

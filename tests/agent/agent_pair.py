@@ -54,11 +54,14 @@ def make_options(root: Path, **kw: Any) -> AgentOptions:
 
 @asynccontextmanager
 async def agent_pair(root: Path, *, agent_kwargs: dict[str, Any] | None = None,
-                     conn_kwargs: dict[str, Any] | None = None) -> AsyncIterator[Pair]:
+                     conn_kwargs: dict[str, Any] | None = None,
+                     services: tuple[str, ...] = ()) -> AsyncIterator[Pair]:
+    """``services``: the agent's stream services to run (none by default, so tests can start
+    their own server on ``p.agent.tunnel``)."""
     agent_conf, client_conf, _ = pair_configs()
     options = make_options(root)
     agent = Agent(agent_conf, AGENT_ID, options=options, listen_host="127.0.0.1",
-                  **(agent_kwargs or {}))
+                  services=services, **(agent_kwargs or {}))
     await agent.start()
     client = Tunnel.from_config(client_conf, listen_host="127.0.0.1")
     await client.start()

@@ -278,3 +278,34 @@ async def test_mcp_tools_through_the_tunnel(tmp_path: Path) -> None:
         assert ei.value.status == 400
         resource = await p.conn.read_mcp_resource("py", "test://greeting")
         assert resource.uri == "test://greeting" and resource.text
+
+
+async def test_agent_runs_ssh_and_speedtest(tmp_path: Path) -> None:
+    """The services Agent starts by default, reached through AgentConn's methods."""
+    async with agent_pair(tmp_path, services=("ssh", "speedtest")) as p:
+        async with await p.conn.ssh_client() as client:
+            result = await client.run("echo $((6 * 7)); exit 4")
+            assert result.stdout == "42\n" and result.exit_status == 4
+        async with await p.conn.ssh_client(port=22) as client:
+            assert (await client.run("true")).exit_status == 0
+        reader, writer = await p.conn.ssh()
+        assert (await reader.readline()).startswith(b"SSH-2.0-")
+        writer.close()
+        res = await p.conn.speedtest("down", 5.0)
+        assert res.bytes > 0 and len(res.intervals) >= 4
+
+
+async def test_agent_runs_reconnecting_pty(tmp_path: Path) -> None:
+    async with agent_pair(tmp_path, services=("pty",)) as p:
+        sid = uuid.uuid4()
+        pty = await p.conn.reconnecting_pty(sid, 24, 80, "sh")
+        await pty.write("echo pty-$((40 + 2))\r")
+        seen = b""
+        while b"pty-42" not in seen:
+            seen += await asyncio.wait_for(pty.read(65536), 20)
+        pty.close()
+        await pty.wait_closed()
+        again = await p.conn.reconnecting_pty(sid, 24, 80, "sh")
+        replay = await asyncio.wait_for(again.read(65536), 20)
+        assert b"pty-42" in replay
+        again.close()

@@ -525,7 +525,7 @@ async def test_wait_ends_when_the_client_goes_away(make_procs: MakeHarness) -> N
     server = await asyncio.start_server(HttpServer(router).serve_connection, "127.0.0.1", 0)
     port = server.sockets[0].getsockname()[1]
     try:
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        _reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(f"GET /api/v0/processes/{pid}/output?wait=true HTTP/1.1\r\n"
                      "Host: agent\r\n\r\n".encode())
         await writer.drain()

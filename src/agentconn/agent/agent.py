@@ -40,6 +40,9 @@ BODY_TIMEOUT = 20.0
 WRITE_TIMEOUT = 20.0
 KEEP_ALIVE_TIMEOUT = 60.0
 
+#: The stream services an agent runs besides the HTTP API, by name.
+STREAM_SERVICES = ("ssh", "pty", "speedtest")
+
 
 def _with_agent_addresses(config: InterfaceConfig, agent_id: uuid.UUID) -> InterfaceConfig:
     config = copy.deepcopy(config)
@@ -57,7 +60,9 @@ class Agent:
     key and its peers, i.e. the clients allowed in). ``agent_id`` decides the addresses.
     ``options`` describe the workspace (home, working directory, environment, log dir).
     ``manifest`` is served at ``/debug/manifest`` (a default one describing this agent if
-    ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. Use as an async context
+    ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. ``services`` names the
+    stream services to run besides the HTTP API (default all: ``"ssh"`` on ports 1 and 22,
+    ``"pty"`` (reconnecting PTY) on port 2, ``"speedtest"`` on port 3). Use as an async context
     manager or call :meth:`start` / :meth:`close`.
     """
 
@@ -70,6 +75,7 @@ class Agent:
         manifest: dict[str, Any] | None = None,
         mcp_config_files: Sequence[str] | None = None,
         log_to_file: bool = True,
+        services: Sequence[str] = STREAM_SERVICES,
         **tunnel_kwargs: Any,
     ) -> None:
         self.agent_id = uuid.UUID(str(agent_id))
@@ -87,6 +93,12 @@ class Agent:
         self._log_handler: logging.Handler | None = None
         self._servers: list[Any] = []
         self._modules: list[Any] = []
+        self._services: list[Any] = []
+        unknown = set(services) - set(STREAM_SERVICES)
+        if unknown:
+            raise ValueError(f"unknown agent services {sorted(unknown)}; "
+                             f"choose from {list(STREAM_SERVICES)}")
+        self.services = tuple(services)
         self._mcp_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
@@ -176,9 +188,19 @@ class Agent:
         ]
         for module in self._modules:
             module.register(self.router)
+        from agentconn.agent.pty import ReconnectingPtyServer
+        from agentconn.agent.speedtest import SpeedtestServer
+        from agentconn.agent.ssh import SshServer
+
+        # Stream services on their own ports (§5-§7): started with the tunnel, closed with
+        # the agent (after the HTTP modules, before the tunnel).
+        factories = {"ssh": SshServer, "pty": ReconnectingPtyServer, "speedtest": SpeedtestServer}
+        self._services = [factories[name](opts) for name in self.services]
         await self.tunnel.start()
         self._servers.append(
             await self.tunnel.start_server(self.http.serve_connection, AGENT_HTTP_API_PORT))
+        for service in self._services:
+            await service.start(self.tunnel)
         self._mcp_task = asyncio.create_task(self._start_mcp(mcp))
         self.startup_settled.set()
         _log.info("agent %s listening on [%s]:%d (udp/%d)", self.agent_id, self.address,
@@ -200,7 +222,7 @@ class Agent:
         if self._mcp_task is not None:
             self._mcp_task.cancel()
             await asyncio.gather(self._mcp_task, return_exceptions=True)
-        for module in reversed(self._modules):
+        for module in [*reversed(self._services), *reversed(self._modules)]:
             closer = getattr(module, "close", None)
             if closer is not None:
                 try:

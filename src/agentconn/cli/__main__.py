@@ -8,6 +8,9 @@ from collections.abc import Sequence
 
 from ..errors import AgentConnError
 from . import commands
+from . import pty as pty_cli
+from . import speedtest as speedtest_cli
+from . import ssh as ssh_cli
 
 
 def _event_loop_runner(coro: object) -> int:
@@ -60,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--host", default="127.0.0.1",
                       help="agent host as the client reaches it (default 127.0.0.1)")
 
+    speedtest_cli.add_parser(sub)
+    ssh_cli.add_parser(sub)
+    pty_cli.add_parser(sub)
+
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
     return parser
@@ -83,6 +90,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pair":
             return commands.pair(agent_id=args.agent_id, out_dir=args.out, port=args.port,
                                  host=args.host)
+        if args.command == "speedtest":
+            return _event_loop_runner(speedtest_cli.run(args))
+        if args.command == "pty":
+            return _event_loop_runner(pty_cli.run(args))
+        if args.command == "ssh":
+            return _event_loop_runner(ssh_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

@@ -363,6 +363,41 @@ class AgentConn:
         async with resp:
             return await resp.read()
 
+    # -- stream services (ports 1-3) ----------------------------------------------------------
+
+    async def speedtest(self, direction: str = "down", duration: float = 5.0, *,
+                        on_interval: Any = None) -> Any:
+        """Tailscale speedtest v2 against the agent (port 3): per-second intervals and a total
+        (:class:`~agentconn.proto.speedtest.SpeedtestResult`). ``direction`` "down"/"up"."""
+        from agentconn.client.speedtest import speedtest
+
+        return await speedtest(self, direction, duration, on_interval=on_interval)
+
+    async def reconnecting_pty(self, id: uuid.UUID | str, height: int, width: int,
+                               command: str = "", *, container: str = "",
+                               container_user: str = "", backend_type: str = "") -> Any:
+        """A reconnecting PTY session on the agent (port 2): ``write``/``resize``/``read`` on
+        the returned :class:`~agentconn.client.pty.ReconnectingPty`. Reattach with the same
+        ``id`` to get the last 64 KiB of screen replayed."""
+        from agentconn.client.pty import reconnecting_pty
+
+        return await reconnecting_pty(self, uuid.UUID(str(id)), height, width, command,
+                                      container=container, container_user=container_user,
+                                      backend_type=backend_type)
+
+    async def ssh(self, port: int = 1) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A raw TCP stream to the agent's SSH server (port 1, or 22, or any port)."""
+        from agentconn.client.ssh import ssh
+
+        return await ssh(self, port)
+
+    async def ssh_client(self, port: int = 1, **asyncssh_kwargs: Any) -> Any:
+        """An ``asyncssh.SSHClientConnection`` to the agent, handshake done (host key not
+        checked, "none" authentication), over the tunnel."""
+        from agentconn.client.ssh import ssh_client
+
+        return await ssh_client(self, port, **asyncssh_kwargs)
+
     # -- debug and health ---------------------------------------------------------------------
 
     async def listening_ports(self) -> ListeningPortsResponse:

@@ -1,0 +1,180 @@
+"""``agentconn speedtest``: Coder's ``coder speedtest`` against an agent reached by config.
+
+``agentconn speedtest --config CLIENT_CONF --agent-id UUID [--direction up|down] [--time 5s]
+[--output table|json]``. The table is the one ``coder speedtest`` prints (go-pretty with
+``cliui.Table()`` styling: upper-case headers, no borders, two spaces after every cell, a
+dash separator before the total row). A progress line goes to stderr while the test runs.
+Until ``__main__`` wires it in, ``python -m agentconn.cli.speedtest ...`` runs it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Sequence
+from typing import TextIO
+
+from agentconn.errors import AgentConnError
+from agentconn.proto.speedtest import (
+    DEFAULT_DURATION,
+    MAX_DURATION,
+    MIN_DURATION,
+    Direction,
+    SpeedtestInterval,
+    SpeedtestResult,
+)
+
+__all__ = ["add_parser", "format_table", "main", "parse_duration", "run"]
+
+_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
+          "h": 3600.0}
+_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h)")
+
+
+def parse_duration(text: str) -> float:
+    """Go ``time.ParseDuration`` ("5s", "1m30s", "500ms") or plain seconds ("5"), in seconds.
+    Raises argparse.ArgumentTypeError."""
+    s = text.strip()
+    try:
+        return float(s)
+    except ValueError:
+        pass
+    sign = -1.0 if s.startswith("-") else 1.0
+    body = s.lstrip("+-")
+    total, pos = 0.0, 0
+    for m in _PART.finditer(body):
+        if m.start() != pos:
+            break
+        total += float(m.group(1)) * _UNITS[m.group(2)]
+        pos = m.end()
+    if not body or pos != len(body):
+        raise argparse.ArgumentTypeError(f"invalid duration {text!r} (e.g. 5s, 1m30s, 500ms)")
+    return sign * total
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``speedtest`` on the ``agentconn`` subcommands."""
+    p = sub.add_parser("speedtest", help="run an upload or download test against an agent",
+                       description="Run upload and download tests from your machine to a "
+                                   "workspace agent (Tailscale speedtest v2 on port 3).")
+    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
+    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    p.add_argument("--direction", choices=("up", "down"), default="down",
+                   help="down: the agent sends, we receive (default); up: we send")
+    p.add_argument("--time", "-t", type=parse_duration, default=DEFAULT_DURATION,
+                   metavar="DURATION",
+                   help=f"test duration, e.g. 5s (default 5s; clamped to "
+                        f"{MIN_DURATION:g}-{MAX_DURATION:g} s)")
+    p.add_argument("--output", "-o", choices=("table", "json"), default="table",
+                   help="table (as coder speedtest) or json")
+    # Lower bound of the clamp; only tests lower it.
+    p.add_argument("--min-time", type=parse_duration, default=MIN_DURATION,
+                   help=argparse.SUPPRESS)
+
+
+def format_table(result: SpeedtestResult) -> str:
+    """``coder speedtest``'s table: ``Interval`` as ``%.2f-%.2f sec`` relative to the first
+    result's start, ``Throughput`` as ``%.4f Mbits/sec``, a separator before the total."""
+    results = result.results
+    if not results:
+        return "INTERVAL  THROUGHPUT  "
+    origin = results[0].start
+    rows: list[tuple[str, str] | None] = []
+    for r in results:
+        if r.total:
+            rows.append(None)
+        rows.append((f"{r.start - origin:.2f}-{r.end - origin:.2f} sec",
+                     f"{r.mbits_per_second():.4f} Mbits/sec"))
+    header = ("INTERVAL", "THROUGHPUT")
+    cells = [header, *(row for row in rows if row is not None)]
+    widths = [max(len(row[i]) for row in cells) for i in range(2)]
+
+    def line(row: tuple[str, str]) -> str:
+        return "".join(cell.ljust(width) + "  " for cell, width in zip(row, widths))
+
+    out = [line(header)]
+    for row in rows:
+        out.append("-" * sum(w + 2 for w in widths) if row is None else line(row))
+    return "\n".join(out)
+
+
+class _Progress:
+    """One live line on stderr: rewritten in place on a terminal, one line per interval
+    otherwise."""
+
+    def __init__(self, stream: TextIO, label: str) -> None:
+        self.stream = stream
+        self.label = label
+        self.tty = stream.isatty()
+        self.bytes = 0
+        self.shown = False
+
+    def __call__(self, interval: SpeedtestInterval) -> None:
+        self.bytes += interval.bytes
+        text = (f"{self.label}: {interval.end:6.2f} sec  {interval.mbits_per_second():.4f} "
+                f"Mbits/sec  ({self.bytes / 1e6:.1f} MB so far)")
+        if self.tty:
+            self.stream.write("\r" + text + "\x1b[K")
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+        self.shown = True
+
+    def clear(self) -> None:
+        if self.tty and self.shown:
+            self.stream.write("\r\x1b[K")
+            self.stream.flush()
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Connect, run the test, print the table or JSON. 0 on success, 1 if the test failed."""
+    import agentconn
+    from agentconn.client.speedtest import clamp_duration, speedtest
+
+    direction = Direction.from_name(args.direction)
+    seconds = clamp_duration(args.time, min(args.min_time, MIN_DURATION), MAX_DURATION)
+    as_json = args.output == "json"
+    conn = await agentconn.connect(args.config, args.agent_id)
+    try:
+        # coder prints this with cliui.Infof on stdout; keep stdout pure JSON with --output json
+        print(f"Starting a {int(seconds)}s {direction.label} test...",
+              file=sys.stderr if as_json else sys.stdout, flush=True)
+        progress = _Progress(sys.stderr, direction.label)
+        try:
+            result = await speedtest(conn, direction, seconds, on_interval=progress,
+                                     min_duration=min(args.min_time, MIN_DURATION))
+        finally:
+            progress.clear()
+    finally:
+        await conn.close()
+    if as_json:
+        print(json.dumps(result.to_json(), indent=2))
+    else:
+        print(format_table(result))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentconn.cli.speedtest ...`` (the same flags as the subcommand)."""
+    parser = argparse.ArgumentParser(prog="agentconn")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["speedtest", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        uvloop = None  # type: ignore[assignment]
+    try:
+        if uvloop is None:  # pragma: no cover
+            return asyncio.run(run(args))
+        return uvloop.run(run(args))
+    except AgentConnError as exc:
+        print(f"agentconn speedtest: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,297 @@
+"""``agentconn ssh``: a shell or command on an agent, or a raw SSH stream for OpenSSH.
+
+``agentconn ssh --config CLIENT_CONF --agent-id UUID [--port 1] [-t|-T] [-- command...]``
+logs in with our asyncssh client ("none" auth, host key ignored, agent-api.md §6). Without a
+command it starts the agent user's shell, on a PTY when stdin is a terminal (raw mode here,
+the remote terminal resized on SIGWINCH); with one it runs it (PTY only with ``-t``). The
+exit status is the remote one (255 when the remote side reported a signal or none at all,
+as OpenSSH's ``ssh``).
+
+``--stdio`` instead pipes stdin/stdout to the agent's SSH port unchanged, which makes it an
+OpenSSH ``ProxyCommand``::
+
+    ssh -o ProxyCommand="agentconn ssh --stdio --config C --agent-id U" user@workspace
+
+Until ``__main__`` wires it in, ``python -m agentconn.cli.ssh ...`` runs it alone.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import select
+import signal
+import stat
+import sys
+import termios
+import threading
+import tty
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from agentconn.errors import AgentConnError
+from agentconn.proto.ports import AGENT_SSH_PORT
+
+if TYPE_CHECKING:
+    import asyncssh
+
+__all__ = ["add_parser", "main", "run"]
+
+READ_SIZE = 65536
+EXIT_NO_STATUS = 255  #: OpenSSH's exit status when the remote reported a signal or nothing
+
+
+def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``ssh`` on the ``agentconn`` subcommands."""
+    p = sub.add_parser("ssh", help="open a shell or run a command on an agent over SSH",
+                       description="SSH into a workspace agent (its built-in server on tailnet "
+                                   "port 1), or with --stdio act as an OpenSSH ProxyCommand.")
+    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
+    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    p.add_argument("--port", "-p", type=int, default=AGENT_SSH_PORT,
+                   help=f"the agent's SSH port (default {AGENT_SSH_PORT}; 22 is the same server)")
+    p.add_argument("--stdio", action="store_true",
+                   help="pipe stdin/stdout to the SSH port (for ssh -o ProxyCommand=...)")
+    p.add_argument("--user", "-l", default=None,
+                   help="user name to send (default: yours; the agent ignores it)")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("-t", "--tty", action="store_true",
+                      help="request a PTY even when running a command")
+    mode.add_argument("-T", "--no-tty", action="store_true", help="never request a PTY")
+    # not dest="command": the top-level parser keeps the subcommand's name there
+    p.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="command",
+                   help="command to run instead of a shell (after --)")
+
+
+def _command(words: Sequence[str]) -> str | None:
+    words = list(words)
+    if words and words[0] == "--":
+        words = words[1:]
+    return " ".join(words) if words else None  # joined with spaces, as OpenSSH's ssh does
+
+
+# -- byte plumbing between our stdio and asyncio ----------------------------------------------
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    """Write everything to ``fd`` even if it is non-blocking (a terminal shared with stdin)."""
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            select.select([], [fd], [])
+            continue
+        view = view[n:]
+
+
+def _read_stdin(loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None]
+                ) -> Callable[[bool], None]:
+    """Call ``on_data(chunk)`` for stdin's bytes and ``on_data(b"")`` at EOF.
+
+    Uses the event loop's reader when stdin can be polled (terminal, pipe, socket) and a
+    thread otherwise (a regular file). Returns ``pause(flag)`` for flow control.
+    """
+    fd = sys.stdin.fileno()
+
+    def readable() -> None:
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            state["eof"] = True
+            loop.remove_reader(fd)
+        on_data(data)
+
+    state = {"paused": False, "eof": False}
+
+    def pause(flag: bool) -> None:
+        if flag != state["paused"] and not state["eof"]:
+            state["paused"] = flag
+            if flag:
+                loop.remove_reader(fd)
+            else:
+                loop.add_reader(fd, readable)
+
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            loop.add_reader(fd, readable)
+            return pause
+        except PermissionError:  # epoll refuses regular files and e.g. /dev/null
+            pass
+
+    resume = threading.Event()
+    resume.set()
+
+    def reader_thread() -> None:
+        while True:
+            resume.wait()
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:
+                data = b""
+            loop.call_soon_threadsafe(on_data, data)
+            if not data:
+                return
+
+    threading.Thread(target=reader_thread, name="agentconn-ssh-stdin", daemon=True).start()
+    return lambda flag: resume.clear() if flag else resume.set()
+
+
+async def _stdio(conn: Any, port: int) -> int:
+    """Pump stdin → the agent's SSH port → stdout until the agent closes the connection."""
+    from agentconn.client.ssh import ssh
+
+    loop = asyncio.get_running_loop()
+    reader, writer = await ssh(conn, port)
+    out = sys.stdout.fileno()
+    pending: list[asyncio.Future[None]] = []
+
+    def on_data(data: bytes) -> None:
+        if writer.is_closing():
+            return
+        if not data:
+            if writer.can_write_eof():
+                writer.write_eof()
+            return
+        writer.write(data)
+        if writer.transport.get_write_buffer_size() > READ_SIZE * 4 and not pending:
+            pause(True)
+            pending.append(asyncio.ensure_future(drain()))
+
+    async def drain() -> None:
+        with contextlib.suppress(ConnectionError):
+            await writer.drain()
+        pending.clear()
+        pause(False)
+
+    pause = _read_stdin(loop, on_data)
+    try:
+        while data := await reader.read(READ_SIZE):
+            _write_all(out, data)
+    finally:
+        pause(True)
+        writer.close()
+    return 0
+
+
+# -- interactive / command session ------------------------------------------------------------
+
+
+async def _session(client: asyncssh.SSHClientConnection, command: str | None,
+                   want_pty: bool) -> int:
+    import asyncssh
+
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    stdin_fd, stdout_fd = sys.stdin.fileno(), sys.stdout.fileno()
+
+    class Terminal(asyncssh.SSHClientSession[bytes]):
+        def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
+            _write_all(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else stdout_fd, data)
+
+        def pause_writing(self) -> None:
+            pause(True)
+
+        def resume_writing(self) -> None:
+            pause(False)
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            if not done.done():
+                done.set_result(None)
+
+    def terminal_size() -> tuple[int, int]:
+        for fd in (stdout_fd, stdin_fd, 2):
+            with contextlib.suppress(OSError):
+                size = os.get_terminal_size(fd)
+                return size.columns, size.lines
+        return 80, 24
+
+    pty_args: dict[str, Any] = {}
+    if want_pty:
+        pty_args = {"term_type": os.environ.get("TERM") or "xterm-256color",
+                    "term_size": terminal_size()}
+    chan, _ = await client.create_session(Terminal, command, encoding=None, **pty_args)
+
+    def on_data(data: bytes) -> None:
+        if data:
+            chan.write(data)
+        elif not want_pty:  # with a PTY, ^D travels as a byte; EOF would end nothing
+            chan.write_eof()
+
+    saved: list[Any] | None = None
+    if want_pty and os.isatty(stdin_fd):
+        saved = termios.tcgetattr(stdin_fd)
+        tty.setraw(stdin_fd, termios.TCSADRAIN)  # as OpenSSH: keep typed-ahead input
+    pause: Callable[[bool], None] = lambda flag: None  # until stdin is hooked up
+    resized = False
+    try:
+        pause = _read_stdin(loop, on_data)
+        if want_pty:
+            loop.add_signal_handler(signal.SIGWINCH,
+                                    lambda: chan.change_terminal_size(*terminal_size()))
+            resized = True
+        await done
+    finally:
+        pause(True)
+        if resized:
+            loop.remove_signal_handler(signal.SIGWINCH)
+        if saved is not None:
+            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+    status = chan.get_exit_status()
+    return status if status is not None and status >= 0 else EXIT_NO_STATUS
+
+
+async def run(args: argparse.Namespace) -> int:
+    """Connect, then run ``--stdio`` piping or an SSH session; returns the exit status."""
+    import agentconn
+    from agentconn.client.ssh import ssh_client
+
+    command = _command(args.remote_command)
+    if args.stdio and command is not None:
+        print("agentconn ssh: --stdio takes no command", file=sys.stderr)
+        return 2
+    conn = await agentconn.connect(args.config, args.agent_id)
+    try:
+        if args.stdio:
+            return await _stdio(conn, args.port)
+        kwargs: dict[str, Any] = {} if args.user is None else {"username": args.user}
+        want_pty = not args.no_tty and (args.tty or (command is None and sys.stdin.isatty()))
+        client = await ssh_client(conn, args.port, **kwargs)
+        try:
+            return await _session(client, command, want_pty)
+        finally:
+            client.close()
+            await client.wait_closed()
+    finally:
+        await conn.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m agentconn.cli.ssh ...`` (the same flags as the subcommand)."""
+    parser = argparse.ArgumentParser(prog="agentconn")
+    add_parser(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["ssh", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        uvloop = None  # type: ignore[assignment]
+    import asyncssh
+
+    try:
+        if uvloop is None:  # pragma: no cover
+            return asyncio.run(run(args))
+        return uvloop.run(run(args))
+    except (AgentConnError, OSError, asyncssh.Error) as exc:
+        print(f"agentconn ssh: {exc}", file=sys.stderr)
+        return EXIT_NO_STATUS
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
