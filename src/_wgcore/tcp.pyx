@@ -1884,9 +1884,13 @@ cdef class TcpStack:
 
     def listen(self, int port, bytes address=b"", int backlog=128, int syn_backlog=256):
         """Open a listener on `port` (address b"" = all local addresses). Raises OSError
-        (EADDRINUSE) when taken."""
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range 1-65535")
+        (EADDRINUSE) when taken. Port 0 is the catch-all listener: it takes SYNs for every
+        port that has no listener of its own (only with address b""; the accepted
+        connection's ``local`` says which port was dialed)."""
+        if not 0 <= port < 65536:
+            raise ValueError(f"port {port} out of range 0-65535")
+        if port == 0 and address != b"":
+            raise ValueError("the catch-all listener (port 0) takes every local address")
         if (address, port) in self._listeners or (b"", port) in self._listeners or \
                 (address == b"" and any(p == port for (_, p) in self._listeners)):
             raise OSError(_errno.EADDRINUSE, f"TCP port {port} is already listening")
@@ -2144,9 +2148,12 @@ cdef class TcpStack:
         if s.flags & F_RST:
             self.drops[D_NO_SOCKET] += 1
             return 0
-        if (s.flags & (F_SYN | F_ACK | F_FIN)) == F_SYN and \
-                self.listen_bitmap[key.lport >> 3] & (1 << (key.lport & 7)):
-            listener = self._find_listener(key)
+        if (s.flags & (F_SYN | F_ACK | F_FIN)) == F_SYN:
+            listener = None
+            if self.listen_bitmap[key.lport >> 3] & (1 << (key.lport & 7)):
+                listener = self._find_listener(key)
+            if listener is None and self.listen_bitmap[0] & 1:
+                listener = self._listeners.get((b"", 0))   # the catch-all
             if listener is not None:
                 return self._passive_open(listener, key, s, now)
         # RFC 9293 §3.10.7.1: no connection → RST (unless it was one).

@@ -309,3 +309,46 @@ async def test_agent_runs_reconnecting_pty(tmp_path: Path) -> None:
         replay = await asyncio.wait_for(again.read(65536), 20)
         assert b"pty-42" in replay
         again.close()
+
+
+async def test_dial_forwards_other_ports_to_the_workspace_loopback(tmp_path: Path) -> None:
+    """A real kernel TCP server on 127.0.0.1 reached through the agent's catch-all forwarder."""
+    got = hashlib.sha256()
+
+    async def echo_upper(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        while data := await r.read(65536):
+            got.update(data)
+            w.write(data.upper())
+            await w.drain()
+        w.close()
+
+    server = await asyncio.start_server(echo_upper, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with agent_pair(tmp_path, services=("forward",)) as p:
+            reader, writer = await p.conn.dial("tcp", f"ignored-host:{port}")
+            payload = os.urandom(3 << 20).hex().lower().encode()[: 3 << 20]
+            writer.write(payload)
+            writer.write_eof()
+            back = await asyncio.wait_for(reader.read(), 30)
+            assert back == payload.upper()
+            assert got.hexdigest() == hashlib.sha256(payload).hexdigest()
+            writer.close()
+            # Port 4 still reaches the API, not the forwarder.
+            assert (await p.conn.list_processes()).processes == []
+            # Nothing listening on the loopback port: the tunnel connection is reset.
+            free = socket.socket()
+            free.bind(("127.0.0.1", 0))
+            dead = free.getsockname()[1]
+            free.close()
+            reader, writer = await p.conn.dial("tcp", dead)
+            with pytest.raises((ConnectionError, asyncio.IncompleteReadError)):
+                data = await asyncio.wait_for(reader.read(), 10)
+                if not data:
+                    raise ConnectionResetError("closed")
+            writer.close()
+            with pytest.raises(ValueError):
+                await p.conn.dial("sctp", ":80")
+    finally:
+        server.close()
+        await server.wait_closed()

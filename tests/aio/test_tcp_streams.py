@@ -550,6 +550,37 @@ def test_resumed_reader_reopens_window_without_probe(loop_name: str) -> None:
     with_pair(loop_name, body)
 
 
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_catch_all_listener_takes_ports_without_their_own(loop_name: str) -> None:
+    """Port 0 is the catch-all (the agent forwards such connections to its loopback): it gets
+    SYNs for every port without a listener; a port's own listener still wins."""
+    async def body(a: Tunnel, b: Tunnel) -> None:
+        seen: list[tuple[str, int]] = []
+
+        def handler(tag: str) -> Callable[..., Awaitable[None]]:
+            async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+                seen.append((tag, writer.get_extra_info("sockname")[1]))
+                writer.write(tag.encode())
+                writer.close()
+            return serve
+
+        catch_all = await b.start_server(handler("any"), 0)
+        own = await b.start_server(handler("own"), 7020)
+        with pytest.raises(ValueError):
+            await b.start_server(handler("x"), 0, host="10.55.0.2")
+        for port, want in ((7020, b"own"), (7777, b"any"), (80, b"any")):
+            reader, writer = await a.open_connection("10.55.0.2", port)
+            assert await asyncio.wait_for(reader.read(), 10) == want
+            writer.close()
+        assert seen == [("own", 7020), ("any", 7777), ("any", 80)]
+        catch_all.close()
+        with pytest.raises(ConnectionRefusedError):
+            await a.open_connection("10.55.0.2", 7777)
+        own.close()
+
+    with_pair(loop_name, body)
+
+
 # -- errors and server lifecycle -------------------------------------------------------------
 
 

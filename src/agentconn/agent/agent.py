@@ -41,7 +41,7 @@ WRITE_TIMEOUT = 20.0
 KEEP_ALIVE_TIMEOUT = 60.0
 
 #: The stream services an agent runs besides the HTTP API, by name.
-STREAM_SERVICES = ("ssh", "pty", "speedtest")
+STREAM_SERVICES = ("ssh", "pty", "speedtest", "forward")
 
 
 def _with_agent_addresses(config: InterfaceConfig, agent_id: uuid.UUID) -> InterfaceConfig:
@@ -62,7 +62,8 @@ class Agent:
     ``manifest`` is served at ``/debug/manifest`` (a default one describing this agent if
     ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. ``services`` names the
     stream services to run besides the HTTP API (default all: ``"ssh"`` on ports 1 and 22,
-    ``"pty"`` (reconnecting PTY) on port 2, ``"speedtest"`` on port 3). Use as an async context
+    ``"pty"`` (reconnecting PTY) on port 2, ``"speedtest"`` on port 3, ``"forward"``: every
+    other TCP port to the workspace loopback). Use as an async context
     manager or call :meth:`start` / :meth:`close`.
     """
 
@@ -188,13 +189,15 @@ class Agent:
         ]
         for module in self._modules:
             module.register(self.router)
+        from agentconn.agent.forward import LoopbackForwarder
         from agentconn.agent.pty import ReconnectingPtyServer
         from agentconn.agent.speedtest import SpeedtestServer
         from agentconn.agent.ssh import SshServer
 
         # Stream services on their own ports (§5-§7): started with the tunnel, closed with
         # the agent (after the HTTP modules, before the tunnel).
-        factories = {"ssh": SshServer, "pty": ReconnectingPtyServer, "speedtest": SpeedtestServer}
+        factories = {"ssh": SshServer, "pty": ReconnectingPtyServer,
+                     "speedtest": SpeedtestServer, "forward": LoopbackForwarder}
         self._services = [factories[name](opts) for name in self.services]
         await self.tunnel.start()
         self._servers.append(

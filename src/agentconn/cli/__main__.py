@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from ..errors import AgentConnError
 from . import commands
+from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
 from . import ssh as ssh_cli
@@ -66,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     speedtest_cli.add_parser(sub)
     ssh_cli.add_parser(sub)
     pty_cli.add_parser(sub)
+    portforward_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -92,6 +94,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                  host=args.host)
         if args.command == "speedtest":
             return _event_loop_runner(speedtest_cli.run(args))
+        if args.command == "port-forward":
+            return _event_loop_runner(portforward_cli.run(args))
         if args.command == "pty":
             return _event_loop_runner(pty_cli.run(args))
         if args.command == "ssh":

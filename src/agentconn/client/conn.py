@@ -373,6 +373,23 @@ class AgentConn:
 
         return await speedtest(self, direction, duration, on_interval=on_interval)
 
+    async def dial(self, network: str, addr: str | int) -> Any:
+        """Dial the agent (Go ``DialContext``): ``"tcp"`` → (StreamReader, StreamWriter);
+        ``"udp"`` → (DatagramTransport, DatagramProtocol) connected to the agent. Only the port
+        of ``addr`` ("host:port", ":port" or an int) is used; the host is always the agent."""
+        port = addr if isinstance(addr, int) else int(str(addr).rpartition(":")[2])
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range 1-65535")
+        if network not in ("tcp", "udp"):
+            raise ValueError(f'unknown network "{network}"')
+        if time.monotonic() - self._last_ok > _REACHABLE_FRESH and not await \
+                self.await_reachable(self.timeout):
+            raise TunnelError("workspace agent not reachable in time")
+        if network == "tcp":
+            return await self._tunnel.open_connection(self._host, port)
+        return await self._tunnel.create_datagram_endpoint(
+            asyncio.DatagramProtocol, remote_addr=(self._host, port))
+
     async def reconnecting_pty(self, id: uuid.UUID | str, height: int, width: int,
                                command: str = "", *, container: str = "",
                                container_user: str = "", backend_type: str = "") -> Any:
