@@ -101,3 +101,29 @@ async def test_curl_through_port_forward_100mb(tmp_path: Path) -> None:
                 await p.wait()
         await agent.close()
     assert fwd.returncode == 0
+
+
+async def test_cli_ping_agent_prints_pongs_and_diagnostics(tmp_path: Path) -> None:
+    agent_conf, client_conf, _ = pair_configs()
+    agent = Agent(agent_conf, AGENT_ID, options=make_options(tmp_path), listen_host="127.0.0.1",
+                  services=())
+    await agent.start()
+    config = tmp_path / "client.conf"
+    config.write_text(client_conf + f"Endpoint = 127.0.0.1:{agent.tunnel.listen_port}\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(_wgcore.__file__)), env.get("PYTHONPATH", "")])
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentconn.cli", "ping", "--config", str(config),
+            "--agent-id", str(AGENT_ID), "-n", "3", "-i", "0.1", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        await agent.close()
+    assert proc.returncode == 0, err
+    lines = out.decode().splitlines()
+    pongs = [line for line in lines if line.startswith(f"pong from agent {AGENT_ID} p2p via ")]
+    assert len(pongs) == 3 and all(line.endswith("ms") for line in pongs), lines
+    assert any("last WireGuard handshake" in line for line in lines)
+    assert any(agent.tunnel.public_key in line for line in lines)

@@ -44,7 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--tsmp", action="store_true",
                       help="send TSMP pings (IP protocol 99, as Coder clients do) instead of ICMP")
     ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
-    ping.add_argument("address", help="IPv4 or IPv6 address inside the tunnel")
+    ping.add_argument("--agent-id",
+                      help="ping this agent (TSMP, as `coder ping`: pong lines, then the peer "
+                           "diagnostics) instead of an address")
+    ping.add_argument("address", nargs="?", help="IPv4 or IPv6 address inside the tunnel")
 
     agent = sub.add_parser("agent", help="run a workspace agent serving the agent API on port 4")
     agent.add_argument("--config", "-c", required=True,
@@ -80,6 +83,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _event_loop_runner(commands.demo(count=args.count, as_json=args.json,
                                                              megabytes=args.megabytes))
+        if args.command == "ping" and args.agent_id:
+            return _event_loop_runner(commands.ping_agent(
+                config=args.config, agent_id=args.agent_id, count=args.count,
+                interval=args.interval, timeout=args.timeout))
+        if args.command == "ping" and not args.address:
+            print("agentconn ping: give an address or --agent-id", file=sys.stderr)
+            return 2
         if args.command == "ping":
             return _event_loop_runner(commands.ping(
                 config=args.config, address=args.address, count=args.count,

@@ -286,3 +286,44 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     finally:
         await ag.close()
     return 0
+
+
+async def ping_agent(*, config: str, agent_id: str, count: int, interval: float,
+                     timeout: float) -> int:
+    """``coder ping``-style: one ``pong from …`` line per reply, then the peer diagnostics.
+    Exit 0 if any pong came back."""
+    from ..aio.tunnel import Tunnel
+    from ..client.conn import AgentConn
+
+    async with Tunnel.from_config(config) as tunnel:
+        conn = AgentConn(tunnel, agent_id)
+        replies = 0
+        for seq in range(count):
+            started = time.monotonic()
+            try:
+                rtt, direct, _ = await conn.ping(timeout=timeout)
+            except PingTimeoutError:
+                print(f"ping to agent {agent_id} timed out after {timeout:g}s", flush=True)
+            except NoRouteError as exc:
+                print(f"agentconn ping: {exc}", file=sys.stderr)
+                return 2
+            else:
+                replies += 1
+                diag = conn.get_peer_diagnostics()
+                endpoint = (diag.get("peer") or {}).get("endpoint") or "?"
+                path = f"p2p via {endpoint}" if direct else "proxied"
+                print(f"pong from agent {agent_id} {path} in {rtt * 1000:.3f}ms", flush=True)
+            if seq + 1 < count:
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+        diag = conn.get_peer_diagnostics()
+        peer = diag.get("peer") or {}
+        last = peer.get("last_handshake_unix") or 0
+        age = f"{time.time() - last:.1f}s ago" if last else "never"
+        print(f"✔ agent address [{conn.agent_address}] is routed to peer "
+              f"{peer.get('public_key', '?')}")
+        print(f"✔ last WireGuard handshake {age}; endpoint {peer.get('endpoint') or 'unknown'};"
+              f" direct UDP (no DERP relay)")
+        print(f"  rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B; "
+              f"{replies}/{count} pongs")
+        await conn.close()
+    return 0 if replies else 1
