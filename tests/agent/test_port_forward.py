@@ -93,7 +93,7 @@ async def test_curl_through_port_forward_100mb(tmp_path: Path) -> None:
         with out.open("rb") as f:
             assert hashlib.file_digest(f, "sha256").hexdigest() == digest.hexdigest()
         forwarder = agent._services[0]
-        assert forwarder.forwarded >= 1
+        assert forwarder.tcp.forwarded >= 1
     finally:
         for p in (fwd, http):
             if p.returncode is None:
@@ -127,3 +127,84 @@ async def test_cli_ping_agent_prints_pongs_and_diagnostics(tmp_path: Path) -> No
     assert len(pongs) == 3 and all(line.endswith("ms") for line in pongs), lines
     assert any("last WireGuard handshake" in line for line in lines)
     assert any(agent.tunnel.public_key in line for line in lines)
+
+
+class _Echo(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(b"echo:" + data, addr)  # type: ignore[attr-defined]
+
+
+async def test_udp_echo_through_port_forward_and_dial(tmp_path: Path) -> None:
+    """A kernel UDP echo server on the agent's loopback, reached (1) with AgentConn.dial("udp")
+    and (2) through `agentconn port-forward --udp` from a local kernel UDP socket."""
+    from agentconn.client.conn import AgentConn
+
+    loop = asyncio.get_running_loop()
+    echo, _ = await loop.create_datagram_endpoint(_Echo, local_addr=("127.0.0.1", 0))
+    echo_port = echo.get_extra_info("sockname")[1]
+    agent_conf, client_conf, _ = pair_configs()
+    agent = Agent(agent_conf, AGENT_ID, options=make_options(tmp_path), listen_host="127.0.0.1",
+                  services=("forward",))
+    await agent.start()
+    config = tmp_path / "client.conf"
+    config.write_text(client_conf + f"Endpoint = 127.0.0.1:{agent.tunnel.listen_port}\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        [os.path.dirname(os.path.dirname(_wgcore.__file__)), env.get("PYTHONPATH", "")])
+    local_port = _free_port()
+    fwd = None
+    try:
+        # (1) dial udp from an in-process client
+        from agentconn.aio.tunnel import Tunnel
+
+        async with Tunnel.from_config(config) as tunnel:
+            conn = AgentConn(tunnel, AGENT_ID)
+            got: asyncio.Queue[bytes] = asyncio.Queue()
+
+            class Rx(asyncio.DatagramProtocol):
+                def datagram_received(self, data: bytes, addr: object) -> None:
+                    got.put_nowait(data)
+
+            transport, _ = await tunnel.create_datagram_endpoint(
+                Rx, remote_addr=(str(conn.agent_address), echo_port))
+            for i in range(5):
+                transport.sendto(f"ping {i}".encode())
+                assert await asyncio.wait_for(got.get(), 10) == f"echo:ping {i}".encode()
+            transport.close()
+            dialed, _ = await conn.dial("udp", f":{echo_port}")
+            assert dialed.get_extra_info("peername")[1] == echo_port
+            dialed.close()
+            await conn.close()
+
+        # (2) the CLI with --udp
+        fwd = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "agentconn.cli", "port-forward", "--config", str(config),
+            "--agent-id", str(AGENT_ID), "--udp", f"{local_port}:{echo_port}", env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        assert fwd.stdout is not None
+        line = await asyncio.wait_for(fwd.stdout.readline(), 30)
+        assert line.startswith(b"Forwarding udp 127.0.0.1:"), line
+        replies: asyncio.Queue[bytes] = asyncio.Queue()
+
+        class Client(asyncio.DatagramProtocol):
+            def datagram_received(self, data: bytes, addr: object) -> None:
+                replies.put_nowait(data)
+
+        client, _ = await loop.create_datagram_endpoint(
+            Client, remote_addr=("127.0.0.1", local_port))
+        try:
+            for i in range(5):
+                client.sendto(f"hello {i}".encode())
+                assert await asyncio.wait_for(replies.get(), 10) == f"echo:hello {i}".encode()
+        finally:
+            client.close()
+        assert agent._services[0].udp.forwarded >= 10
+    finally:
+        if fwd is not None and fwd.returncode is None:
+            fwd.terminate()
+            await fwd.wait()
+        await agent.close()
+        echo.close()

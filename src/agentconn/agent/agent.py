@@ -63,7 +63,7 @@ class Agent:
     ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. ``services`` names the
     stream services to run besides the HTTP API (default all: ``"ssh"`` on ports 1 and 22,
     ``"pty"`` (reconnecting PTY) on port 2, ``"speedtest"`` on port 3, ``"forward"``: every
-    other TCP port to the workspace loopback). Use as an async context
+    other TCP and UDP port to the workspace loopback). Use as an async context
     manager or call :meth:`start` / :meth:`close`.
     """
 
@@ -189,7 +189,7 @@ class Agent:
         ]
         for module in self._modules:
             module.register(self.router)
-        from agentconn.agent.forward import LoopbackForwarder
+        from agentconn.agent.forward import PortForwarding
         from agentconn.agent.pty import ReconnectingPtyServer
         from agentconn.agent.speedtest import SpeedtestServer
         from agentconn.agent.ssh import SshServer
@@ -197,7 +197,7 @@ class Agent:
         # Stream services on their own ports (§5-§7): started with the tunnel, closed with
         # the agent (after the HTTP modules, before the tunnel).
         factories = {"ssh": SshServer, "pty": ReconnectingPtyServer,
-                     "speedtest": SpeedtestServer, "forward": LoopbackForwarder}
+                     "speedtest": SpeedtestServer, "forward": PortForwarding}
         self._services = [factories[name](opts) for name in self.services]
         await self.tunnel.start()
         self._servers.append(

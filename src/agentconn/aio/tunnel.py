@@ -35,7 +35,7 @@ from _wgcore.udpio import UdpIO
 
 from ..errors import ConfigError, NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
 from ..net.icmp import Pinger, answer
-from ..net.udp import PortTable, parse_datagram
+from ..net.udp import Datagram, PortTable, parse_datagram
 from ..net.wire import WireError
 from ..wg.config import InterfaceConfig, PeerConfig, load_config
 from ..wg.device import Device
@@ -109,7 +109,10 @@ class Tunnel:
         self._ip_handlers: list[Callable[[bytes], bool]] = []
         self._udp_ports: PortTable[TunnelDatagramTransport] = PortTable()
         self.ip_counters = {"echo_answered": 0, "unhandled": 0, "udp_received": 0,
-                            "udp_no_socket": 0, "udp_malformed": 0}
+                            "udp_no_socket": 0, "udp_malformed": 0, "udp_fallback": 0}
+        #: Called with each UDP datagram (net.udp.Datagram) to a local address whose port has
+        #: no socket (the agent forwards these to its loopback); None: dropped and counted.
+        self.udp_fallback: Callable[[Datagram], None] | None = None
         self.tcp = TcpStack(mtu=mtu)
         self.tcp.set_addresses([a.packed for a in self.addresses])
         self._tx_pending: PacketBatch | None = None     # sealed, waiting for socket space
@@ -327,7 +330,7 @@ class Tunnel:
             log.exception("tunnel receive path failed; the packet batch was dropped")
 
     def _receive_ip(self, packet: bytes) -> None:
-        if self._udp_ports and _ip_protocol(packet) == 17:
+        if (self._udp_ports or self.udp_fallback is not None) and _ip_protocol(packet) == 17:
             self._receive_udp(packet)
             return
         reply = answer(packet, self.addresses)
@@ -359,6 +362,13 @@ class Tunnel:
             return
         transport = self._udp_ports.lookup(datagram.dst, datagram.dst_port)
         if transport is None:
+            if self.udp_fallback is not None:
+                self.ip_counters["udp_fallback"] += 1
+                try:
+                    self.udp_fallback(datagram)
+                except Exception:  # noqa: BLE001 - a fallback bug must not break receiving
+                    log.exception("UDP fallback failed")
+                return
             self.ip_counters["udp_no_socket"] += 1
             return
         self.ip_counters["udp_received"] += 1

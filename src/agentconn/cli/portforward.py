@@ -14,6 +14,7 @@ import contextlib
 import signal
 import sys
 from dataclasses import dataclass
+from typing import Any
 
 from agentconn.agent.forward import join
 
@@ -49,16 +50,89 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("port-forward", help="forward local TCP ports to ports on an agent")
     p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
     p.add_argument("--agent-id", required=True, help="the agent UUID")
-    p.add_argument("-p", "--tcp", dest="specs", action="append", type=parse_spec, required=True,
+    p.add_argument("-p", "--tcp", dest="specs", action="append", type=parse_spec, default=[],
                    metavar="[BIND:]LOCAL[:REMOTE]", help="a TCP port to forward (repeatable)")
+    p.add_argument("-u", "--udp", dest="udp_specs", action="append", type=parse_spec,
+                   default=[], metavar="[BIND:]LOCAL[:REMOTE]",
+                   help="a UDP port to forward (repeatable)")
+
+
+class _UdpToAgent(asyncio.DatagramProtocol):
+    """Tunnel side of one local UDP client: replies from the agent go back to that client."""
+
+    def __init__(self, local: asyncio.DatagramTransport, client: tuple[str, int]) -> None:
+        self.local = local
+        self.client = client
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.local.sendto(data, self.client)
+
+
+class _LocalUdp(asyncio.DatagramProtocol):
+    """The local UDP socket of one ``--udp`` spec: one tunnel flow per client address."""
+
+    def __init__(self, conn: Any, spec: Spec) -> None:
+        self.conn = conn
+        self.spec = spec
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: dict[tuple[str, int], Any] = {}
+        self.pending: dict[tuple[str, int], list[bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        client = (str(addr[0]), int(addr[1]))
+        flow = self.flows.get(client)
+        if flow is not None:
+            flow.sendto(data)
+        elif client in self.pending:
+            self.pending[client].append(data)
+        else:
+            self.pending[client] = [data]
+            asyncio.get_running_loop().create_task(self._open(client))
+
+    async def _open(self, client: tuple[str, int]) -> None:
+        assert self.transport is not None
+        local = self.transport
+        tunnel = self.conn.tunnel
+        try:
+            flow, _ = await tunnel.create_datagram_endpoint(
+                lambda: _UdpToAgent(local, client),
+                remote_addr=(str(self.conn.agent_address), self.spec.remote))
+        except (OSError, ValueError) as e:
+            print(f"port-forward udp {self.spec.local}: {e}", file=sys.stderr, flush=True)
+            self.pending.pop(client, None)
+            return
+        self.flows[client] = flow
+        for data in self.pending.pop(client, []):
+            flow.sendto(data)
+
+    def close(self) -> None:
+        for flow in self.flows.values():
+            flow.close()
+        if self.transport is not None:
+            self.transport.close()
 
 
 async def run(args: argparse.Namespace) -> int:
     import agentconn
 
+    if not args.specs and not args.udp_specs:
+        print("agentconn port-forward: give at least one -p/--tcp or -u/--udp", file=sys.stderr)
+        return 2
     conn = await agentconn.connect(args.config, args.agent_id)
     servers: list[asyncio.Server] = []
+    udps: list[_LocalUdp] = []
     try:
+        loop = asyncio.get_running_loop()
+        for spec in args.udp_specs:
+            udp = _LocalUdp(conn, spec)
+            await loop.create_datagram_endpoint(lambda u=udp: u,  # type: ignore[misc]
+                                                local_addr=(spec.bind, spec.local))
+            udps.append(udp)
+            print(f"Forwarding udp {spec.bind}:{spec.local} -> "
+                  f"[{conn.agent_address}]:{spec.remote}", flush=True)
         for spec in args.specs:
             async def forward(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                               spec: Spec = spec) -> None:
@@ -76,7 +150,6 @@ async def run(args: argparse.Namespace) -> int:
             print(f"Forwarding tcp {spec.bind}:{spec.local} -> "
                   f"[{conn.agent_address}]:{spec.remote}", flush=True)
         stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
@@ -84,6 +157,8 @@ async def run(args: argparse.Namespace) -> int:
         print(f"agentconn port-forward: {e}", file=sys.stderr)
         return 1
     finally:
+        for u in udps:
+            u.close()
         for s in servers:
             s.close()
         for s in servers:
