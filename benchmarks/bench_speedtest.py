@@ -19,6 +19,7 @@ Run: ``PYTHONPATH=src python -m pytest benchmarks/bench_speedtest.py -q -p no:ca
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import select
@@ -47,6 +48,7 @@ from bench_tcp import (
     _record,
     _run_async,
     go_pair,  # noqa: F401  (module-scoped fixture used by the baselines below)
+    kernel_side,  # noqa: F401  (module-scoped fixture of the ours -> kernel case)
 )
 
 from agentconn.agent.speedtest import SpeedtestServer
@@ -245,3 +247,77 @@ def test_baseline_python(benchmark: Any, record: Any, go_pair: bench_tcp.GoPair,
                          direction: str) -> None:
     """wireguard-go <-> wireguard-go with plain Python peers (root)."""
     bench_tcp.test_baseline_python(benchmark, record, go_pair, direction)
+
+
+# ---------------------------------------------------------------------------------------------
+# (4) our speedtest client through our Tunnel -> wireguard-go -> kernel TCP -> our speedtest
+#     server code on a kernel socket, in a separate process in wireguard-go's namespace
+#     (bench_tcp's `kernel_side` topology: veth between our UDP socket and wireguard-go).
+
+KERNEL_SERVER = r"""
+import asyncio, json, sys
+from agentconn.agent.options import AgentOptions
+from agentconn.agent.speedtest import SpeedtestServer
+
+async def main():
+    server = SpeedtestServer(AgentOptions(), min_duration=0.1)
+    done = asyncio.Event()
+    async def serve(reader, writer):
+        await server.serve_connection(reader, writer)
+        done.set()
+    srv = await asyncio.start_server(serve, sys.argv[1], int(sys.argv[2]))
+    print("READY", flush=True)
+    await done.wait()
+    s = server.sessions[-1]
+    total = s.result.total if s.result is not None else None
+    print(json.dumps({"bytes": s.bytes, "seconds": total.seconds if total else 0,
+                      "error": s.error}), flush=True)
+    srv.close()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("direction", DIRECTIONS)
+def test_speedtest_ours_to_kernel(benchmark: Any, record: Any,
+                                  kernel_side: bench_tcp.KernelSide, direction: str) -> None:
+    from agentconn import Tunnel
+    from agentconn.client.speedtest import run_client
+
+    ks = kernel_side
+    port = 3
+
+    async def main() -> Transfer:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(sys.path)
+        proc = subprocess.Popen([*ks.ns_k.exec_prefix(), sys.executable, "-c", KERNEL_SERVER,
+                                 ks.their_addr, str(port)], stdout=subprocess.PIPE, text=True,
+                                env=env)
+        try:
+            assert proc.stdout is not None and proc.stdout.readline().strip() == "READY"
+            tunnel = Tunnel.from_config(ks.config(), sock=ks.socket())
+            await tunnel.start()
+            try:
+                await tunnel.ping(ks.their_addr, timeout=10)
+                pids = ks.wg.pids()
+                wg0, c0 = _cpu_of(pids), _cpu_self()
+                reader, writer = await tunnel.open_connection(ks.their_addr, port,
+                                                              limit=1 << 16)
+                result = await run_client(reader, writer, WAYS[direction], SECONDS)
+                cpu, wg_cpu = _cpu_self() - c0, _cpu_of(pids) - wg0
+            finally:
+                await tunnel.close()
+            line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+            server = json.loads(line)
+            assert server["error"] is None, server
+            t = _receiver_transfer(result, server["bytes"], server["seconds"], direction)
+            t.cpu, t.wg_cpu = cpu, wg_cpu
+            t.note = _note(result) + "; server: our speedtest code on kernel TCP"
+            return t
+        finally:
+            proc.kill()
+            proc.wait()
+
+    t = _measure(benchmark, lambda: _run_async(main))
+    _record(record, benchmark, t, case="speedtest: ours -> wireguard-go + kernel TCP",
+            role="ours", direction=direction, wg_processes=1)
