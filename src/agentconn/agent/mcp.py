@@ -43,6 +43,7 @@ import orjson
 
 from agentconn import __version__
 from agentconn.agent.contextconfig import read_context_settings, resolve_paths
+from agentconn.agent.fsutil import go_quote
 from agentconn.agent.http import ApiError, RequestContext, Router, decode_body, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.mcp import (
@@ -546,11 +547,6 @@ def _call_response(result: dict[str, Any]) -> CallMCPToolResponse:
     )
 
 
-def _go_quote(s: str) -> str:
-    """Roughly Go's ``%q`` for error details."""
-    return orjson.dumps(s).decode()
-
-
 def _server_stderr() -> TextIO:
     """Where stdio servers' stderr goes: the agent's own stderr when it has a descriptor."""
     try:
@@ -712,12 +708,12 @@ class McpManager:
                 400,
                 CALL_FAILED_MESSAGE,
                 f"invalid tool name format: expected format \"server{TOOL_NAME_SEP}tool\", "
-                f"got {_go_quote(request.tool_name)}",
+                f"got {go_quote(request.tool_name)}",
             )
         server_name, tool = split
         server = self._servers.get(server_name)
         if server is None:
-            raise ApiError(404, CALL_FAILED_MESSAGE, f"unknown MCP server: {_go_quote(server_name)}")
+            raise ApiError(404, CALL_FAILED_MESSAGE, f"unknown MCP server: {go_quote(server_name)}")
         arguments = request.arguments or None
         try:
             result = await server.request(
@@ -727,7 +723,7 @@ class McpManager:
             raise ApiError(
                 502,
                 CALL_FAILED_MESSAGE,
-                f"call tool {_go_quote(tool)} on {_go_quote(server_name)}: {_describe(e)}",
+                f"call tool {go_quote(tool)} on {go_quote(server_name)}: {_describe(e)}",
             ) from e
         return _call_response(_dump(result))
 
@@ -737,19 +733,19 @@ class McpManager:
             raise ApiError(400, READ_FAILED_MESSAGE, "server_name and uri are required")
         server = self._servers.get(server_name)
         if server is None:
-            raise ApiError(404, READ_FAILED_MESSAGE, f"unknown MCP server: {_go_quote(server_name)}")
+            raise ApiError(404, READ_FAILED_MESSAGE, f"unknown MCP server: {go_quote(server_name)}")
         try:
             result = await server.request(lambda s: s.read_resource(uri), self._call_timeout)
         except Exception as e:
             raise ApiError(
                 502,
                 READ_FAILED_MESSAGE,
-                f"read resource {_go_quote(uri)} on {_go_quote(server_name)}: {_describe(e)}",
+                f"read resource {go_quote(uri)} on {go_quote(server_name)}: {_describe(e)}",
             ) from e
         contents = _dump(result).get("contents")
         if not isinstance(contents, list) or not contents or not isinstance(contents[0], dict):
             raise ApiError(
-                502, READ_FAILED_MESSAGE, f"resource {_go_quote(uri)} returned no contents"
+                502, READ_FAILED_MESSAGE, f"resource {go_quote(uri)} returned no contents"
             )
         return _resource_contents(contents[0], uri)
 

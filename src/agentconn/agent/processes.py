@@ -35,7 +35,6 @@ each byte that is not part of a valid UTF-8 sequence becomes one U+FFFD.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import logging
 import os
 import signal
@@ -46,6 +45,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from agentconn.agent.fsutil import go_quote, go_text
 from agentconn.agent.http import (
     ApiError,
     RequestContext,
@@ -101,51 +101,8 @@ MAX_WAIT = 300.0
 EXITED_RETENTION = 300.0
 
 _READ_SIZE = 64 << 10
-_GO_REPLACE = "agentconn-go-utf8"
-
-
-def _go_replace(error: UnicodeError) -> tuple[str, int]:
-    # Go's UTF-8 decoding consumes exactly one byte per invalid sequence, so every bad byte
-    # is its own U+FFFD (Python's "replace" merges a truncated sequence into one).
-    if isinstance(error, UnicodeDecodeError):
-        return "\ufffd", error.start + 1
-    raise error
-
-
-codecs.register_error(_GO_REPLACE, _go_replace)
-
-
-def go_string(data: bytes) -> str:
-    """``data`` as Go's JSON encoder would write ``string(data)``: one U+FFFD per invalid byte."""
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError:
-        return data.decode("utf-8", _GO_REPLACE)
-
-
-def _go_quote(s: str) -> str:
-    """Go's ``%q`` of ``s`` (``strconv.Quote``): the form the spec's messages embed."""
-    out = ['"']
-    for ch in s:
-        o = ord(ch)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif ch in _GO_ESCAPES:
-            out.append(_GO_ESCAPES[ch])
-        elif ch.isprintable():
-            out.append(ch)
-        elif o < 0x20 or o == 0x7F:
-            out.append(f"\\x{o:02x}")
-        elif o < 0x10000:
-            out.append(f"\\u{o:04x}")
-        else:
-            out.append(f"\\U{o:08x}")
-    out.append('"')
-    return "".join(out)
-
-
-_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t",
-               "\v": "\\v"}
+#: ``data`` as Go's JSON encoder writes ``string(data)``: one U+FFFD per invalid byte.
+go_string = go_text
 
 
 def _errno_text(e: OSError) -> str:
@@ -378,7 +335,7 @@ class ProcessManager:
     async def _output(self, request: Request, ctx: RequestContext, id: str) -> ResponseLike:
         proc = self._visible(id, ctx)
         if proc is None:
-            raise ApiError(404, f"Process {_go_quote(id)} not found.")
+            raise ApiError(404, f"Process {go_quote(id)} not found.")
         if query_params(request, "ProcessOutput")["wait"] is True and proc.running:
             # §4.3: until the process exits, the client goes away or the cap passes; then
             # answer with the current snapshot.
@@ -398,7 +355,7 @@ class ProcessManager:
         ))
 
     async def _signal(self, request: Request, ctx: RequestContext, id: str) -> ResponseLike:
-        not_found = ApiError(404, f"Process {_go_quote(id)} not found.")
+        not_found = ApiError(404, f"Process {go_quote(id)} not found.")
         # Chat isolation comes before the body is even read, as in the reference agent.
         if id in self._procs and self._visible(id, ctx) is None:
             raise not_found
@@ -408,17 +365,17 @@ class ProcessManager:
             raise ApiError(400, "Signal is required.")
         signum = _SIGNALS.get(name)
         if signum is None:
-            raise ApiError(400, f'Unsupported signal {_go_quote(name)}. Use "kill" or "terminate".')
+            raise ApiError(400, f'Unsupported signal {go_quote(name)}. Use "kill" or "terminate".')
         proc = self._procs.get(id)
         if proc is None:
             raise not_found
         if not proc.running:
-            raise ApiError(409, f"Process {_go_quote(id)} is not running.")
+            raise ApiError(409, f"Process {go_quote(id)} is not running.")
         try:
             os.killpg(proc.pid, signum)  # §4.5: the whole process group
         except OSError as e:
             raise ApiError(500, "Failed to signal process.", f"{name} process: {_errno_text(e)}") from e
-        return json_ok(Response(message=f"Signal {_go_quote(name)} sent to process {_go_quote(id)}."))
+        return json_ok(Response(message=f"Signal {go_quote(name)} sent to process {go_quote(id)}."))
 
     def _visible(self, id: str, ctx: RequestContext) -> _Process | None:
         proc = self._procs.get(id)
