@@ -13,25 +13,15 @@ from typing import Any
 from agentconn.agent.agent import Agent
 from agentconn.agent.options import AgentOptions
 from agentconn.aio.tunnel import Tunnel
+from agentconn.cli.commands import pair_configs as cli_pair_configs
 from agentconn.client.conn import AgentConn
-from agentconn.proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
-from agentconn.wg.crypto import dh_generate, public_key
-from agentconn.wg.keys import encode_key
 
 AGENT_ID = uuid.UUID("12345678-1234-1234-1234-123456789abc")
 
 
 def pair_configs(agent_id: uuid.UUID = AGENT_ID) -> tuple[str, str, str]:
-    """(agent config, client config, client address)."""
-    ka, kc = dh_generate(), dh_generate()
-    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid.uuid4())
-    ts, coder = agent_addresses(agent_id)
-    agent = (f"[Interface]\nPrivateKey = {encode_key(ka)}\n\n"
-             f"[Peer]\nPublicKey = {encode_key(public_key(kc))}\nAllowedIPs = {client_ip}/128\n")
-    client = (f"[Interface]\nPrivateKey = {encode_key(kc)}\nAddress = {client_ip}/128\n\n"
-              f"[Peer]\nPublicKey = {encode_key(public_key(ka))}\n"
-              f"AllowedIPs = {ts}/128, {coder}/128\n")
-    return agent, client, str(client_ip)
+    """(agent config, client config, client address); no endpoint, no listen port."""
+    return cli_pair_configs(agent_id)
 
 
 @dataclass

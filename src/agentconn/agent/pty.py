@@ -38,19 +38,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import logging
 import os
-import pwd
 import shutil
 import signal
-import struct
 import subprocess
-import termios
 import uuid
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.errors import ProtocolError
 from agentconn.proto.ports import AGENT_RECONNECTING_PTY_PORT
@@ -79,34 +75,6 @@ OUTPUT_HIGH_WATER = 1 << 20         #: bytes queued on a connection before we st
 INPUT_HIGH_WATER = 1 << 20          #: bytes of input queued for the PTY before requests pause
 CLOSE_TIMEOUT = 5.0                 #: seconds close() waits for children and handlers
 TERM = "xterm-256color"
-
-
-def _set_window_size(fd: int, rows: int, columns: int) -> None:
-    # struct winsize {ws_row, ws_col, ws_xpixel, ws_ypixel}: four unsigned shorts
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, columns, 0, 0))
-
-
-def _child_setup(slave: int) -> Callable[[], None]:
-    """The ``preexec_fn``: a new session whose controlling terminal is the PTY ``slave``.
-
-    It does the ``setsid()`` itself rather than ``start_new_session=True`` and names the
-    slave by its own descriptor, not fd 0: CPython runs ``preexec_fn`` after the dup2s and
-    setsid, uvloop (libuv) before them, and this works in either order.
-    """
-    def setup() -> None:
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-
-    return setup
-
-
-def _user() -> tuple[str, str]:
-    """(user name, login shell from the passwd entry) of the agent's OS user."""
-    try:
-        entry = pwd.getpwuid(os.getuid())
-    except KeyError:
-        return str(os.getuid()), ""
-    return entry.pw_name, entry.pw_shell
 
 
 class PtySession:
@@ -141,7 +109,7 @@ class PtySession:
         """Start the child on a new PTY of ``rows`` × ``columns`` (80 × 24 when either is 0).
         Raises OSError / SubprocessError when it cannot be started."""
         options = self._server.options
-        user, login_shell = _user()
+        user, login_shell = os_user()
         shell = (login_shell if login_shell and os.access(login_shell, os.X_OK)
                  else shutil.which("sh") or "/bin/sh")
         argv = [shell, "-l"] if not self.command else [shell, "-c", self.command]
@@ -152,11 +120,11 @@ class PtySession:
             cwd = options.home if os.path.isdir(options.home) else "/"
         master, slave = os.openpty()
         try:
-            _set_window_size(slave, rows or 24, columns or 80)
+            set_window_size(slave, rows or 24, columns or 80)
             env["SSH_TTY"] = os.ttyname(slave)
             self._proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
-                preexec_fn=_child_setup(slave))
+                preexec_fn=controlling_terminal(slave))
         except BaseException:
             os.close(master)
             raise
@@ -217,7 +185,7 @@ class PtySession:
         if self._master is None:
             return
         try:
-            _set_window_size(self._master, rows, columns)
+            set_window_size(self._master, rows, columns)
         except OSError as exc:
             _log.debug("reconnecting PTY %s: resize to %dx%d failed: %s", self.id, rows,
                        columns, exc)

@@ -27,13 +27,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
-import fcntl
 import logging
 import os
-import pwd
 import shutil
 import signal
-import struct
 import subprocess
 import termios
 from collections.abc import Callable, Mapping
@@ -42,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.stream import SSHServerStreamSession
 
+from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.ports import SSH_PORTS
 
@@ -289,34 +287,6 @@ def _apply_term_modes(fd: int, modes: Mapping[int, int]) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
-def _set_window_size(fd: int, columns: int, rows: int, xpixels: int, ypixels: int) -> None:
-    # struct winsize {rows, cols, xpixel, ypixel}, four unsigned shorts
-    size = struct.pack("HHHH", min(rows, 0xFFFF), min(columns, 0xFFFF),
-                       min(xpixels, 0xFFFF), min(ypixels, 0xFFFF))
-    fcntl.ioctl(fd, termios.TIOCSWINSZ, size)
-
-
-def _new_session_on(slave: int) -> Callable[[], None]:
-    """A ``preexec_fn``: a new session whose controlling terminal is the PTY ``slave``.
-
-    It uses the inherited ``slave`` descriptor, not fd 0, and calls setsid() itself, because
-    uvloop runs ``preexec_fn`` before it sets up the child's stdio (the standard library after).
-    """
-    def preexec() -> None:
-        os.setsid()
-        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
-    return preexec
-
-
-def _user() -> tuple[str, str]:
-    """(user name, login shell) of the agent's OS user."""
-    try:
-        entry = pwd.getpwuid(os.getuid())
-    except KeyError:
-        return str(os.getuid()), ""
-    return entry.pw_name, entry.pw_shell
-
-
 class _Session(asyncssh.SSHServerSession[bytes]):
     """One ``session`` channel: a shell, an exec'd command, or the SFTP subsystem.
 
@@ -440,7 +410,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                               pixheight: int) -> None:
         if self._master is not None:
             with contextlib.suppress(OSError):
-                _set_window_size(self._master, width, height, pixwidth, pixheight)
+                set_window_size(self._master, height, width, pixwidth, pixheight)
 
     def signal_received(self, signal_name: str) -> None:
         signum = getattr(signal, "SIG" + signal_name, None)
@@ -490,7 +460,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         return env
 
     def _argv(self) -> tuple[list[str], str, str]:
-        user, login_shell = _user()
+        user, login_shell = os_user()
         shell = (login_shell if login_shell and os.access(login_shell, os.X_OK)
                  else self._server.options.environ.get("SHELL") or shutil.which("sh") or "/bin/sh")
         argv = [shell, "-l"] if self._command is None else [shell, "-c", self._command]
@@ -570,12 +540,12 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 _apply_term_modes(slave, modes)
             except termios.error as exc:
                 _log.debug("could not apply terminal modes %s: %s", modes, exc)
-            _set_window_size(slave, columns or 80, rows or 24, xpixels, ypixels)
+            set_window_size(slave, rows or 24, columns or 80, xpixels, ypixels)
             argv, user, shell = self._argv()
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=slave, stdout=slave, stderr=slave, cwd=self._cwd(),
                 env=self._environment(user, shell, os.ttyname(slave)),
-                preexec_fn=_new_session_on(slave))
+                preexec_fn=controlling_terminal(slave))
         except BaseException:
             os.close(master)
             raise

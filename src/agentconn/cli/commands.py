@@ -117,6 +117,34 @@ async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
         server.close()
 
 
+def pair_configs(agent_id: Any, *, listen_port: int | None = None,
+                 endpoint: str | None = None) -> tuple[str, str, str]:
+    """(agent config, client config, client address) for an agent and one client.
+
+    The agent's addresses come from its UUID (the agent adds them itself); the client gets a
+    Coder-prefix /128 from a fresh random UUID. ``listen_port`` goes into the agent's
+    config, ``endpoint`` (``host:port``) into the client's, with a 25 s keepalive.
+    """
+    import uuid as uuid_mod
+
+    from ..proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
+
+    aid = uuid_mod.UUID(str(agent_id))
+    agent_key, client_key = dh_generate(), dh_generate()
+    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid_mod.uuid4())
+    a_ts, a_coder = agent_addresses(aid)
+    agent_conf = (f"[Interface]\nPrivateKey = {encode_key(agent_key)}\n"
+                  + (f"ListenPort = {listen_port}\n" if listen_port is not None else "")
+                  + f"\n[Peer]\nPublicKey = {encode_key(public_key(client_key))}\n"
+                  f"AllowedIPs = {client_ip}/128\n")
+    client_conf = (f"[Interface]\nPrivateKey = {encode_key(client_key)}\n"
+                   f"Address = {client_ip}/128\n\n"
+                   f"[Peer]\nPublicKey = {encode_key(public_key(agent_key))}\n"
+                   + (f"Endpoint = {endpoint}\nPersistentKeepalive = 25\n" if endpoint else "")
+                   + f"AllowedIPs = {a_ts}/128, {a_coder}/128\n")
+    return agent_conf, client_conf, str(client_ip)
+
+
 async def _demo_agent_api() -> None:
     """An Agent and an AgentConn in this process over their own tunnel: the README snippet
     (list a directory, write, edit and read a file, run a process) against real files."""
@@ -128,27 +156,20 @@ async def _demo_agent_api() -> None:
     from ..agent.options import AgentOptions
     from ..aio.tunnel import Tunnel
     from ..client.conn import AgentConn
-    from ..proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
 
     agent_id = uuid.UUID("12345678-1234-1234-1234-123456789abc")
-    ka, kc = dh_generate(), dh_generate()
-    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid.uuid4())
-    ts, coder = agent_addresses(agent_id)
+    agent_conf, client_conf, _ = pair_configs(agent_id)
     with tempfile.TemporaryDirectory(prefix="agentconn-demo-") as tmp:
         root = Path(tmp)
         for d in ("home", "work", "logs"):
             (root / d).mkdir()
         options = AgentOptions(home=str(root / "home"), directory=str(root / "work"),
                                log_dir=str(root / "logs"))
-        agent = Agent(f"[Interface]\nPrivateKey = {encode_key(ka)}\n[Peer]\n"
-                      f"PublicKey = {encode_key(public_key(kc))}\nAllowedIPs = {client_ip}/128\n",
-                      agent_id, options=options, listen_host="127.0.0.1")
-        async with agent, Tunnel.from_config(
-                f"[Interface]\nPrivateKey = {encode_key(kc)}\nAddress = {client_ip}/128\n"
-                f"[Peer]\nPublicKey = {encode_key(public_key(ka))}\n"
-                f"Endpoint = 127.0.0.1:{agent.tunnel.listen_port}\n"
-                f"AllowedIPs = {ts}/128, {coder}/128\n", listen_host="127.0.0.1") as client:
-            async with AgentConn(client, agent_id) as conn:
+        agent = Agent(agent_conf, agent_id, options=options, listen_host="127.0.0.1")
+        async with agent:
+            endpoint = f"Endpoint = 127.0.0.1:{agent.tunnel.listen_port}\n"
+            client = Tunnel.from_config(client_conf + endpoint, listen_host="127.0.0.1")
+            async with client, AgentConn(client, agent_id) as conn:
                 start = time.perf_counter()
                 work = str(root / "work")
                 await conn.write_file(f"{work}/hello.py", b"print('hello from the agent')\n")
@@ -220,31 +241,21 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
 
 
 def pair(*, agent_id: str, out_dir: str, port: int, host: str) -> int:
-    """Write ``agent.conf`` and ``client.conf``: two wg-quick configs that reach each other.
-
-    The agent's addresses come from its UUID (the agent adds them itself); the client gets a
-    Coder-prefix /128 from a fresh random UUID. The agent listens on ``host:port`` (UDP).
-    """
+    """Write ``agent.conf`` and ``client.conf`` (see :func:`pair_configs`); the agent listens
+    on UDP ``port`` and the client reaches it at ``host:port``."""
     import os
     import uuid as uuid_mod
 
-    from ..proto.ports import CODER_SERVICE_PREFIX, addr_from_uuid, agent_addresses
+    from ..proto.ports import agent_addresses
 
     aid = uuid_mod.UUID(agent_id)
-    agent_key, client_key = dh_generate(), dh_generate()
-    client_ip = addr_from_uuid(CODER_SERVICE_PREFIX, uuid_mod.uuid4())
+    agent_conf, client_conf, client_ip = pair_configs(aid, listen_port=port,
+                                                      endpoint=f"{host}:{port}")
+    agent_conf = (f"# agentconn agent {aid}: agentconn agent --config agent.conf "
+                  f"--agent-id {aid}\n" + agent_conf)
+    client_conf = f"# agentconn client for agent {aid}\n" + client_conf
     a_ts, a_coder = agent_addresses(aid)
     os.makedirs(out_dir, exist_ok=True)
-    agent_conf = (f"# agentconn agent {aid}: agentconn agent --config agent.conf --agent-id {aid}\n"
-                  f"[Interface]\nPrivateKey = {encode_key(agent_key)}\nListenPort = {port}\n\n"
-                  f"[Peer]\nPublicKey = {encode_key(public_key(client_key))}\n"
-                  f"AllowedIPs = {client_ip}/128\n")
-    client_conf = (f"# agentconn client for agent {aid}\n"
-                   f"[Interface]\nPrivateKey = {encode_key(client_key)}\n"
-                   f"Address = {client_ip}/128\n\n"
-                   f"[Peer]\nPublicKey = {encode_key(public_key(agent_key))}\n"
-                   f"Endpoint = {host}:{port}\nAllowedIPs = {a_ts}/128, {a_coder}/128\n"
-                   f"PersistentKeepalive = 25\n")
     for name, text in (("agent.conf", agent_conf), ("client.conf", client_conf)):
         path = os.path.join(out_dir, name)
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

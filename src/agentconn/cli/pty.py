@@ -30,6 +30,7 @@ from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from agentconn.cli._standalone import standalone_main
 from agentconn.errors import AgentConnError
 
 if TYPE_CHECKING:
@@ -259,22 +260,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentconn.cli.pty ...`` (the same flags as the subcommand)."""
-    parser = argparse.ArgumentParser(prog="agentconn")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["pty", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None  # type: ignore[assignment]
-    try:
-        if uvloop is None:  # pragma: no cover
-            return asyncio.run(run(args))
-        return uvloop.run(run(args))
-    except (AgentConnError, OSError) as exc:
-        print(f"agentconn pty: {exc}", file=sys.stderr)
-        return EXIT_LOST
-    except KeyboardInterrupt:
-        return 130
+    return standalone_main("pty", add_parser, run, argv, (AgentConnError, OSError), EXIT_LOST)
 
 
 if __name__ == "__main__":

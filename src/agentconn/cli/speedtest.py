@@ -9,13 +9,13 @@ Until ``__main__`` wires it in, ``python -m agentconn.cli.speedtest ...`` runs i
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import re
 import sys
 from collections.abc import Sequence
 from typing import TextIO
 
+from agentconn.cli._standalone import standalone_main
 from agentconn.errors import AgentConnError
 from agentconn.proto.speedtest import (
     DEFAULT_DURATION,
@@ -158,22 +158,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentconn.cli.speedtest ...`` (the same flags as the subcommand)."""
-    parser = argparse.ArgumentParser(prog="agentconn")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["speedtest", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None  # type: ignore[assignment]
-    try:
-        if uvloop is None:  # pragma: no cover
-            return asyncio.run(run(args))
-        return uvloop.run(run(args))
-    except AgentConnError as exc:
-        print(f"agentconn speedtest: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+    return standalone_main("speedtest", add_parser, run, argv, (AgentConnError,), 1)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ import tty
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from agentconn.cli._standalone import standalone_main
 from agentconn.errors import AgentConnError
 from agentconn.proto.ports import AGENT_SSH_PORT
 
@@ -273,24 +274,9 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentconn.cli.ssh ...`` (the same flags as the subcommand)."""
-    parser = argparse.ArgumentParser(prog="agentconn")
-    add_parser(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ssh", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        uvloop = None  # type: ignore[assignment]
     import asyncssh
 
-    try:
-        if uvloop is None:  # pragma: no cover
-            return asyncio.run(run(args))
-        return uvloop.run(run(args))
-    except (AgentConnError, OSError, asyncssh.Error) as exc:
-        print(f"agentconn ssh: {exc}", file=sys.stderr)
-        return EXIT_NO_STATUS
-    except KeyboardInterrupt:
-        return 130
+    return standalone_main("ssh", add_parser, run, argv, (AgentConnError, OSError, asyncssh.Error), EXIT_NO_STATUS)
 
 
 if __name__ == "__main__":
