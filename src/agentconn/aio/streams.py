@@ -1,4 +1,4 @@
-"""asyncio transports, servers and streams over the userspace TCP stack (``_wgcore.tcp``).
+"""asyncio transports, servers and streams over the userspace TCP stack (``_wgcore.tcpip``).
 
 Theory of operation
 -------------------
@@ -10,8 +10,8 @@ asyncio protocol (``StreamReaderProtocol``, h11 adapters, asyncssh) runs on it u
   What does not fit stays in this transport's own buffer, which is what
   ``get_write_buffer_size()`` reports and what drives ``pause_writing``/``resume_writing``
   against the high/low water marks, exactly as asyncio's socket transports do.
-* Reading: when a batch brought in-order data, the tunnel calls :meth:`_on_events` once per
-  connection; all new bytes go to ``data_received`` in one call. ``pause_reading()`` simply stops
+* Reading: when a batch brought in-order data, the tunnel delivers the connection's events
+  once per batch (``StackHost.watch``); all new bytes go to ``data_received`` in one call. ``pause_reading()`` simply stops
   taking data out of the receive ring, so the advertised window shrinks and the peer stops —
   memory stays bounded by the window.
 * Closing: ``close()`` lets buffered data go, then sends FIN; ``connection_lost(None)`` follows
@@ -20,6 +20,8 @@ asyncio protocol (``StreamReaderProtocol``, h11 adapters, asyncssh) runs on it u
   ``connection_lost(ConnectionResetError/ConnectionRefusedError/TimeoutError)``.
 
 :class:`TunnelServer` mirrors :class:`asyncio.Server` for a listener on the tunnel.
+:class:`StreamEndpoints` (mixed into ``Tunnel``) builds both; everything they need from the
+tunnel goes through the narrow :class:`~agentconn.aio.host.StackHost`.
 """
 from __future__ import annotations
 
@@ -29,23 +31,23 @@ import errno
 import ipaddress
 import logging
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from _wgcore.tcp import EVENTS, TcpConn, TcpListener
+from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener, TcpState
 
-if TYPE_CHECKING:
-    from .tunnel import Tunnel
+from ..errors import TunnelClosedError
+from .host import StackHost
 
-__all__ = ["TcpTransport", "TunnelServer"]
+__all__ = ["TcpTransport", "TunnelServer", "StreamEndpoints", "address_tuple",
+           "connection_error"]
 
 log = logging.getLogger("agentconn.tcp")
 
-EV_CONNECTED = EVENTS["CONNECTED"]
-EV_READABLE = EVENTS["READABLE"]
-EV_EOF = EVENTS["EOF"]
-EV_WRITABLE = EVENTS["WRITABLE"]
-EV_CLOSED = EVENTS["CLOSED"]
-EV_ACCEPT = EVENTS["ACCEPT"]
+EV_READABLE = TcpEvent.READABLE
+EV_EOF = TcpEvent.EOF
+EV_WRITABLE = TcpEvent.WRITABLE
+EV_CLOSED = TcpEvent.CLOSED
+EV_ACCEPT = TcpEvent.ACCEPT
 
 DEFAULT_HIGH_WATER = 64 * 1024
 READ_CHUNK = 1 << 20          # largest single data_received() call
@@ -72,13 +74,13 @@ def connection_error(code: int, peer: tuple[Any, ...]) -> OSError:
 class TcpTransport(asyncio.Transport):
     """A connection on the tunnel's TCP stack as an asyncio transport (see module doc)."""
 
-    def __init__(self, tunnel: Tunnel, conn: TcpConn, protocol: asyncio.BaseProtocol,
+    def __init__(self, host: StackHost, conn: TcpConn, protocol: asyncio.BaseProtocol,
                  server: TunnelServer | None = None) -> None:
         super().__init__()
-        self._tunnel = tunnel
-        self._loop = tunnel._require_loop()
+        self._host = host
+        self._loop = host.running_loop()
         self._conn = conn
-        conn.owner = self
+        host.watch(conn, self._on_events)
         self._protocol = protocol
         self._server = server
         self._pending: collections.deque[bytes] = collections.deque()
@@ -145,7 +147,7 @@ class TcpTransport(asyncio.Transport):
         # out now (the tunnel flushes on its own only around its socket events), or the peer
         # waits for its persist timer (>= 200 ms) to probe.
         self._deliver()
-        self._tunnel._schedule_flush()
+        self._host.schedule_flush()
 
     # -- writing ------------------------------------------------------------------------------
 
@@ -180,10 +182,10 @@ class TcpTransport(asyncio.Transport):
             except OSError:
                 return
             if taken == len(data):
-                self._tunnel._schedule_flush()
+                self._host.schedule_flush()
                 return
             data = bytes(memoryview(data)[taken:])
-            self._tunnel._schedule_flush()
+            self._host.schedule_flush()
         else:
             data = bytes(data)
         self._pending.append(data)
@@ -211,12 +213,12 @@ class TcpTransport(asyncio.Transport):
         self._pending.clear()
         self._pending_size = 0
         self._conn.abort()
-        self._tunnel._schedule_flush()
+        self._host.schedule_flush()
         self._connection_lost(None)
 
-    # -- called by the tunnel -------------------------------------------------------------------
+    # -- the connection's events (StackHost.watch) -----------------------------------------------
 
-    def _on_events(self, events: int) -> None:
+    def _on_events(self, events: TcpEvent) -> None:
         if events & EV_WRITABLE:
             self._push_pending()
         if events & (EV_READABLE | EV_EOF):
@@ -273,7 +275,7 @@ class TcpTransport(asyncio.Transport):
                 self._pending[0] = chunk[taken:]
                 break
         if moved:
-            self._tunnel._schedule_flush()
+            self._host.schedule_flush()
         if self._protocol_paused and self._pending_size <= self._low:
             self._protocol_paused = False
             try:
@@ -300,7 +302,7 @@ class TcpTransport(asyncio.Transport):
             self._conn.shutdown()
         except OSError:
             pass
-        self._tunnel._schedule_flush()
+        self._host.schedule_flush()
 
     def _finish_close(self) -> None:
         conn = self._conn
@@ -308,7 +310,7 @@ class TcpTransport(asyncio.Transport):
             conn.close()
         except OSError:
             pass
-        self._tunnel._schedule_flush()
+        self._host.schedule_flush()
         self._connection_lost(None)
 
     def _connection_lost(self, exc: Exception | None) -> None:
@@ -319,6 +321,7 @@ class TcpTransport(asyncio.Transport):
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
+        self._host.unwatch(self._conn)
         try:
             self._protocol.connection_lost(exc)
         finally:
@@ -336,18 +339,22 @@ class TcpTransport(asyncio.Transport):
         return f"<TcpTransport {peer[0]}:{peer[1]} {self._conn.state_name}>"
 
 
+def _closed_now(conn: TcpConn) -> bool:
+    return TcpState(conn.state) is TcpState.CLOSED
+
+
 class TunnelServer:
     """A listening TCP port on the tunnel, like :class:`asyncio.Server`."""
 
-    def __init__(self, tunnel: Tunnel, listener: TcpListener,
+    def __init__(self, host: StackHost, listener: TcpListener,
                  protocol_factory: Callable[[], asyncio.BaseProtocol]) -> None:
-        self._tunnel = tunnel
+        self._host = host
         self._listener = listener
         self._factory = protocol_factory
         self._transports: set[TcpTransport] = set()
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
-        listener.owner = self
+        host.watch(listener, self._on_events)
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -364,7 +371,7 @@ class TunnelServer:
         return not self._closed
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
-        return self._tunnel._require_loop()
+        return self._host.running_loop()
 
     def close(self) -> None:
         """Stop listening (connections not yet accepted are reset; open ones stay)."""
@@ -372,7 +379,8 @@ class TunnelServer:
             return
         self._closed = True
         self._listener.close()
-        self._tunnel._schedule_flush()
+        self._host.unwatch(self._listener)
+        self._host.schedule_flush()
         self._wake()
 
     def close_clients(self) -> None:
@@ -410,7 +418,7 @@ class TunnelServer:
         self.close()
         await self.wait_closed()
 
-    def _on_events(self, events: int) -> None:
+    def _on_events(self, events: TcpEvent) -> None:
         if not events & EV_ACCEPT:
             return
         while not self._closed:
@@ -423,7 +431,7 @@ class TunnelServer:
                 log.exception("protocol factory failed; resetting the accepted connection")
                 conn.abort()
                 continue
-            transport = TcpTransport(self._tunnel, conn, protocol, server=self)
+            transport = TcpTransport(self._host, conn, protocol, server=self)
             try:
                 protocol.connection_made(transport)
             except Exception as exc:
@@ -431,7 +439,7 @@ class TunnelServer:
                 continue
             # Data (even a FIN) may have arrived with the handshake's last ACK.
             transport._deliver()
-            if conn.state_name == "CLOSED" and not transport._lost:
+            if _closed_now(conn) and not transport._lost:
                 transport._on_events(EV_CLOSED)
 
     def _attach(self, transport: TcpTransport) -> None:
@@ -451,3 +459,93 @@ class TunnelServer:
 
     def __repr__(self) -> str:
         return f"<TunnelServer sockets={self.sockets}>"
+
+
+# -- the Tunnel's stream methods ----------------------------------------------------------------
+
+class StreamEndpoints:
+    """``create_connection``/``open_connection``/``create_server``/``start_server`` for a
+    :class:`~agentconn.aio.host.StackHost` (mixed into ``Tunnel``)."""
+
+    async def create_connection(
+            self: StackHost, protocol_factory: Callable[[], asyncio.BaseProtocol], host: str,
+            port: int, *, local_port: int = 0,
+    ) -> tuple[TcpTransport, asyncio.BaseProtocol]:
+        """Open a TCP connection through the tunnel, like ``loop.create_connection``.
+
+        `host` is an IPv4/IPv6 address literal covered by some peer's AllowedIPs. Returns
+        (transport, protocol) once the handshake completed. Raises NoRouteError,
+        ConnectionRefusedError (the peer answered RST), TimeoutError (no answer after 6 SYN
+        retransmissions, about 2 minutes; bound it with asyncio.timeout), ValueError for a
+        host that is not an address, TunnelClosedError.
+        """
+        loop = self.running_loop()
+        conn = self.iface.connect(host, port, loop.time(), local_port=local_port)
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def on_events(_: TcpEvent) -> None:
+            if waiter.done():
+                return
+            if self.closed:
+                waiter.set_exception(TunnelClosedError("tunnel closed"))
+                return
+            state = TcpState(conn.state)
+            if state is TcpState.ESTABLISHED or state is TcpState.CLOSE_WAIT:
+                waiter.set_result(None)
+            elif state is TcpState.CLOSED:
+                waiter.set_exception(connection_error(conn.error or errno.ECONNREFUSED,
+                                                      address_tuple(*conn.remote)))
+
+        self.watch(conn, on_events)
+        self.schedule_flush()
+        try:
+            await waiter
+        except BaseException:
+            self.unwatch(conn)
+            conn.abort()
+            self.schedule_flush()
+            raise
+        protocol = protocol_factory()
+        transport = TcpTransport(self, conn, protocol)
+        protocol.connection_made(transport)
+        transport._deliver()
+        if _closed_now(conn):
+            transport._on_events(EV_CLOSED)
+        return transport, protocol
+
+    async def open_connection(self: StackHost, host: str, port: int, *, limit: int = 2 ** 16,
+                              local_port: int = 0
+                              ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A (StreamReader, StreamWriter) pair for a TCP connection through the tunnel, like
+        ``asyncio.open_connection``. Raises as :meth:`create_connection`."""
+        loop = self.running_loop()
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport, _ = await StreamEndpoints.create_connection(
+            self, lambda: protocol, host, port, local_port=local_port)
+        writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+        return reader, writer
+
+    async def create_server(self: StackHost, protocol_factory: Callable[[], asyncio.BaseProtocol],
+                            port: int, host: str | None = None, *, backlog: int = 128
+                            ) -> TunnelServer:
+        """Listen on a TCP port of the tunnel's addresses (`host`: one of them, or None for
+        all), like ``loop.create_server``. Port 0 is the catch-all listener (SYNs to ports
+        without a listener of their own). Raises OSError(EADDRINUSE) for a taken port and
+        ValueError for an address that is not the tunnel's."""
+        self.running_loop()
+        listener = self.iface.listen(int(port), host, backlog=backlog)
+        return TunnelServer(self, listener, protocol_factory)
+
+    async def start_server(self: StackHost, client_connected_cb: Callable[..., Any], port: int,
+                           host: str | None = None, *, backlog: int = 128,
+                           limit: int = 2 ** 16) -> TunnelServer:
+        """Like ``asyncio.start_server``: `client_connected_cb(reader, writer)` (plain or
+        coroutine function) runs for every accepted connection."""
+        loop = self.running_loop()
+
+        def factory() -> asyncio.StreamReaderProtocol:
+            reader = asyncio.StreamReader(limit=limit, loop=loop)
+            return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+        return await StreamEndpoints.create_server(self, factory, port, host, backlog=backlog)

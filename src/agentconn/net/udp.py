@@ -4,11 +4,12 @@ Theory of operation: a bound socket owns ``(address, port)``; ``address`` None m
 interface address (a wildcard bind). An inbound datagram goes to the exact binding of its
 destination first, then to the wildcard binding of its port; no match is counted by the caller
 (the kernel would answer ICMP port unreachable; we stay silent, as gVisor's netstack in Coder's
-agent does by default). Ephemeral ports come from 49152-65535 (RFC 6335 §6).
+agent does by default). :data:`EPHEMERAL_PORTS` is the one range that TCP and UDP pick local
+ports from (``Interface.ephemeral_port``): Linux's default ``ip_local_port_range``.
 """
 from __future__ import annotations
 
-import random
+import errno
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv6Address
 from typing import Generic, TypeVar
@@ -22,7 +23,7 @@ __all__ = ["Datagram", "PortTable", "parse_datagram", "emit_datagram", "EPHEMERA
 
 Address = IPv4Address | IPv6Address
 S = TypeVar("S")
-EPHEMERAL_PORTS = range(49152, 65536)
+EPHEMERAL_PORTS = range(32768, 61000)   # Linux's default ip_local_port_range, 32768-60999
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,29 +68,23 @@ def emit_datagram(src: Address, src_port: int, dst: Address, dst_port: int,
 class PortTable(Generic[S]):
     """Bound UDP ports: (address or None for any, port) -> socket."""
 
-    def __init__(self, rng: random.Random | None = None) -> None:
+    def __init__(self) -> None:
         self._bound: dict[tuple[Address | None, int], S] = {}
-        self._rng = rng or random.Random()
 
     def bind(self, address: Address | None, port: int, owner: S) -> int:
-        """Bind `owner`; port 0 picks a free ephemeral port. Raises OSError(EADDRINUSE)."""
-        import errno
-
-        if port == 0:
-            for _ in range(1000):
-                candidate = self._rng.choice(EPHEMERAL_PORTS)
-                if not self._in_use(address, candidate):
-                    port = candidate
-                    break
-            else:
-                raise OSError(errno.EADDRINUSE, "no free ephemeral UDP port")
-        elif not 0 < port < 65536:
+        """Bind `owner` to (address or None for any, port). Raises OSError(EADDRINUSE) and
+        ValueError for a port outside 1-65535."""
+        if not 0 < port < 65536:
             raise ValueError(f"UDP port {port} out of range 1-65535")
         elif self._in_use(address, port):
             where = f"{address}:{port}" if address is not None else f"*:{port}"
             raise OSError(errno.EADDRINUSE, f"UDP {where} is already bound in this tunnel")
         self._bound[(address, port)] = owner
         return port
+
+    def in_use(self, address: Address | None, port: int) -> bool:
+        """Whether binding (address, port) would conflict with an existing binding."""
+        return self._in_use(address, port)
 
     def _in_use(self, address: Address | None, port: int) -> bool:
         if address is None:
