@@ -148,10 +148,7 @@ def test_udp_bound_port_gets_datagram_with_owner() -> None:
 
 @pytest.mark.parametrize("other_binding", [
     True,
-    pytest.param(False, marks=pytest.mark.xfail(strict=True, reason=(
-        "Interface.receive_packet only parses UDP when some port is bound or "
-        "report_unclaimed_udp is set; otherwise a datagram to an unbound port falls "
-        "through to answer()/Pinger and is counted 'unhandled', not 'udp_no_socket'"))),
+    False,
 ], ids=["some-port-bound", "nothing-bound"])
 def test_udp_unbound_port_dropped_or_reported(other_binding: bool) -> None:
     pair = NodePair()

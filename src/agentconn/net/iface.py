@@ -111,7 +111,7 @@ class Interface:
     def receive_packet(self, packet: bytes, now: float) -> None:
         """Handle one inbound non-TCP IP packet: UDP to its port, echo requests answered,
         echo replies matched; anything else counted as unhandled."""
-        if (self._udp or self.report_unclaimed_udp) and _ip_protocol(packet) == _PROTOCOL_UDP:
+        if _ip_protocol(packet) == _PROTOCOL_UDP:
             self._receive_udp(packet)
             return
         reply = answer(packet, self.addresses)
