@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from agentconn.agent.http import Router
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
-from agentconn.agent.processes import (
+from agentconn.agent.api.processes import (
     MAX_LINE_LENGTH,
     HeadTailBuffer,
     ProcessManager,
@@ -499,7 +499,7 @@ async def test_close_kills_everything(make_procs: MakeHarness) -> None:
 
 async def test_waitpid_thread_fallback() -> None:
     # Where pidfds are unavailable the exit is collected by a dedicated waitpid thread.
-    from agentconn.agent import processes
+    from agentconn.agent.api import processes
 
     popen, read_fd = processes._spawn("exit 5", "/", {"PATH": os.environ["PATH"]})
     os.close(read_fd)

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the environment
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.context import (
     PART_CONTEXT_FILE,

@@ -46,7 +46,7 @@ import subprocess
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
+from agentconn.agent.children import controlling_terminal, os_user, set_window_size
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.errors import ProtocolError
 from agentconn.proto.ports import AGENT_RECONNECTING_PTY_PORT

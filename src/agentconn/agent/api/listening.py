@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.listening import ListeningPort, ListeningPortsResponse
 from agentconn.web.server import Request, ResponseLike

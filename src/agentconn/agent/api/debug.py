@@ -23,7 +23,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok, text_response
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok, text_response
 from agentconn.proto._codec import format_time, parse_time
 from agentconn.proto.common import GREETING
 from agentconn.proto.debug import (

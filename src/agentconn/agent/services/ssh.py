@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.stream import SSHServerStreamSession
 
-from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
+from agentconn.agent.children import controlling_terminal, os_user, set_window_size
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.ports import SSH_PORTS
 

@@ -45,8 +45,8 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agentconn.agent.fsutil import go_quote, go_text
-from agentconn.agent.http import (
+from agentconn.agent.api.fsutil import go_quote, go_text
+from agentconn.agent.api.router import (
     ApiError,
     RequestContext,
     Router,
