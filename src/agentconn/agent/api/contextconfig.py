@@ -350,8 +350,8 @@ class ContextConfigApi:
         )
 
     def register(self, router: Router) -> None:
-        """Add ``GET /api/v0/context-config``."""
-        router.add("GET", "/api/v0/context-config", self._get)
+        """Serve the ``ContextConfig`` route."""
+        router.add_routes({"ContextConfig": self._get})
 
     def resolve(self) -> ContextConfigResponse:
         """Build the response from disk now (blocking file I/O; call from a worker thread)."""

@@ -167,13 +167,16 @@ class DebugApi:
         self.debug_logging = False
 
     def register(self, router: Router) -> None:
-        router.add("GET", "/", self._greeting)
-        router.add("GET", "/api/v0/netcheck", self._netcheck)
-        router.add("GET", "/debug/magicsock", self._magicsock)
-        router.add("GET", "/debug/magicsock/debug-logging/{state}", self._debug_logging)
-        router.add("GET", "/debug/manifest", self._manifest)
-        router.add("GET", "/debug/prometheus", self._prometheus)
-        router.add("GET", "/debug/logs", self._logs)
+        """Serve the greeting, netcheck and ``/debug`` routes."""
+        router.add_routes({
+            "Greeting": self._greeting,
+            "Netcheck": self._netcheck,
+            "DebugMagicsock": self._magicsock,
+            "DebugMagicsockLogging": self._debug_logging,
+            "DebugManifest": self._manifest,
+            "PrometheusMetrics": self._prometheus,
+            "DebugLogs": self._logs,
+        })
 
     async def _greeting(self, request: Request, ctx: RequestContext) -> ResponseLike:
         return json_ok(GREETING)

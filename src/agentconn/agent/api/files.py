@@ -145,13 +145,15 @@ class FilesApi:
         self._on_paths_touched = on_paths_touched
 
     def register(self, router: Router) -> None:
-        """Add the file routes to ``router``."""
-        router.add("POST", "/api/v0/list-directory", self._list_directory)
-        router.add("GET", "/api/v0/resolve-path", self._resolve_path)
-        router.add("GET", "/api/v0/read-file", self._read_file)
-        router.add("GET", "/api/v0/read-file-lines", self._read_file_lines)
-        router.add("POST", "/api/v0/write-file", self._write_file)
-        router.add("POST", "/api/v0/edit-files", self._edit_files)
+        """Serve the file routes."""
+        router.add_routes({
+            "LS": self._list_directory,
+            "ResolvePath": self._resolve_path,
+            "ReadFile": self._read_file,
+            "ReadFileLines": self._read_file_lines,
+            "WriteFile": self._write_file,
+            "EditFiles": self._edit_files,
+        })
 
     async def close(self) -> None:
         """Nothing to release; present for the module convention."""

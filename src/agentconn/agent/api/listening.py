@@ -145,8 +145,8 @@ class ListeningPortsApi:
         self._scanned_at: float | None = None
 
     def register(self, router: Router) -> None:
-        """Add the listening-ports route to ``router``."""
-        router.add("GET", "/api/v0/listening-ports", self._listening_ports)
+        """Serve the ``ListeningPorts`` route."""
+        router.add_routes({"ListeningPorts": self._listening_ports})
 
     async def _listening_ports(self, request: Request, ctx: RequestContext) -> ResponseLike:
         async with self._lock:

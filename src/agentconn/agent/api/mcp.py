@@ -752,10 +752,12 @@ class McpManager:
     # -- HTTP -------------------------------------------------------------------------------
 
     def register(self, router: Router) -> None:
-        """Add the three MCP routes."""
-        router.add("GET", "/api/v0/mcp/tools", self._list_tools)
-        router.add("POST", "/api/v0/mcp/call-tool", self._call_tool)
-        router.add("POST", "/api/v0/mcp/read-resource", self._read_resource)
+        """Serve the three MCP routes."""
+        router.add_routes({
+            "ListMCPTools": self._list_tools,
+            "CallMCPTool": self._call_tool,
+            "ReadMCPResource": self._read_resource,
+        })
 
     async def _list_tools(self, request: Request, ctx: RequestContext) -> ResponseLike:
         # §12.3: always 200; only the exact value "true" refreshes (Go compares strings).

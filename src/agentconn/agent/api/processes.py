@@ -255,11 +255,13 @@ class ProcessManager:
         self._closed = False
 
     def register(self, router: Router) -> None:
-        """Add the four process routes to ``router``."""
-        router.add("POST", "/api/v0/processes/start", self._start)
-        router.add("GET", "/api/v0/processes/list", self._list)
-        router.add("GET", "/api/v0/processes/{id}/output", self._output)
-        router.add("POST", "/api/v0/processes/{id}/signal", self._signal)
+        """Serve the four process routes."""
+        router.add_routes({
+            "StartProcess": self._start,
+            "ListProcesses": self._list,
+            "ProcessOutput": self._output,
+            "SignalProcess": self._signal,
+        })
 
     async def close(self) -> None:
         """Refuse new processes, SIGKILL every running process group and wait for them all."""
