@@ -499,11 +499,13 @@ async def test_close_kills_everything(make_procs: MakeHarness) -> None:
 
 async def test_waitpid_thread_fallback() -> None:
     # Where pidfds are unavailable the exit is collected by a dedicated waitpid thread.
-    from agentconn.agent.api import processes
+    import subprocess
 
-    popen, read_fd = processes._spawn("exit 5", "/", {"PATH": os.environ["PATH"]})
-    os.close(read_fd)
-    status = await processes._wait_exit_thread(popen.pid)
+    from agentconn.agent import children
+
+    popen = subprocess.Popen(["sh", "-c", "exit 5"], cwd="/", env={"PATH": os.environ["PATH"]},
+                             stdin=subprocess.DEVNULL, start_new_session=True)
+    status = await children._wait_exit_thread(popen.pid)
     popen.returncode = -1  # reaped by us; keep Popen from waiting again
     assert status is not None and os.waitstatus_to_exitcode(status) == 5
 
