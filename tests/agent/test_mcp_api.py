@@ -21,8 +21,8 @@ import orjson
 import pytest
 
 from agentconn.agent.api.contextconfig import ENV_MCP_CONFIG_FILES
-from agentconn.agent.api.router import Router
 from agentconn.agent.api.mcp import McpManager, expand_env, parse_config
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 
 SERVER = str(Path(__file__).parent / "tools" / "mcp_test_server.py")

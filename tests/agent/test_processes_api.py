@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from agentconn.agent.api.router import Router
-from agentconn.agent.options import AgentOptions
 from agentconn.agent.api.processes import (
     MAX_LINE_LENGTH,
     HeadTailBuffer,
     ProcessManager,
     go_string,
 )
+from agentconn.agent.api.router import Router
+from agentconn.agent.options import AgentOptions
 
 MARKER = "\n\n... [omitted {} bytes] ...\n\n"
 
@@ -503,8 +503,9 @@ async def test_waitpid_thread_fallback() -> None:
 
     from agentconn.agent import children
 
-    popen = subprocess.Popen(["sh", "-c", "exit 5"], cwd="/", env={"PATH": os.environ["PATH"]},
-                             stdin=subprocess.DEVNULL, start_new_session=True)
+    popen = subprocess.Popen(["sh", "-c", "exit 5"], cwd="/",  # noqa: ASYNC220 - reaped below
+                             env={"PATH": os.environ["PATH"]}, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
     status = await children._wait_exit_thread(popen.pid)
     popen.returncode = -1  # reaped by us; keep Popen from waiting again
     assert status is not None and os.waitstatus_to_exitcode(status) == 5

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import functools
 import logging
 import os
 import pwd
@@ -43,7 +44,7 @@ import termios
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Self
 
 from agentconn.agent.options import AgentOptions
 
@@ -168,7 +169,7 @@ class Terminal:
             self.__exit__()
             raise
 
-    def __enter__(self) -> Terminal:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -232,9 +233,11 @@ class Child:
         master: int | None = None
         if terminal is not None:
             slave = terminal.slave
+            # preexec_fn forks without exec'ing a helper; it only calls setsid and ioctl, which
+            # take no lock another thread of ours could hold.
             popen = subprocess.Popen(
                 argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env, bufsize=0,
-                close_fds=True, preexec_fn=_controlling_terminal(slave))
+                close_fds=True, preexec_fn=_controlling_terminal(slave))  # noqa: PLW1509
             master = terminal._take_master()
             os.set_blocking(master, False)
         else:
@@ -317,7 +320,7 @@ class Child:
                 readers.append(None)
                 continue
             reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
-            await loop.connect_read_pipe(lambda r=reader: _ReadProtocol(r), pipe)
+            await loop.connect_read_pipe(functools.partial(_ReadProtocol, reader), pipe)
             readers.append(reader)
         writer = None
         if self.stdin is not None:

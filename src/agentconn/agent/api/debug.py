@@ -20,7 +20,7 @@ import re
 import socket
 import struct
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok, text_response
@@ -231,7 +231,7 @@ class DebugApi:
         rows = []
         for p in stats.get("peers", []):
             last = p.get("last_handshake_unix") or 0
-            when = (datetime.fromtimestamp(last, timezone.utc).isoformat() if last else "never")
+            when = (datetime.fromtimestamp(last, UTC).isoformat() if last else "never")
             rows.append(
                 "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                     p.get("public_key"), p.get("endpoint"), ", ".join(p.get("allowed_ips", [])),
@@ -371,7 +371,7 @@ class DebugApi:
         for name, mtime in self._log_files(after):
             if total >= _LOGS_TOTAL_CAP:
                 break
-            stamp = format_time(datetime.fromtimestamp(mtime, timezone.utc))
+            stamp = format_time(datetime.fromtimestamp(mtime, UTC))
             header = ("" if first else "\n") + f"=== {name} (mtime {stamp}) ===\n"
             first = False
             yield header.encode()

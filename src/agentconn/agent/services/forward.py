@@ -51,7 +51,7 @@ class LoopbackForwarder:
         try:
             try:
                 local = await asyncio.wait_for(asyncio.open_connection(self.host, port), 10)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 self.refused += 1
                 _log.debug("forward to %s:%d failed: %s", self.host, port, e)
                 writer.transport.abort()
