@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentconn.cli.ssh ...`` (the same flags as the subcommand)."""
     import asyncssh
 
-    return standalone_main("ssh", add_parser, run, argv, (AgentConnError, OSError, asyncssh.Error), EXIT_NO_STATUS)
+    return standalone_main("ssh", add_parser, run, argv,
+                           (AgentConnError, OSError, asyncssh.Error), EXIT_NO_STATUS)
 
 
 if __name__ == "__main__":

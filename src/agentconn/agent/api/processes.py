@@ -378,7 +378,8 @@ class ProcessManager:
         try:
             proc.child.signal_group(signum)  # §4.5: the whole process group
         except OSError as e:
-            raise ApiError(500, "Failed to signal process.", f"{name} process: {_errno_text(e)}") from e
+            raise ApiError(500, "Failed to signal process.",
+                           f"{name} process: {_errno_text(e)}") from e
         return json_ok(Response(message=f"Signal {go_quote(name)} sent to process {go_quote(id)}."))
 
     def _visible(self, id: str, ctx: RequestContext) -> _Process | None:

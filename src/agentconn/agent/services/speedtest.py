@@ -97,7 +97,8 @@ class SpeedtestServer:
         """Listen on TCP ``port`` of the tunnel. Raises OSError if it is taken."""
         if self._server is not None:
             raise RuntimeError("speedtest server already started")
-        self._server = await tunnel.start_server(self.serve_connection, self.port, limit=STREAM_LIMIT)
+        self._server = await tunnel.start_server(self.serve_connection, self.port,
+                                                 limit=STREAM_LIMIT)
 
     async def close(self) -> None:
         """Stop listening, reset every live session and wait for their handlers."""
