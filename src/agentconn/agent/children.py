@@ -21,8 +21,11 @@ exit status, or ``-N`` when signal ``N`` ended the child; ``None`` when the stat
 be collected.
 
 Ending a child: :meth:`Child.hang_up` sends SIGHUP to the group, as a closing terminal
-would, and SIGKILL ``grace`` seconds later; :meth:`Child.signal_group` sends any signal to
-the group and :meth:`Child.send_signal` to the child alone.
+would, and SIGKILL ``grace`` seconds later: to end the child (reaping it drops the SIGKILL;
+the reconnecting PTY) or the whole group (the SIGKILL comes anyway, for background jobs that
+outlive the child and hold its pipes; SSH). :meth:`Child.signal_group` sends any signal to
+the group, :meth:`Child.send_signal` to the child alone. :func:`read_terminal` and
+:func:`write_terminal` are the non-blocking reads and writes of a PTY master.
 
 :class:`Login` is what a login of the agent's OS user looks like (shell, environment,
 directory), shared by the SSH and reconnecting-PTY servers.
