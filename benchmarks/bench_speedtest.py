@@ -51,7 +51,7 @@ from bench_tcp import (
     kernel_side,  # noqa: F401  (module-scoped fixture of the ours -> kernel case)
 )
 
-from agentconn.agent.speedtest import SpeedtestServer
+from agentconn.agent.services.speedtest import SpeedtestServer
 from agentconn.client.speedtest import speedtest
 from agentconn.proto.speedtest import SpeedtestResult
 
@@ -118,7 +118,7 @@ from pathlib import Path
 import uvloop
 from agent_pair import make_options
 from agentconn.agent.agent import Agent
-from agentconn.agent.speedtest import SpeedtestServer
+from agentconn.agent.services.speedtest import SpeedtestServer
 
 async def main():
     conf, agent_id = sys.argv[1], uuid.UUID(sys.argv[2])
@@ -257,7 +257,7 @@ def test_baseline_python(benchmark: Any, record: Any, go_pair: bench_tcp.GoPair,
 KERNEL_SERVER = r"""
 import asyncio, json, sys
 from agentconn.agent.options import AgentOptions
-from agentconn.agent.speedtest import SpeedtestServer
+from agentconn.agent.services.speedtest import SpeedtestServer
 
 async def main():
     server = SpeedtestServer(AgentOptions(), min_duration=0.1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._version import __version__ as __version__
 from .errors import (
     AgentConnError,
     ConfigError,
@@ -20,8 +21,7 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from .agent.agent import Agent
-    from .agent.options import AgentOptions
+    from .agent import Agent, AgentOptions
     from .aio.tunnel import Tunnel
     from .client.conn import AgentApiError, AgentConn, connect
 
@@ -41,7 +41,6 @@ __all__ = [
     "TunnelClosedError",
     "TunnelError",
 ]
-__version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> Any:
@@ -54,12 +53,8 @@ def __getattr__(name: str) -> Any:
         from .client import conn
 
         return getattr(conn, name)
-    if name == "Agent":
-        from .agent.agent import Agent
+    if name in ("Agent", "AgentOptions"):
+        from . import agent
 
-        return Agent
-    if name == "AgentOptions":
-        from .agent.options import AgentOptions
-
-        return AgentOptions
+        return getattr(agent, name)
     raise AttributeError(f"module 'agentconn' has no attribute {name!r}")

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agentconn.agent.http import Router
+from agentconn.agent.api.router import Router
 from agentconn.web import HttpClient, HttpServer
 
 

@@ -13,7 +13,7 @@ import ipaddress
 import os
 import socket
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import orjson
@@ -45,7 +45,7 @@ async def test_addresses_greeting_and_debug(tmp_path: Path) -> None:
         assert "agentconn_wireguard_rx_packets_total" in metrics
         logs = await p.conn.debug_logs()
         assert b"listening on" in logs
-        since = await p.conn.debug_logs(after=datetime.now(timezone.utc) - timedelta(hours=1))
+        since = await p.conn.debug_logs(after=datetime.now(UTC) - timedelta(hours=1))
         assert since.startswith(b"=== coder-agent.log (mtime ")
         diag = p.conn.get_peer_diagnostics()
         assert diag["peer"]["public_key"] == p.agent.tunnel.public_key

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from agentconn.agent.http import (
+from agentconn.agent.api.router import (
     ApiError,
     RequestContext,
     Router,

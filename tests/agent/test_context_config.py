@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from agentconn.agent.contextconfig import (
+from agentconn.agent.api.contextconfig import (
     ENV_INSTRUCTIONS_DIRS,
     ENV_INSTRUCTIONS_FILE,
     ENV_MCP_CONFIG_FILES,
@@ -19,7 +19,7 @@ from agentconn.agent.contextconfig import (
     resolve_paths,
     sanitize_instructions,
 )
-from agentconn.agent.http import Router
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 
 ROUTE = "/api/v0/context-config"

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from agentconn.agent import editing
-from agentconn.agent.editing import EditError, apply_edit, apply_edits, unified_diff
+from agentconn.agent.api import editing
+from agentconn.agent.api.editing import EditError, apply_edit, apply_edits, unified_diff
 from agentconn.proto.files import FileEdit
 
 E = tuple[str, str] | tuple[str, str, bool]

@@ -24,9 +24,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agentconn.agent import fsutil
-from agentconn.agent.files import FilesApi
-from agentconn.agent.http import Router
+from agentconn.agent.api import fsutil
+from agentconn.agent.api.files import FilesApi
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.routes import build_target, route
 

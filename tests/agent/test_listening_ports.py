@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from agentconn.agent.http import Router
-from agentconn.agent.listening import ListeningPortsApi
+from agentconn.agent.api.listening import ListeningPortsApi
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 
 SELF_COMM = Path("/proc/self/comm").read_text().rstrip("\n")

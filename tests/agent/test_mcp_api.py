@@ -20,9 +20,9 @@ from typing import Any
 import orjson
 import pytest
 
-from agentconn.agent.contextconfig import ENV_MCP_CONFIG_FILES
-from agentconn.agent.http import Router
-from agentconn.agent.mcp import McpManager, expand_env, parse_config
+from agentconn.agent.api.contextconfig import ENV_MCP_CONFIG_FILES
+from agentconn.agent.api.mcp import McpManager, expand_env, parse_config
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 
 SERVER = str(Path(__file__).parent / "tools" / "mcp_test_server.py")

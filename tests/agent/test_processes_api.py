@@ -16,14 +16,14 @@ from typing import Any
 
 import pytest
 
-from agentconn.agent.http import Router
-from agentconn.agent.options import AgentOptions
-from agentconn.agent.processes import (
+from agentconn.agent.api.processes import (
     MAX_LINE_LENGTH,
     HeadTailBuffer,
     ProcessManager,
     go_string,
 )
+from agentconn.agent.api.router import Router
+from agentconn.agent.options import AgentOptions
 
 MARKER = "\n\n... [omitted {} bytes] ...\n\n"
 
@@ -499,11 +499,14 @@ async def test_close_kills_everything(make_procs: MakeHarness) -> None:
 
 async def test_waitpid_thread_fallback() -> None:
     # Where pidfds are unavailable the exit is collected by a dedicated waitpid thread.
-    from agentconn.agent import processes
+    import subprocess
 
-    popen, read_fd = processes._spawn("exit 5", "/", {"PATH": os.environ["PATH"]})
-    os.close(read_fd)
-    status = await processes._wait_exit_thread(popen.pid)
+    from agentconn.agent import children
+
+    popen = subprocess.Popen(["sh", "-c", "exit 5"], cwd="/",  # noqa: ASYNC220 - reaped below
+                             env={"PATH": os.environ["PATH"]}, stdin=subprocess.DEVNULL,
+                             start_new_session=True)
+    status = await children._wait_exit_thread(popen.pid)
     popen.returncode = -1  # reaped by us; keep Popen from waiting again
     assert status is not None and os.waitstatus_to_exitcode(status) == 5
 

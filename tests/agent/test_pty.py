@@ -25,7 +25,7 @@ from agent_pair import AGENT_ID, Pair, agent_pair, make_options, pair_configs
 
 import _wgcore
 from agentconn.agent.agent import Agent
-from agentconn.agent.pty import PtySession, ReconnectingPtyServer
+from agentconn.agent.services.pty import PtySession, ReconnectingPtyServer
 from agentconn.client.pty import ReconnectingPty, reconnecting_pty
 from agentconn.proto.errors import ProtocolError
 from agentconn.proto.ports import AGENT_RECONNECTING_PTY_PORT

@@ -20,7 +20,7 @@ from agent_pair import AGENT_ID, agent_pair, make_options, pair_configs
 
 import _wgcore
 from agentconn.agent.agent import Agent
-from agentconn.agent.speedtest import SpeedtestServer
+from agentconn.agent.services.speedtest import SpeedtestServer
 from agentconn.cli.speedtest import format_table, parse_duration
 from agentconn.client.speedtest import clamp_duration, run_client, speedtest
 from agentconn.proto.ports import AGENT_SPEEDTEST_PORT

@@ -28,7 +28,7 @@ from agent_pair import AGENT_ID, Pair, agent_pair, make_options, pair_configs
 import _wgcore
 from agentconn.agent.agent import Agent
 from agentconn.agent.options import AgentOptions
-from agentconn.agent.ssh import HOST_KEY_FILENAME, SshServer
+from agentconn.agent.services.ssh import HOST_KEY_FILENAME, SshServer
 from agentconn.client.ssh import ssh, ssh_client
 
 

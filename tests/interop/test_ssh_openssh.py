@@ -33,7 +33,7 @@ from netns import Namespace, WgPair, genkey, pubkey, require_interop, wg_pair
 import _wgcore
 from agentconn.agent.agent import Agent
 from agentconn.agent.options import AgentOptions
-from agentconn.agent.ssh import SshServer
+from agentconn.agent.services.ssh import SshServer
 from agentconn.aio.tunnel import Tunnel
 from agentconn.client.conn import AgentConn
 from agentconn.client.ssh import ssh_client

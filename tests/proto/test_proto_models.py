@@ -7,7 +7,7 @@ import enum
 import types
 import typing
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -216,7 +216,7 @@ def test_bundle_examples() -> None:
         b'"limits":{"max_files":10000,"max_bytes_per_file":10485760,"max_total_bytes":104857600}}',
     )
     assert isinstance(man, m.BundleManifest)
-    assert man.files[0].mod_time == datetime(2026, 5, 18, 12, 0, 0, 500000, tzinfo=timezone.utc)
+    assert man.files[0].mod_time == datetime(2026, 5, 18, 12, 0, 0, 500000, tzinfo=UTC)
 
 
 def test_process_examples() -> None:
@@ -289,7 +289,7 @@ def test_git_examples() -> None:
         b'"diff --git a/f b/f","removed":false}]}',
     )
     assert isinstance(msg, m.GitServerMessage) and msg.type is m.GitServerMessageType.CHANGES
-    assert msg.scanned_at == datetime(2026, 5, 18, 12, tzinfo=timezone.utc)
+    assert msg.scanned_at == datetime(2026, 5, 18, 12, tzinfo=UTC)
     err = m.GitServerMessage(type=m.GitServerMessageType.ERROR, message="unknown message type")
     assert err.to_json() == b'{"type":"error","message":"unknown message type"}'
     heartbeat = m.GitServerMessage(type=m.GitServerMessageType.CHANGES, repositories=[])
@@ -509,15 +509,15 @@ def test_bad_request_to_response() -> None:
 @pytest.mark.parametrize(
     ("text", "value", "canonical"),
     [
-        ("2026-05-18T12:00:00Z", datetime(2026, 5, 18, 12, tzinfo=timezone.utc), None),
+        ("2026-05-18T12:00:00Z", datetime(2026, 5, 18, 12, tzinfo=UTC), None),
         (
             "2026-05-18T12:00:00.123456789Z",
-            datetime(2026, 5, 18, 12, 0, 0, 123456, tzinfo=timezone.utc),
+            datetime(2026, 5, 18, 12, 0, 0, 123456, tzinfo=UTC),
             "2026-05-18T12:00:00.123456Z",
         ),
         (
             "2026-05-18T12:00:00.1Z",
-            datetime(2026, 5, 18, 12, 0, 0, 100000, tzinfo=timezone.utc),
+            datetime(2026, 5, 18, 12, 0, 0, 100000, tzinfo=UTC),
             None,
         ),
         (
@@ -532,7 +532,7 @@ def test_bad_request_to_response() -> None:
         ),
         (
             "2026-05-18T12:00:00+00:00",
-            datetime(2026, 5, 18, 12, tzinfo=timezone.utc),
+            datetime(2026, 5, 18, 12, tzinfo=UTC),
             "2026-05-18T12:00:00Z",
         ),
     ],

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 
@@ -138,7 +138,7 @@ def test_parse_query_round_trip() -> None:
     # non-strict routes ignore unknown parameters
     assert r.parse_query(r.route("ListMCPTools"), "refresh=true&x=1") == {"refresh": True}
     after = r.parse_query(r.route("DebugLogs"), "after=2026-05-18T12%3A00%3A00.5Z")["after"]
-    assert after == datetime(2026, 5, 18, 12, 0, 0, 500000, tzinfo=timezone.utc)
+    assert after == datetime(2026, 5, 18, 12, 0, 0, 500000, tzinfo=UTC)
     assert r.parse_query(r.route("LS"), "") == {"path": None}
 
 

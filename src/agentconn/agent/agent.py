@@ -2,7 +2,7 @@
 
 Theory of operation: :class:`Agent` owns a :class:`~agentconn.aio.tunnel.Tunnel` whose
 addresses include the two /128s derived from the agent UUID (Tailscale and Coder prefixes,
-agent-api.md §2.1), a :class:`~agentconn.agent.http.Router` with every API module registered,
+agent-api.md §2.1), a :class:`~agentconn.agent.api.router.Router` with every API module registered,
 and an :class:`~agentconn.web.server.HttpServer` accepting on tunnel TCP port 4 (§2.2). Modules
 share one :class:`~agentconn.agent.options.AgentOptions`; chat path tracking flows from the
 files/processes modules through :meth:`Agent.touched_paths`. MCP servers start in the
@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Sequence
 from typing import Any, Self
 
-from agentconn.agent.debug import LOG_FILE, DebugApi
-from agentconn.agent.http import Router
+from agentconn.agent.api.debug import LOG_FILE, DebugApi
+from agentconn.agent.api.router import Router
 from agentconn.agent.options import AgentOptions
 from agentconn.aio.tunnel import Tunnel
 from agentconn.proto.ports import AGENT_HTTP_API_PORT, agent_addresses
@@ -167,11 +167,11 @@ class Agent:
             raise RuntimeError("agent already started")
         self._started = True
         self._setup_logging()
-        from agentconn.agent.contextconfig import ContextConfigApi
-        from agentconn.agent.files import FilesApi
-        from agentconn.agent.listening import ListeningPortsApi
-        from agentconn.agent.mcp import McpManager
-        from agentconn.agent.processes import ProcessManager
+        from agentconn.agent.api.contextconfig import ContextConfigApi
+        from agentconn.agent.api.files import FilesApi
+        from agentconn.agent.api.listening import ListeningPortsApi
+        from agentconn.agent.api.mcp import McpManager
+        from agentconn.agent.api.processes import ProcessManager
 
         opts = self.options
         # ContextConfigApi consumes the CODER_AGENT_EXP_* variables (children must not inherit
@@ -189,10 +189,10 @@ class Agent:
         ]
         for module in self._modules:
             module.register(self.router)
-        from agentconn.agent.forward import PortForwarding
-        from agentconn.agent.pty import ReconnectingPtyServer
-        from agentconn.agent.speedtest import SpeedtestServer
-        from agentconn.agent.ssh import SshServer
+        from agentconn.agent.services.forward import PortForwarding
+        from agentconn.agent.services.pty import ReconnectingPtyServer
+        from agentconn.agent.services.speedtest import SpeedtestServer
+        from agentconn.agent.services.ssh import SshServer
 
         # Stream services on their own ports (§5-§7): started with the tunnel, closed with
         # the agent (after the HTTP modules, before the tunnel).

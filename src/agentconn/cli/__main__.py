@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import sys
 from collections.abc import Sequence
 
@@ -12,14 +11,7 @@ from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
 from . import ssh as ssh_cli
-
-
-def _event_loop_runner(coro: object) -> int:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
-        return int(asyncio.run(coro))  # type: ignore[arg-type]
-    return int(uvloop.run(coro))  # type: ignore[arg-type]
+from ._runner import run_async
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -81,35 +73,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
-            return _event_loop_runner(commands.demo(count=args.count, as_json=args.json,
-                                                             megabytes=args.megabytes))
+            return run_async(commands.demo(count=args.count, as_json=args.json,
+                                           megabytes=args.megabytes))
         if args.command == "ping" and args.agent_id:
-            return _event_loop_runner(commands.ping_agent(
+            return run_async(commands.ping_agent(
                 config=args.config, agent_id=args.agent_id, count=args.count,
                 interval=args.interval, timeout=args.timeout))
         if args.command == "ping" and not args.address:
             print("agentconn ping: give an address or --agent-id", file=sys.stderr)
             return 2
         if args.command == "ping":
-            return _event_loop_runner(commands.ping(
+            return run_async(commands.ping(
                 config=args.config, address=args.address, count=args.count,
                 interval=args.interval, timeout=args.timeout,
                 kind="tsmp" if args.tsmp else "icmp", show_stats=args.stats))
         if args.command == "agent":
-            return _event_loop_runner(commands.agent(
+            return run_async(commands.agent(
                 config=args.config, agent_id=args.agent_id, directory=args.directory,
                 log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config))
         if args.command == "pair":
             return commands.pair(agent_id=args.agent_id, out_dir=args.out, port=args.port,
                                  host=args.host)
         if args.command == "speedtest":
-            return _event_loop_runner(speedtest_cli.run(args))
+            return run_async(speedtest_cli.run(args))
         if args.command == "port-forward":
-            return _event_loop_runner(portforward_cli.run(args))
+            return run_async(portforward_cli.run(args))
         if args.command == "pty":
-            return _event_loop_runner(pty_cli.run(args))
+            return run_async(pty_cli.run(args))
         if args.command == "ssh":
-            return _event_loop_runner(ssh_cli.run(args))
+            return run_async(ssh_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

@@ -152,8 +152,7 @@ async def _demo_agent_api() -> None:
     import uuid
     from pathlib import Path
 
-    from ..agent.agent import Agent
-    from ..agent.options import AgentOptions
+    from ..agent import Agent, AgentOptions
     from ..aio.tunnel import Tunnel
     from ..client.conn import AgentConn
 
@@ -271,8 +270,7 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     """Run a workspace agent until interrupted."""
     import signal
 
-    from ..agent.agent import Agent
-    from ..agent.options import AgentOptions
+    from ..agent import Agent, AgentOptions
 
     options = AgentOptions(directory=directory)
     if log_dir:

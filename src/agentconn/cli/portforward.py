@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from agentconn.agent.forward import join
+from agentconn.aio.relay import join
 
 __all__ = ["Spec", "add_parser", "parse_spec", "run"]
 

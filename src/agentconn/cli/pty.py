@@ -10,27 +10,23 @@ the same ID, retrying with exponential backoff for ``--reconnect-timeout`` secon
 re-attach the local terminal is reset and the agent's replay of the last 64 KiB of output
 redraws the screen.
 
-Until ``__main__`` wires it in, ``python -m agentconn.cli.pty ...`` runs it alone.
+``python -m agentconn.cli.pty ...`` runs it alone too (see ``_runner``).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import codecs
-import contextlib
 import os
-import select
-import signal
 import sys
-import termios
 import time
-import tty
 import uuid
 from collections import deque
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from agentconn.cli._standalone import standalone_main
+from agentconn.cli._runner import standalone_main
+from agentconn.cli.terminal import on_resize, raw_mode, read_stdin, terminal_size, write_all
 from agentconn.errors import AgentConnError
 
 if TYPE_CHECKING:
@@ -65,27 +61,6 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         f"{RECONNECT_TIMEOUT:g})")
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything to ``fd`` even if it is non-blocking (a terminal shared with stdin)."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[n:]
-
-
-def _terminal_size(*fds: int) -> tuple[int, int]:
-    """(rows, columns) of the first fd that is a terminal; 24 × 80 otherwise."""
-    for fd in fds:
-        with contextlib.suppress(OSError):
-            size = os.get_terminal_size(fd)
-            return size.lines, size.columns
-    return 24, 80
-
-
 class _Terminal:
     """The local side: stdin → requests, output → stdout, re-attach on drops.
 
@@ -108,7 +83,6 @@ class _Terminal:
         self._queue: deque[tuple[str, Any]] = deque()
         self._queued = asyncio.Event()
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self._stdin_open = False
 
     # -- local input ---------------------------------------------------------------------------
 
@@ -116,29 +90,14 @@ class _Terminal:
         self._queue.append((kind, value))
         self._queued.set()
 
-    def _on_stdin(self) -> None:
-        try:
-            data = os.read(self.stdin, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:  # stdin ended (a pipe): keep showing output until the session ends
-            self._stop_stdin()
-            text = self._decoder.decode(b"", final=True)
-        else:
-            text = self._decoder.decode(data)
+    def _on_stdin(self, data: bytes) -> None:
+        # b"": stdin ended (a pipe): keep showing output until the session ends
+        text = self._decoder.decode(data, final=not data)
         if text:
             self._push("data", text)
 
-    def _stop_stdin(self) -> None:
-        if self._stdin_open:
-            self._stdin_open = False
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(self.stdin)
-
     def _on_resize(self) -> None:
-        self._push("size", _terminal_size(self.stdout, self.stdin, 2))
+        self._push("size", terminal_size(self.stdout, self.stdin, 2))
 
     async def _send_loop(self) -> None:
         while True:
@@ -168,7 +127,7 @@ class _Terminal:
     async def _attach(self) -> ReconnectingPty:
         from agentconn.client.pty import reconnecting_pty
 
-        rows, columns = _terminal_size(self.stdout, self.stdin, 2)
+        rows, columns = terminal_size(self.stdout, self.stdin, 2)
         return await reconnecting_pty(self.conn, self.session_id, rows, columns, self.command)
 
     async def _reattach(self, reason: str) -> ReconnectingPty | None:
@@ -188,48 +147,42 @@ class _Terminal:
             delay = min(delay * 2, BACKOFF_MAX)
 
     def _notice(self, text: str) -> None:
-        _write_all(2, f"\r\n[agentconn pty: {text}]\r\n".encode())
+        write_all(2, f"\r\n[agentconn pty: {text}]\r\n".encode())
 
     async def run(self) -> int:
         """Attach, then relay until the agent closes the session; the exit status."""
         pty = await self._attach()
-        raw_saved: list[Any] | None = None
-        if os.isatty(self.stdin):
-            raw_saved = termios.tcgetattr(self.stdin)
-            tty.setraw(self.stdin, termios.TCSADRAIN)
-        sender = asyncio.ensure_future(self._send_loop())
-        winch = False
         try:
-            self._loop.add_reader(self.stdin, self._on_stdin)
-            self._stdin_open = True
-        except PermissionError:  # epoll refuses regular files and /dev/null: no input then
-            pass
-        try:
-            if os.isatty(self.stdout) or os.isatty(self.stdin):
-                self._loop.add_signal_handler(signal.SIGWINCH, self._on_resize)
-                winch = True
-            while True:
-                self._pty, self._broken = pty, False
-                self._connected.set()
-                reason = await self._relay(pty)
-                self._connected.clear()
-                pty.abort()
-                if reason is None:
-                    return 0
-                new = await self._reattach(reason)
-                if new is None:
-                    return EXIT_LOST
-                pty = new
-                _write_all(self.stdout, TERMINAL_RESET)  # the replay redraws from here
+            with raw_mode(self.stdin):
+                sender = asyncio.ensure_future(self._send_loop())
+                # A stdin epoll refuses (a regular file, /dev/null) gives no input.
+                pause = read_stdin(self._loop, self._on_stdin, poll_only=True)
+                try:
+                    with on_resize(self._loop, self._on_resize,
+                                   os.isatty(self.stdout) or os.isatty(self.stdin)):
+                        return await self._serve(pty)
+                finally:
+                    sender.cancel()
+                    pause(True)
         finally:
-            sender.cancel()
-            self._stop_stdin()
-            if winch:
-                self._loop.remove_signal_handler(signal.SIGWINCH)
-            if raw_saved is not None:
-                termios.tcsetattr(self.stdin, termios.TCSADRAIN, raw_saved)
             if self._pty is not None:
                 self._pty.close()
+
+    async def _serve(self, pty: ReconnectingPty) -> int:
+        """Relay, re-attaching after drops, until the agent ends the session or we give up."""
+        while True:
+            self._pty, self._broken = pty, False
+            self._connected.set()
+            reason = await self._relay(pty)
+            self._connected.clear()
+            pty.abort()
+            if reason is None:
+                return 0
+            new = await self._reattach(reason)
+            if new is None:
+                return EXIT_LOST
+            pty = new
+            write_all(self.stdout, TERMINAL_RESET)  # the replay redraws from here
 
     async def _relay(self, pty: ReconnectingPty) -> str | None:
         """Copy output to stdout until EOF (None: the agent ended it) or a drop (reason)."""
@@ -240,7 +193,7 @@ class _Terminal:
                 return str(exc) or type(exc).__name__
             if not data:
                 return "write failed" if self._broken else None
-            _write_all(self.stdout, data)
+            write_all(self.stdout, data)
 
 
 async def run(args: argparse.Namespace) -> int:

@@ -4,7 +4,7 @@
 [--output table|json]``. The table is the one ``coder speedtest`` prints (go-pretty with
 ``cliui.Table()`` styling: upper-case headers, no borders, two spaces after every cell, a
 dash separator before the total row). A progress line goes to stderr while the test runs.
-Until ``__main__`` wires it in, ``python -m agentconn.cli.speedtest ...`` runs it alone.
+``python -m agentconn.cli.speedtest ...`` runs it alone too (see ``_runner``).
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from agentconn.cli._standalone import standalone_main
+from agentconn.cli._runner import standalone_main
 from agentconn.errors import AgentConnError
 from agentconn.proto.speedtest import (
     DEFAULT_DURATION,

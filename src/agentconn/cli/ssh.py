@@ -12,7 +12,7 @@ OpenSSH ``ProxyCommand``::
 
     ssh -o ProxyCommand="agentconn ssh --stdio --config C --agent-id U" user@workspace
 
-Until ``__main__`` wires it in, ``python -m agentconn.cli.ssh ...`` runs it alone.
+``python -m agentconn.cli.ssh ...`` runs it alone too (see ``_runner``).
 """
 from __future__ import annotations
 
@@ -20,17 +20,12 @@ import argparse
 import asyncio
 import contextlib
 import os
-import select
-import signal
-import stat
 import sys
-import termios
-import threading
-import tty
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from agentconn.cli._standalone import standalone_main
+from agentconn.cli._runner import standalone_main
+from agentconn.cli.terminal import on_resize, raw_mode, read_stdin, terminal_size, write_all
 from agentconn.errors import AgentConnError
 from agentconn.proto.ports import AGENT_SSH_PORT
 
@@ -72,77 +67,6 @@ def _command(words: Sequence[str]) -> str | None:
     return " ".join(words) if words else None  # joined with spaces, as OpenSSH's ssh does
 
 
-# -- byte plumbing between our stdio and asyncio ----------------------------------------------
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    """Write everything to ``fd`` even if it is non-blocking (a terminal shared with stdin)."""
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            select.select([], [fd], [])
-            continue
-        view = view[n:]
-
-
-def _read_stdin(loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None]
-                ) -> Callable[[bool], None]:
-    """Call ``on_data(chunk)`` for stdin's bytes and ``on_data(b"")`` at EOF.
-
-    Uses the event loop's reader when stdin can be polled (terminal, pipe, socket) and a
-    thread otherwise (a regular file). Returns ``pause(flag)`` for flow control.
-    """
-    fd = sys.stdin.fileno()
-
-    def readable() -> None:
-        try:
-            data = os.read(fd, READ_SIZE)
-        except BlockingIOError:
-            return
-        except OSError:
-            data = b""
-        if not data:
-            state["eof"] = True
-            loop.remove_reader(fd)
-        on_data(data)
-
-    state = {"paused": False, "eof": False}
-
-    def pause(flag: bool) -> None:
-        if flag != state["paused"] and not state["eof"]:
-            state["paused"] = flag
-            if flag:
-                loop.remove_reader(fd)
-            else:
-                loop.add_reader(fd, readable)
-
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        try:
-            loop.add_reader(fd, readable)
-            return pause
-        except PermissionError:  # epoll refuses regular files and e.g. /dev/null
-            pass
-
-    resume = threading.Event()
-    resume.set()
-
-    def reader_thread() -> None:
-        while True:
-            resume.wait()
-            try:
-                data = os.read(fd, READ_SIZE)
-            except OSError:
-                data = b""
-            loop.call_soon_threadsafe(on_data, data)
-            if not data:
-                return
-
-    threading.Thread(target=reader_thread, name="agentconn-ssh-stdin", daemon=True).start()
-    return lambda flag: resume.clear() if flag else resume.set()
-
-
 async def _stdio(conn: Any, port: int) -> int:
     """Pump stdin → the agent's SSH port → stdout until the agent closes the connection."""
     from agentconn.client.ssh import ssh
@@ -170,10 +94,10 @@ async def _stdio(conn: Any, port: int) -> int:
         pending.clear()
         pause(False)
 
-    pause = _read_stdin(loop, on_data)
+    pause = read_stdin(loop, on_data)
     try:
         while data := await reader.read(READ_SIZE):
-            _write_all(out, data)
+            write_all(out, data)
     finally:
         pause(True)
         writer.close()
@@ -193,7 +117,7 @@ async def _session(client: asyncssh.SSHClientConnection, command: str | None,
 
     class Terminal(asyncssh.SSHClientSession[bytes]):
         def data_received(self, data: bytes, datatype: asyncssh.DataType) -> None:
-            _write_all(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else stdout_fd, data)
+            write_all(2 if datatype == asyncssh.EXTENDED_DATA_STDERR else stdout_fd, data)
 
         def pause_writing(self) -> None:
             pause(True)
@@ -205,17 +129,14 @@ async def _session(client: asyncssh.SSHClientConnection, command: str | None,
             if not done.done():
                 done.set_result(None)
 
-    def terminal_size() -> tuple[int, int]:
-        for fd in (stdout_fd, stdin_fd, 2):
-            with contextlib.suppress(OSError):
-                size = os.get_terminal_size(fd)
-                return size.columns, size.lines
-        return 80, 24
+    def columns_rows() -> tuple[int, int]:
+        rows, columns = terminal_size(stdout_fd, stdin_fd, 2)
+        return columns, rows
 
     pty_args: dict[str, Any] = {}
     if want_pty:
         pty_args = {"term_type": os.environ.get("TERM") or "xterm-256color",
-                    "term_size": terminal_size()}
+                    "term_size": columns_rows()}
     chan, _ = await client.create_session(Terminal, command, encoding=None, **pty_args)
 
     def on_data(data: bytes) -> None:
@@ -224,25 +145,14 @@ async def _session(client: asyncssh.SSHClientConnection, command: str | None,
         elif not want_pty:  # with a PTY, ^D travels as a byte; EOF would end nothing
             chan.write_eof()
 
-    saved: list[Any] | None = None
-    if want_pty and os.isatty(stdin_fd):
-        saved = termios.tcgetattr(stdin_fd)
-        tty.setraw(stdin_fd, termios.TCSADRAIN)  # as OpenSSH: keep typed-ahead input
     pause: Callable[[bool], None] = lambda flag: None  # until stdin is hooked up
-    resized = False
-    try:
-        pause = _read_stdin(loop, on_data)
-        if want_pty:
-            loop.add_signal_handler(signal.SIGWINCH,
-                                    lambda: chan.change_terminal_size(*terminal_size()))
-            resized = True
-        await done
-    finally:
-        pause(True)
-        if resized:
-            loop.remove_signal_handler(signal.SIGWINCH)
-        if saved is not None:
-            termios.tcsetattr(stdin_fd, termios.TCSADRAIN, saved)
+    with raw_mode(stdin_fd, want_pty):
+        pause = read_stdin(loop, on_data)
+        try:
+            with on_resize(loop, lambda: chan.change_terminal_size(*columns_rows()), want_pty):
+                await done
+        finally:
+            pause(True)
     status = chan.get_exit_status()
     return status if status is not None and status >= 0 else EXIT_NO_STATUS
 
@@ -276,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m agentconn.cli.ssh ...`` (the same flags as the subcommand)."""
     import asyncssh
 
-    return standalone_main("ssh", add_parser, run, argv, (AgentConnError, OSError, asyncssh.Error), EXIT_NO_STATUS)
+    return standalone_main("ssh", add_parser, run, argv,
+                           (AgentConnError, OSError, asyncssh.Error), EXIT_NO_STATUS)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from agentconn.proto.ports import AGENT_RECONNECTING_PTY_PORT
 from agentconn.proto.rpty import ReconnectingPtyInit, ReconnectingPtyRequest
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
     from agentconn.client.conn import AgentConn
 

@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from typing import TYPE_CHECKING
 
+from agentconn.aio.relay import receive_until_eof, send_repeatedly
 from agentconn.errors import TunnelError
 from agentconn.proto.ports import AGENT_SPEEDTEST_PORT
 from agentconn.proto.speedtest import (
+    BLOCK_SIZE,
     MAX_DURATION,
     MIN_DURATION,
+    READ_SIZE,
     RECEIVE_DEADLINE_FACTOR,
+    WRITE_SLICE,
     Direction,
+    IntervalMeter,
     SpeedtestConfig,
     SpeedtestError,
     SpeedtestResult,
     parse_response,
-    receive_to_eof,
-    send_for,
 )
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from agentconn.client.conn import AgentConn
     from agentconn.proto.speedtest import OnInterval
 
@@ -103,15 +110,20 @@ async def run_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
             raise SpeedtestError(error, server_error=error)
         # Anything after the response line is already download data and is counted (§6.2.4).
         if way is Direction.DOWNLOAD:
+            meter = IntervalMeter(time.monotonic())
             try:
-                meter = await receive_to_eof(reader, RECEIVE_DEADLINE_FACTOR * duration,
-                                             on_interval=on_interval)
+                async with asyncio.timeout(RECEIVE_DEADLINE_FACTOR * duration):
+                    await receive_until_eof(reader, _counter(meter, duration, on_interval),
+                                            read_size=READ_SIZE)
             except TimeoutError:
                 raise SpeedtestError(f"download did not end within "
                                      f"{RECEIVE_DEADLINE_FACTOR * duration:g} s") from None
         else:
+            block = os.urandom(BLOCK_SIZE)
+            meter = IntervalMeter(time.monotonic())
             try:
-                meter = await send_for(writer, duration, on_interval=on_interval)
+                await send_repeatedly(writer, block, slice_size=WRITE_SLICE,
+                                      more=_counter(meter, duration, on_interval))
             except OSError as exc:
                 raise SpeedtestError(f"upload failed: {exc}") from exc
             await _finish_upload(reader, writer, (RECEIVE_DEADLINE_FACTOR - 1) * duration)
@@ -122,6 +134,19 @@ async def run_client(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
         writer.close()
         with contextlib.suppress(Exception):
             await writer.wait_closed()
+
+
+def _counter(meter: IntervalMeter, duration: float, on_interval: OnInterval | None
+             ) -> Callable[[int], bool]:
+    """Count moved bytes into ``meter`` (reporting each closed interval to ``on_interval``);
+    True while the test has run for at most ``duration`` seconds."""
+    def count(nbytes: int) -> bool:
+        interval = meter.add(nbytes, time.monotonic())
+        if interval is not None and on_interval is not None:
+            on_interval(interval)
+        return meter.elapsed <= duration
+
+    return count
 
 
 async def _finish_upload(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,

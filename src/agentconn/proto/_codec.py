@@ -25,7 +25,7 @@ import types
 import typing
 import uuid
 from collections.abc import Callable
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import orjson
@@ -33,7 +33,7 @@ import orjson
 from agentconn.proto.errors import BadRequest, ProtocolError
 
 if TYPE_CHECKING:
-    from typing_extensions import Self
+    from typing import Self
 
 __all__ = ["JSON", "Model", "Omit", "format_time", "go_json", "key", "parse_time"]
 
@@ -99,11 +99,11 @@ def parse_time(text: str) -> datetime:
     y, mo, d, h, mi, s, frac, tz = m.groups()
     micro = int((frac or "0")[:6].ljust(6, "0"))
     if tz in ("Z", "z"):
-        tzinfo = timezone.utc
+        tzinfo = UTC
     else:
         sign = 1 if tz[0] == "+" else -1
         off = timedelta(hours=int(tz[1:3]), minutes=int(tz[4:6]))
-        tzinfo = timezone.utc if not off else timezone(sign * off)
+        tzinfo = UTC if not off else timezone(sign * off)
     return datetime(int(y), int(mo), int(d), int(h), int(mi), int(s), micro, tzinfo=tzinfo)
 
 

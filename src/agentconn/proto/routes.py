@@ -15,7 +15,7 @@ import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, quote_plus
 
 from agentconn.proto._codec import Model, format_time, parse_time
@@ -368,7 +368,7 @@ def _encode_value(param: QueryParam, value: QueryValue) -> str | None:
     if param.type is datetime:
         if not isinstance(value, datetime):
             raise ProtocolError(f"query parameter {param.name!r} must be a datetime")
-        return format_time(value.astimezone(timezone.utc))  # the client sends UTC
+        return format_time(value.astimezone(UTC))  # the client sends UTC
     if param.type is uuid.UUID:
         if not isinstance(value, uuid.UUID):
             raise ProtocolError(f"query parameter {param.name!r} must be a UUID")

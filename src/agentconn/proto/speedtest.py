@@ -1,7 +1,8 @@
 """Tailscale ``net/speedtest`` version 2, as Coder agents serve it on tailnet TCP port 3.
 
 Spec: tailnet.md §6, agent-api.md §7. Shared by the client (``client/speedtest.py``) and the
-agent (``agent/speedtest.py``), which only add the connection handling around it.
+agent (``agent/services/speedtest.py``), which add the connection handling around it and run
+the data phase with :mod:`agentconn.aio.relay`.
 
 Theory of operation
 -------------------
@@ -16,16 +17,12 @@ Theory of operation
 Sans-IO part: :class:`SpeedtestConfig` (emit/parse), :func:`emit_response`/
 :func:`parse_response`, :func:`parse_config_prefix` (incremental, Go ``json.Decoder`` error
 texts for the common cases) and :class:`IntervalMeter` (the Go ``doTest`` result bookkeeping,
-fed bytes and a ``now``). :func:`send_for` and :func:`receive_to_eof` are the two small data-phase
-loops over any asyncio stream pair, kept here once so both roles run the same code.
+fed bytes and a ``now``). Nothing here does I/O or reads a clock.
 """
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
-import os
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +48,6 @@ __all__ = [
     "emit_response",
     "parse_config_prefix",
     "parse_response",
-    "receive_to_eof",
-    "send_for",
 ]
 
 # tailnet.md §6.1 (Tailscale net/speedtest/speedtest.go)
@@ -408,6 +403,11 @@ class IntervalMeter:
         """Every byte added so far."""
         return self.total_bytes + self.interval_bytes
 
+    @property
+    def elapsed(self) -> float:
+        """Seconds from ``start`` to the last ``add``."""
+        return self.now - self.start
+
     def add(self, nbytes: int, now: float) -> SpeedtestInterval | None:
         self.interval_bytes += nbytes
         self.now = now
@@ -433,55 +433,5 @@ class IntervalMeter:
         return SpeedtestResult(direction, duration, tuple(self.intervals), total)
 
 
-# ---------------------------------------------------------------------------------------------
-# the data phase over an asyncio stream pair (§6.2 item 3)
-
-Clock = Callable[[], float]
+#: Called with each interval as it closes (progress output).
 OnInterval = Callable[[SpeedtestInterval], object]
-
-
-async def send_for(writer: asyncio.StreamWriter, duration: float, *, block: bytes | None = None,
-                   on_interval: OnInterval | None = None,
-                   clock: Clock = time.monotonic) -> IntervalMeter:
-    """Write ``block`` (one random 2 MiB block by default) again and again, waiting for the
-    transport to drain, until more than ``duration`` seconds have passed since the start.
-
-    The caller closes the connection afterwards. Raises OSError/ConnectionError when the
-    connection breaks. Returns the meter for :meth:`IntervalMeter.finish`.
-    """
-    data = memoryview(block if block is not None else os.urandom(BLOCK_SIZE))
-    size = len(data)
-    slices = [data[i:i + WRITE_SLICE] for i in range(0, size, WRITE_SLICE)]
-    meter = IntervalMeter(clock())
-    start = meter.start
-    while True:
-        # The transport takes a whole slice without copying when its send buffer has room;
-        # drain() only suspends above the high-water mark.
-        for piece in slices:
-            writer.write(piece)
-            await writer.drain()
-        now = clock()
-        interval = meter.add(size, now)
-        if interval is not None and on_interval is not None:
-            on_interval(interval)
-        if now - start > duration:
-            return meter
-
-
-async def receive_to_eof(reader: asyncio.StreamReader, deadline: float, *,
-                         on_interval: OnInterval | None = None,
-                         clock: Clock = time.monotonic) -> IntervalMeter:
-    """Read until EOF, counting every byte, for at most ``deadline`` seconds.
-
-    Raises TimeoutError when the deadline passes first (Go: read deadline 4 × duration), and
-    OSError/ConnectionError when the connection breaks.
-    """
-    meter = IntervalMeter(clock())
-    async with asyncio.timeout(deadline):
-        while True:
-            data = await reader.read(READ_SIZE)
-            if not data:
-                return meter
-            interval = meter.add(len(data), clock())
-            if interval is not None and on_interval is not None:
-                on_interval(interval)

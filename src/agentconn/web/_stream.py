@@ -135,7 +135,7 @@ class H11Stream:
                 if not data:
                     break
                 left -= len(data)
-        except (OSError, RuntimeError, asyncio.TimeoutError):
+        except (TimeoutError, OSError, RuntimeError):
             pass
         finally:
             self.close()

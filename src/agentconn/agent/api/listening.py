@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Iterable
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.listening import ListeningPort, ListeningPortsResponse
 from agentconn.web.server import Request, ResponseLike
@@ -145,8 +145,8 @@ class ListeningPortsApi:
         self._scanned_at: float | None = None
 
     def register(self, router: Router) -> None:
-        """Add the listening-ports route to ``router``."""
-        router.add("GET", "/api/v0/listening-ports", self._listening_ports)
+        """Serve the ``ListeningPorts`` route."""
+        router.add_routes({"ListeningPorts": self._listening_ports})
 
     async def _listening_ports(self, request: Request, ctx: RequestContext) -> ResponseLike:
         async with self._lock:

@@ -19,42 +19,14 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from agentconn.agent.options import AgentOptions
+from agentconn.aio.relay import join
 
 if TYPE_CHECKING:
     from agentconn.aio.tunnel import Tunnel
 
-__all__ = ["LoopbackForwarder", "PortForwarding", "UdpLoopbackForwarder", "join", "pipe"]
+__all__ = ["LoopbackForwarder", "PortForwarding", "UdpLoopbackForwarder"]
 
 _log = logging.getLogger("agentconn.agent.forward")
-_CHUNK = 256 * 1024
-
-
-async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> int:
-    """Copy ``reader`` to ``writer`` until EOF, then half-close ``writer``; bytes copied."""
-    total = 0
-    try:
-        while chunk := await reader.read(_CHUNK):
-            writer.write(chunk)
-            total += len(chunk)
-            await writer.drain()
-        if writer.can_write_eof():
-            writer.write_eof()
-    except (ConnectionError, OSError):
-        writer.transport.abort()
-    return total
-
-
-async def join(a: tuple[asyncio.StreamReader, asyncio.StreamWriter],
-               b: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> None:
-    """Copy both ways until both directions ended, then close both."""
-    try:
-        await asyncio.gather(pipe(a[0], b[1]), pipe(b[0], a[1]))
-    finally:
-        for w in (a[1], b[1]):
-            w.close()
-        for w in (a[1], b[1]):
-            with contextlib.suppress(ConnectionError, OSError):
-                await w.wait_closed()
 
 
 class LoopbackForwarder:
@@ -79,7 +51,7 @@ class LoopbackForwarder:
         try:
             try:
                 local = await asyncio.wait_for(asyncio.open_connection(self.host, port), 10)
-            except (OSError, asyncio.TimeoutError) as e:
+            except (TimeoutError, OSError) as e:
                 self.refused += 1
                 _log.debug("forward to %s:%d failed: %s", self.host, port, e)
                 writer.transport.abort()

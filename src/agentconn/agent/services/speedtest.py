@@ -13,22 +13,25 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentconn.agent.options import AgentOptions
+from agentconn.aio.relay import receive_until_eof, send_repeatedly
 from agentconn.proto.ports import AGENT_SPEEDTEST_PORT
 from agentconn.proto.speedtest import (
     BLOCK_SIZE,
     MAX_DURATION,
+    READ_SIZE,
     RECEIVE_DEADLINE_FACTOR,
+    WRITE_SLICE,
     Direction,
+    IntervalMeter,
     SpeedtestConfigError,
     SpeedtestResult,
     emit_response,
     parse_config_prefix,
-    receive_to_eof,
-    send_for,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +97,8 @@ class SpeedtestServer:
         """Listen on TCP ``port`` of the tunnel. Raises OSError if it is taken."""
         if self._server is not None:
             raise RuntimeError("speedtest server already started")
-        self._server = await tunnel.start_server(self.serve_connection, self.port, limit=STREAM_LIMIT)
+        self._server = await tunnel.start_server(self.serve_connection, self.port,
+                                                 limit=STREAM_LIMIT)
 
     async def close(self) -> None:
         """Stop listening, reset every live session and wait for their handlers."""
@@ -164,12 +168,21 @@ class SpeedtestServer:
         _log.info("speedtest from %s: client %s, %.3g s", session.peer, direction.label,
                   session.duration)
         if direction is Direction.DOWNLOAD:          # the server does the opposite: send
-            meter = await send_for(writer, session.duration, block=os.urandom(BLOCK_SIZE))
+            block = os.urandom(BLOCK_SIZE)
+            meter = IntervalMeter(time.monotonic())
+
+            def sent(nbytes: int) -> bool:
+                meter.add(nbytes, time.monotonic())
+                return meter.elapsed <= session.duration
+
+            await send_repeatedly(writer, block, slice_size=WRITE_SLICE, more=sent)
             self.bytes_sent += meter.bytes
         else:                                        # client uploads: read to EOF
+            meter = IntervalMeter(time.monotonic())
             try:
-                meter = await receive_to_eof(
-                    reader, RECEIVE_DEADLINE_FACTOR * session.duration)
+                async with asyncio.timeout(RECEIVE_DEADLINE_FACTOR * session.duration):
+                    await receive_until_eof(reader, lambda n: meter.add(n, time.monotonic()),
+                                            read_size=READ_SIZE)
             except TimeoutError:
                 session.error = (f"receive deadline of "
                                  f"{RECEIVE_DEADLINE_FACTOR * session.duration:g} s passed")

@@ -2,10 +2,10 @@
 write-file and edit-files (agent-api.md §3.1–§3.6).
 
 Theory of operation: each handler validates its query or JSON body (§2.5), does the file work
-through :mod:`agentconn.agent.fsutil` and answers with the exact texts and status codes of the
+through :mod:`agentconn.agent.api.fsutil` and answers with the exact texts and status codes of the
 Go agent. Blocking file-system calls run in the default executor; file data is streamed in
-bounded pieces in both directions (read-file sends a :class:`~agentconn.agent.fsutil.FileRange`,
-write-file pipes the request body into :func:`~agentconn.agent.fsutil.atomic_write`), so a
+bounded pieces in both directions (read-file sends a :class:`~agentconn.agent.api.fsutil.FileRange`,
+write-file pipes the request body into :func:`~agentconn.agent.api.fsutil.atomic_write`), so a
 1 GB file never sits in memory. read-file-lines and edit-files read whole files, as the Go agent
 does, bounded by ``max_file_size`` and by the caller's own request respectively.
 
@@ -26,10 +26,10 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
-from agentconn.agent import fsutil
-from agentconn.agent.editing import EditError, apply_edits, unified_diff
-from agentconn.agent.fsutil import FileError, FileRange, go_quote, os_error_text
-from agentconn.agent.http import (
+from agentconn.agent.api import fsutil
+from agentconn.agent.api.editing import EditError, apply_edits, unified_diff
+from agentconn.agent.api.fsutil import FileError, FileRange, go_quote, os_error_text
+from agentconn.agent.api.router import (
     ApiError,
     RequestContext,
     Router,
@@ -145,13 +145,15 @@ class FilesApi:
         self._on_paths_touched = on_paths_touched
 
     def register(self, router: Router) -> None:
-        """Add the file routes to ``router``."""
-        router.add("POST", "/api/v0/list-directory", self._list_directory)
-        router.add("GET", "/api/v0/resolve-path", self._resolve_path)
-        router.add("GET", "/api/v0/read-file", self._read_file)
-        router.add("GET", "/api/v0/read-file-lines", self._read_file_lines)
-        router.add("POST", "/api/v0/write-file", self._write_file)
-        router.add("POST", "/api/v0/edit-files", self._edit_files)
+        """Serve the file routes."""
+        router.add_routes({
+            "LS": self._list_directory,
+            "ResolvePath": self._resolve_path,
+            "ReadFile": self._read_file,
+            "ReadFileLines": self._read_file_lines,
+            "WriteFile": self._write_file,
+            "EditFiles": self._edit_files,
+        })
 
     async def close(self) -> None:
         """Nothing to release; present for the module convention."""

@@ -2,9 +2,13 @@
 
 Theory of operation: :class:`Router` maps ``(method, path template)`` to handlers the way chi
 does for the agent (agent-api.md §2.4): an unknown path answers ``404`` with the text
-``404 page not found``, a known path with another method ``405``. Every handler receives the
-:class:`~agentconn.web.server.Request`, a :class:`RequestContext` (chat identity from the
-``Coder-Chat-Id`` headers) and the path parameters as keyword arguments. Handlers signal
+``404 page not found``, a known path with another method ``405``. Methods and paths are written
+once, in the :data:`~agentconn.proto.routes.ROUTES` table the client uses too: an API module
+hands :meth:`Router.add_routes` a table of handlers keyed by route name (``"StartProcess"``)
+or :class:`~agentconn.proto.routes.Route`, and the router takes method and path from the
+route. (:meth:`Router.add` takes them literally, for routes outside the table.) Every handler
+receives the :class:`~agentconn.web.server.Request`, a :class:`RequestContext` (chat identity
+from the ``Coder-Chat-Id`` headers) and the path parameters as keyword arguments. Handlers signal
 failures by raising :class:`ApiError`, which becomes the spec's ``codersdk.Response`` JSON
 body; anything else a handler raises becomes a 500 with the same body shape.
 JSON bodies are written like Go's ``json.Encoder`` with HTML escaping on (§2.4).
@@ -15,7 +19,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -25,7 +29,7 @@ from agentconn.errors import AgentConnError
 from agentconn.proto._codec import Model, go_json
 from agentconn.proto.common import Response, Validation
 from agentconn.proto.errors import INVALID_JSON_MESSAGE, BadRequest
-from agentconn.proto.routes import QueryError, QueryValue, parse_query, route
+from agentconn.proto.routes import QueryError, QueryValue, Route, parse_query, route
 from agentconn.web.errors import HttpTimeoutError, RemoteProtocolError
 from agentconn.web.server import Request, ResponseLike, ServerResponse
 
@@ -184,6 +188,8 @@ class Router:
         self.handler_seconds = 0.0
 
     def add(self, method: str, template: str, handler: Handler) -> None:
+        """Serve ``method`` on the path ``template`` (``{name}`` segments become keyword
+        arguments of ``handler``). Raises ValueError when the pair is taken."""
         segments = tuple(template.strip("/").split("/")) if template != "/" else ()
         for entry in self._entries:
             if entry.segments == segments:
@@ -192,6 +198,19 @@ class Router:
                 entry.handlers[method] = handler
                 return
         self._entries.append(_Entry(segments, {method: handler}))
+
+    def add_route(self, r: Route | str, handler: Handler) -> None:
+        """Serve the route ``r`` of :data:`~agentconn.proto.routes.ROUTES` (or the route of
+        that name) with ``handler``. Raises KeyError for an unknown name."""
+        if isinstance(r, str):
+            r = route(r)
+        self.add(r.method, r.path, handler)
+
+    def add_routes(self, handlers: Mapping[Route | str, Handler]) -> None:
+        """Serve every route of ``handlers``, a table of handlers keyed by route or route
+        name, in the table's order."""
+        for r, handler in handlers.items():
+            self.add_route(r, handler)
 
     def _match(self, path: str) -> tuple[_Entry, dict[str, str]] | None:
         parts = tuple(path.strip("/").split("/")) if path.strip("/") else ()

@@ -39,14 +39,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import shutil
-import signal
 import subprocess
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
+from agentconn.agent.children import (
+    Child,
+    Login,
+    Terminal,
+    read_terminal,
+    set_window_size,
+    write_terminal,
+)
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.errors import ProtocolError
 from agentconn.proto.ports import AGENT_RECONNECTING_PTY_PORT
@@ -70,7 +74,8 @@ DEFAULT_TIMEOUT = 300.0             #: seconds a session lives with nothing atta
 FIRST_ATTACH_TIMEOUT = 30.0         #: seconds a new session has to get its first attach
 INIT_TIMEOUT = 30.0                 #: seconds a connection has to send its init frame
 KILL_GRACE = 2.0                    #: seconds between SIGHUP and SIGKILL when ending a child
-READ_SIZE = 65536                   #: bytes read from the PTY master or a connection at a time
+EXIT_UNKNOWN = 255                  #: exit status when the child's could not be collected
+READ_SIZE = 65536                   #: bytes read from a connection at a time
 OUTPUT_HIGH_WATER = 1 << 20         #: bytes queued on a connection before we stop reading the PTY
 INPUT_HIGH_WATER = 1 << 20          #: bytes of input queued for the PTY before requests pause
 CLOSE_TIMEOUT = 5.0                 #: seconds close() waits for children and handlers
@@ -88,7 +93,7 @@ class PtySession:
         self.exit_status: int | None = None   #: the child's status once reaped (-N: signal N)
         self._server = server
         self._loop = asyncio.get_running_loop()
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: Child | None = None
         self._master: int | None = None
         self._ring = bytearray()
         self._connections: list[asyncio.StreamWriter] = []
@@ -98,7 +103,6 @@ class PtySession:
         self._reading = False              # add_reader is installed on the master
         self._drain_task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._kill_handle: asyncio.TimerHandle | None = None
         self._wait_task: asyncio.Task[None] | None = None
         self.closed: asyncio.Future[None] = self._loop.create_future()  #: done when closing
         self._done = asyncio.Event()       # child reaped and master closed
@@ -108,34 +112,18 @@ class PtySession:
     async def spawn(self, rows: int, columns: int) -> None:
         """Start the child on a new PTY of ``rows`` × ``columns`` (80 × 24 when either is 0).
         Raises OSError / SubprocessError when it cannot be started."""
-        options = self._server.options
-        user, login_shell = os_user()
-        shell = (login_shell if login_shell and os.access(login_shell, os.X_OK)
-                 else shutil.which("sh") or "/bin/sh")
-        argv = [shell, "-l"] if not self.command else [shell, "-c", self.command]
-        env = dict(options.environ)
-        env.update(USER=user, LOGNAME=user, HOME=options.home, SHELL=shell, TERM=TERM)
-        cwd = options.working_directory()
-        if cwd is None:
-            cwd = options.home if os.path.isdir(options.home) else "/"
-        master, slave = os.openpty()
-        try:
-            set_window_size(slave, rows or 24, columns or 80)
-            env["SSH_TTY"] = os.ttyname(slave)
-            self._proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, cwd=cwd, env=env,
-                preexec_fn=controlling_terminal(slave))
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        os.set_blocking(master, False)
-        self._master = master
+        login = Login.of(self._server.options)
+        argv = login.argv(self.command or None)
+        env = login.environ
+        env["TERM"] = TERM
+        with Terminal(rows, columns) as terminal:
+            env["SSH_TTY"] = terminal.name
+            self._child = Child.spawn(argv, cwd=login.directory, env=env, terminal=terminal)
+        self._master = self._child.master
         self._start_reading()
         self._wait_task = asyncio.ensure_future(self._wait_child())
         self._arm_timer(self._server.first_attach_timeout)
-        _log.info("reconnecting PTY %s started %r (pid %d)", self.id, argv, self._proc.pid)
+        _log.info("reconnecting PTY %s started %r (pid %d)", self.id, argv, self._child.pid)
 
     # -- connections ------------------------------------------------------------------------
 
@@ -147,7 +135,7 @@ class PtySession:
     @property
     def pid(self) -> int | None:
         """The child's process id."""
-        return None if self._proc is None else self._proc.pid
+        return None if self._child is None else self._child.pid
 
     def attach(self, writer: asyncio.StreamWriter, rows: int, columns: int) -> None:
         """Resize to the init size, replay the ring buffer to ``writer``, then send it live
@@ -198,18 +186,9 @@ class PtySession:
             self._input.clear()
             self._input_drained.set()
             return
-        while self._input:
-            try:
-                n = os.write(master, self._input)
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as exc:  # EIO: the child is gone; input has nowhere to go
-                _log.debug("reconnecting PTY %s: input dropped: %s", self.id, exc)
-                self._input.clear()
-                break
-            del self._input[:n]
+        error = write_terminal(master, self._input)
+        if error is not None:
+            _log.debug("reconnecting PTY %s: input dropped: %s", self.id, error)
         if self._input:
             self._loop.add_writer(master, self._flush_input)
         else:
@@ -234,15 +213,11 @@ class PtySession:
         self._reading = False
 
     def _on_readable(self) -> None:
-        master = self._master
-        if master is None:
+        if self._master is None:
             return
-        try:
-            data = os.read(master, READ_SIZE)
-        except BlockingIOError:
+        data = read_terminal(self._master)
+        if data is None:
             return
-        except OSError:  # EIO: no process holds the slave any more
-            data = b""
         if not data:  # the child's exit (watched in _wait_child) ends the session
             self._stop_reading()
             return
@@ -283,16 +258,10 @@ class PtySession:
 
     def _drain_master(self) -> None:
         """After the child exited: send what is still in the PTY (non-blocking reads)."""
-        master = self._master
-        if master is None:
+        if self._master is None:
             return
-        while True:
-            try:
-                data = os.read(master, READ_SIZE)
-            except OSError:  # EAGAIN: a leftover process holds the slave; EIO: all gone
-                return
-            if not data:
-                return
+        # None: a leftover process holds the slave; b"": all gone
+        while data := read_terminal(self._master):
             self._output(data)
 
     # -- lifetime -----------------------------------------------------------------------------
@@ -314,21 +283,19 @@ class PtySession:
             self.close()
 
     async def _wait_child(self) -> None:
-        proc = self._proc
-        assert proc is not None
+        child = self._child
+        assert child is not None
         try:
-            self.exit_status = await proc.wait()
+            status = await child.wait()
+            self.exit_status = EXIT_UNKNOWN if status is None else status
             self._drain_master()
             _log.info("reconnecting PTY %s: child exited with %s", self.id, self.exit_status)
         finally:
             self.close()
-            if self._kill_handle is not None:
-                self._kill_handle.cancel()
-                self._kill_handle = None
             master, self._master = self._master, None
             if master is not None:
                 self._stop_reading_fd(master)
-                os.close(master)  # hangs up the terminal: SIGHUP to leftovers in its session
+            child.close()  # hangs up the terminal: SIGHUP to leftovers in its session
             self._server._all_sessions.discard(self)
             self._done.set()
 
@@ -354,20 +321,10 @@ class PtySession:
         for writer in self._connections:
             writer.close()
         self._connections.clear()
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGHUP)
-            self._kill_handle = self._loop.call_later(KILL_GRACE, self._kill)
-        elif proc is None:
+        if self._child is not None:
+            self._child.hang_up(KILL_GRACE)
+        else:
             self._done.set()
-
-    def _kill(self) -> None:
-        self._kill_handle = None
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
 
     async def wait_closed(self) -> None:
         """Wait until the child was reaped and the PTY closed."""

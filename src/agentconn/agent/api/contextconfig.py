@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml  # type: ignore[import-untyped]  # no types-PyYAML in the environment
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.context import (
     PART_CONTEXT_FILE,
@@ -350,8 +350,8 @@ class ContextConfigApi:
         )
 
     def register(self, router: Router) -> None:
-        """Add ``GET /api/v0/context-config``."""
-        router.add("GET", "/api/v0/context-config", self._get)
+        """Serve the ``ContextConfig`` route."""
+        router.add_routes({"ContextConfig": self._get})
 
     def resolve(self) -> ContextConfigResponse:
         """Build the response from disk now (blocking file I/O; call from a worker thread)."""

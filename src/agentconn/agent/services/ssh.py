@@ -26,10 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import termios
@@ -39,7 +37,15 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 from asyncssh.stream import SSHServerStreamSession
 
-from agentconn.agent._tty import controlling_terminal, os_user, set_window_size
+from agentconn.agent.children import (
+    PIPE,
+    Child,
+    Login,
+    Terminal,
+    read_terminal,
+    set_window_size,
+    write_terminal,
+)
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.ports import SSH_PORTS
 
@@ -54,8 +60,9 @@ _log = logging.getLogger("agentconn.agent.ssh")
 HOST_KEY_FILENAME = "ssh_host_ed25519_key"  #: default file name under ``options.log_dir``
 HOST_KEY_ALGORITHM = "ssh-ed25519"
 KILL_GRACE = 2.0          #: seconds between SIGHUP and SIGKILL for an orphaned session child
+EXIT_UNKNOWN = 255        #: exit status reported when the child's could not be collected
 LOGIN_TIMEOUT = 60.0      #: seconds a client may take from TCP accept to finished auth
-READ_SIZE = 65536         #: bytes read from a child's pipe or PTY at a time
+READ_SIZE = 65536         #: bytes read from a child's pipe at a time
 STDIN_HIGH_WATER = 1 << 20  #: bytes queued for a child's stdin before the channel stops reading
 SFTP_VERSION = 3
 CLOSE_TIMEOUT = 5.0       #: seconds close() waits for connections and children to go
@@ -303,7 +310,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._sftp: SSHServerStreamSession[bytes] | None = None  # once "sftp" started
         self._command: str | None = None
         self._term: tuple[str, tuple[int, int, int, int], Mapping[int, int]] | None = None
-        self._proc: asyncio.subprocess.Process | None = None
+        self._child: Child | None = None
         self._task: asyncio.Task[None] | None = None
         self._master: int | None = None
         self._stdin: asyncio.StreamWriter | None = None
@@ -315,7 +322,6 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._output_paused = False        # the channel asked us to stop writing
         self._resumed = asyncio.Event()
         self._resumed.set()
-        self._kill_handle: asyncio.TimerHandle | None = None
         self._done = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         server._sessions.add(self)
@@ -370,7 +376,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._write_master()
         elif self._stdin is not None:
             self._write_stdin(data)
-        elif self._proc is None:  # not spawned yet: keep it for the child
+        elif self._child is None:  # not spawned yet: keep it for the child
             self._stdin_buffer += data
             if len(self._stdin_buffer) > STDIN_HIGH_WATER:
                 self._stop_reading()
@@ -414,9 +420,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
 
     def signal_received(self, signal_name: str) -> None:
         signum = getattr(signal, "SIG" + signal_name, None)
-        if self._proc is not None and self._proc.returncode is None and signum is not None:
-            with contextlib.suppress(ProcessLookupError):
-                self._proc.send_signal(signum)
+        if self._child is not None and signum is not None:
+            self._child.send_signal(signum)
 
     def break_received(self, msec: int) -> bool:
         if self._master is None:
@@ -433,18 +438,19 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._chan = None          # output has nowhere to go now
         self._resumed.set()        # so pumps waiting for the window see that and stop
         self.terminate()
-        if self._pumps is not None and self._proc is not None \
-                and self._proc.returncode is not None:
+        if self._pumps is not None and self._child is not None and not self._child.running:
             self._pumps.cancel()   # the child is gone; what holds its pipes does not matter
         if self._task is None:
             self._finish()
 
     # -- child process --------------------------------------------------------------------
 
-    def _environment(self, user: str, shell: str, tty: str | None) -> dict[str, str]:
+    def _login(self) -> Login:
         options = self._server.options
-        env = dict(options.environ)
-        env.update(USER=user, LOGNAME=user, HOME=options.home, SHELL=shell)
+        return Login.of(options, fallback_shell=options.environ.get("SHELL"))
+
+    def _environment(self, login: Login, tty: str | None) -> dict[str, str]:
+        env = login.environ
         assert self._chan is not None
         env.update(self._chan.get_environment())
         peer = self._conn.get_extra_info("peername") or ("", 0)
@@ -458,20 +464,6 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         if self._command is not None:
             env["SSH_ORIGINAL_COMMAND"] = self._command
         return env
-
-    def _argv(self) -> tuple[list[str], str, str]:
-        user, login_shell = os_user()
-        shell = (login_shell if login_shell and os.access(login_shell, os.X_OK)
-                 else self._server.options.environ.get("SHELL") or shutil.which("sh") or "/bin/sh")
-        argv = [shell, "-l"] if self._command is None else [shell, "-c", self._command]
-        return argv, user, shell
-
-    def _cwd(self) -> str:
-        options = self._server.options
-        directory = options.working_directory()
-        if directory:
-            return directory
-        return options.home if os.path.isdir(options.home) else "/"
 
     async def _run(self) -> None:
         chan = self._chan
@@ -488,38 +480,48 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         finally:
             self._finish()
         with contextlib.suppress(Exception):
-            if status >= 0:
+            if status is None:
+                chan.exit(EXIT_UNKNOWN)
+            elif status >= 0:
                 chan.exit(status)
             else:
                 name = signal.Signals(-status).name.removeprefix("SIG")
                 chan.exit_with_signal(name)
 
-    async def _run_pipes(self) -> int:
-        argv, user, shell = self._argv()
-        proc = await asyncio.create_subprocess_exec(
-            *argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE, cwd=self._cwd(),
-            env=self._environment(user, shell, None), start_new_session=True)
-        self._proc = proc
-        self._stdin = proc.stdin
+    async def _run_pipes(self) -> int | None:
+        login = self._login()
+        child = Child.spawn(
+            login.argv(self._command), cwd=login.directory, env=self._environment(login, None),
+            stdin=PIPE, stdout=PIPE, stderr=PIPE)
+        try:
+            stdin, stdout, stderr = await child.open_streams()
+        except BaseException:
+            child.hang_up(KILL_GRACE, leftovers=True)
+            raise
+        self._child = child
+        assert stdin is not None and stdout is not None and stderr is not None
+        self._stdin = stdin
         if self._chan is None:  # the channel went away while we were spawning
             self.terminate()
         if self._stdin_buffer:  # what arrived while we were spawning
             pending = bytes(self._stdin_buffer)
             self._stdin_buffer.clear()
             self._write_stdin(pending)
-        if self._stdin_eof and proc.stdin is not None:
-            proc.stdin.write_eof()
-        assert proc.stdout is not None and proc.stderr is not None
+        if self._stdin_eof:
+            stdin.write_eof()
         # Like sshd, the exit status goes out after stdout and stderr reached EOF, which a
         # background process may delay; once the channel is gone we stop waiting for that.
         pumps = self._pumps = asyncio.gather(
-            self._pump(proc.stdout, None), self._pump(proc.stderr, asyncssh.EXTENDED_DATA_STDERR))
-        status = await proc.wait()
-        if self._chan is None:
-            pumps.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await pumps
+            self._pump(stdout, None), self._pump(stderr, asyncssh.EXTENDED_DATA_STDERR))
+        try:
+            status = await child.wait()
+            if self._chan is None:
+                pumps.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await pumps
+        finally:
+            self._stdin = None
+            stdin.close()
         return status
 
     async def _pump(self, stream: asyncio.StreamReader, datatype: int | None) -> None:
@@ -531,36 +533,28 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             if not self._write_channel(data, datatype):
                 return
 
-    async def _run_pty(self) -> int:
+    async def _run_pty(self) -> int | None:
         assert self._term is not None
         _, (columns, rows, xpixels, ypixels), modes = self._term
-        master, slave = os.openpty()
-        try:
+        login = self._login()
+        with Terminal(rows, columns, xpixels, ypixels) as terminal:
             try:
-                _apply_term_modes(slave, modes)
+                _apply_term_modes(terminal.slave, modes)
             except termios.error as exc:
                 _log.debug("could not apply terminal modes %s: %s", modes, exc)
-            set_window_size(slave, rows or 24, columns or 80, xpixels, ypixels)
-            argv, user, shell = self._argv()
-            proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=slave, stdout=slave, stderr=slave, cwd=self._cwd(),
-                env=self._environment(user, shell, os.ttyname(slave)),
-                preexec_fn=controlling_terminal(slave))
-        except BaseException:
-            os.close(master)
-            raise
-        finally:
-            os.close(slave)
-        self._proc = proc
+            child = self._child = Child.spawn(
+                login.argv(self._command), cwd=login.directory,
+                env=self._environment(login, terminal.name), terminal=terminal)
+        master = child.master
+        assert master is not None
         self._master = master
         if self._chan is None:
             self.terminate()
-        os.set_blocking(master, False)
         if not self._output_paused:
             self._loop.add_reader(master, self._on_master_readable)
         self._write_master()
         try:
-            status = await proc.wait()
+            status = await child.wait()
             # Everything the child wrote is in the PTY now; a non-blocking read flushes the
             # line discipline first, and EIO means no process holds the slave any more.
             self._drain_master()
@@ -571,53 +565,33 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 self._loop.remove_reader(master)
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_writer(master)
-            os.close(master)  # hangs up the terminal: SIGHUP to what is left in its session
+            child.close()  # hangs up the terminal: SIGHUP to what is left in its session
 
     def _on_master_readable(self) -> None:
         master = self._master
         if master is None:
             return
-        try:
-            data = os.read(master, READ_SIZE)
-        except BlockingIOError:
+        data = read_terminal(master)
+        if data is None:
             return
-        except OSError:  # EIO: every slave descriptor is closed
-            data = b""
-        if not data:
-            with contextlib.suppress(ValueError, OSError):
-                self._loop.remove_reader(master)
-            return
-        if not self._write_channel(data, None):
+        # b"": every slave descriptor is closed
+        if not data or not self._write_channel(data, None):
             with contextlib.suppress(ValueError, OSError):
                 self._loop.remove_reader(master)
 
     def _drain_master(self) -> None:
-        master = self._master
-        if master is None:
+        if self._master is None:
             return
-        while True:
-            try:
-                data = os.read(master, READ_SIZE)
-            except OSError:  # EAGAIN: someone else still holds the slave; EIO: all gone
-                return
-            if not data or not self._write_channel(data, None):
+        # None: someone else still holds the slave; b"": all gone
+        while data := read_terminal(self._master):
+            if not self._write_channel(data, None):
                 return
 
     def _write_master(self) -> None:
         master = self._master
         if master is None:
             return
-        while self._stdin_buffer:
-            try:
-                n = os.write(master, self._stdin_buffer)
-            except BlockingIOError:
-                break
-            except OSError as exc:
-                if exc.errno != errno.EINTR:
-                    self._stdin_buffer.clear()
-                    break
-                continue
-            del self._stdin_buffer[:n]
+        write_terminal(master, self._stdin_buffer)
         if self._stdin_buffer:
             self._loop.add_writer(master, self._write_master)
             if len(self._stdin_buffer) > STDIN_HIGH_WATER:
@@ -674,19 +648,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
     def terminate(self) -> None:
         """End the child and whatever it left in its process group (background jobs that
         still hold its pipes): SIGHUP now, SIGKILL after KILL_GRACE seconds."""
-        proc = self._proc
-        if proc is None or self._done.is_set() or self._kill_handle is not None:
-            return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGHUP)
-        self._kill_handle = self._loop.call_later(KILL_GRACE, self._kill)
-
-    def _kill(self) -> None:
-        # The group outlives its leader while members are left; once it is empty this is
-        # ESRCH (a pid is not reused as a new group's id while the group exists).
-        if self._proc is not None:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self._proc.pid, signal.SIGKILL)
+        if self._child is not None and not self._done.is_set():
+            self._child.hang_up(KILL_GRACE, leftovers=True)
 
     def _finish(self) -> None:
         self._server._sessions.discard(self)

@@ -41,10 +41,10 @@ from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 import anyio
 import orjson
 
-from agentconn import __version__
-from agentconn.agent.contextconfig import read_context_settings, resolve_paths
-from agentconn.agent.fsutil import go_quote
-from agentconn.agent.http import ApiError, RequestContext, Router, decode_body, json_ok
+from agentconn._version import __version__
+from agentconn.agent.api.contextconfig import read_context_settings, resolve_paths
+from agentconn.agent.api.fsutil import go_quote
+from agentconn.agent.api.router import ApiError, RequestContext, Router, decode_body, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.mcp import (
     TOOL_NAME_SEP,
@@ -566,7 +566,7 @@ class McpManager:
     ``config_files`` are resolved ``.mcp.json`` paths; ``None`` resolves
     ``CODER_AGENT_EXP_MCP_CONFIG_FILES`` (read from ``options.environ`` now, default
     ``.mcp.json``) against the working directory each time configs are loaded. When the
-    agent also builds a :class:`~agentconn.agent.contextconfig.ContextConfigApi` (which
+    agent also builds a :class:`~agentconn.agent.api.contextconfig.ContextConfigApi` (which
     removes that variable), pass its ``mcp_config_files()`` here instead.
     ``connect_timeout`` and ``call_timeout`` are seconds.
     """
@@ -752,10 +752,12 @@ class McpManager:
     # -- HTTP -------------------------------------------------------------------------------
 
     def register(self, router: Router) -> None:
-        """Add the three MCP routes."""
-        router.add("GET", "/api/v0/mcp/tools", self._list_tools)
-        router.add("POST", "/api/v0/mcp/call-tool", self._call_tool)
-        router.add("POST", "/api/v0/mcp/read-resource", self._read_resource)
+        """Serve the three MCP routes."""
+        router.add_routes({
+            "ListMCPTools": self._list_tools,
+            "CallMCPTool": self._call_tool,
+            "ReadMCPResource": self._read_resource,
+        })
 
     async def _list_tools(self, request: Request, ctx: RequestContext) -> ResponseLike:
         # §12.3: always 200; only the exact value "true" refreshes (Go compares strings).

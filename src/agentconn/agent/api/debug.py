@@ -20,10 +20,10 @@ import re
 import socket
 import struct
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from agentconn.agent.http import ApiError, RequestContext, Router, json_ok, text_response
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok, text_response
 from agentconn.proto._codec import format_time, parse_time
 from agentconn.proto.common import GREETING
 from agentconn.proto.debug import (
@@ -167,13 +167,16 @@ class DebugApi:
         self.debug_logging = False
 
     def register(self, router: Router) -> None:
-        router.add("GET", "/", self._greeting)
-        router.add("GET", "/api/v0/netcheck", self._netcheck)
-        router.add("GET", "/debug/magicsock", self._magicsock)
-        router.add("GET", "/debug/magicsock/debug-logging/{state}", self._debug_logging)
-        router.add("GET", "/debug/manifest", self._manifest)
-        router.add("GET", "/debug/prometheus", self._prometheus)
-        router.add("GET", "/debug/logs", self._logs)
+        """Serve the greeting, netcheck and ``/debug`` routes."""
+        router.add_routes({
+            "Greeting": self._greeting,
+            "Netcheck": self._netcheck,
+            "DebugMagicsock": self._magicsock,
+            "DebugMagicsockLogging": self._debug_logging,
+            "DebugManifest": self._manifest,
+            "PrometheusMetrics": self._prometheus,
+            "DebugLogs": self._logs,
+        })
 
     async def _greeting(self, request: Request, ctx: RequestContext) -> ResponseLike:
         return json_ok(GREETING)
@@ -228,7 +231,7 @@ class DebugApi:
         rows = []
         for p in stats.get("peers", []):
             last = p.get("last_handshake_unix") or 0
-            when = (datetime.fromtimestamp(last, timezone.utc).isoformat() if last else "never")
+            when = (datetime.fromtimestamp(last, UTC).isoformat() if last else "never")
             rows.append(
                 "<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in (
                     p.get("public_key"), p.get("endpoint"), ", ".join(p.get("allowed_ips", [])),
@@ -368,7 +371,7 @@ class DebugApi:
         for name, mtime in self._log_files(after):
             if total >= _LOGS_TOTAL_CAP:
                 break
-            stamp = format_time(datetime.fromtimestamp(mtime, timezone.utc))
+            stamp = format_time(datetime.fromtimestamp(mtime, UTC))
             header = ("" if first else "\n") + f"=== {name} (mtime {stamp}) ===\n"
             first = False
             yield header.encode()

@@ -21,8 +21,8 @@ Every process moves through two states:
 
 The exit code follows Go's ``exec.Cmd.Wait``: the exit status; ``-1`` when a signal ended the
 process, when the wait failed, or when the process exited 0 but the pipe had to be abandoned
-(Go reports ``ErrWaitDelay`` instead of success then). Exit is observed with a pidfd on the
-loop; where pidfds are unavailable a dedicated thread blocks in ``waitpid``.
+(Go reports ``ErrWaitDelay`` instead of success then). Spawning, signalling and reaping are
+:mod:`agentconn.agent.children`'s.
 
 Chat isolation (§4.3): a process started under chat A is invisible (404) to output and signal
 requests carrying chat B; requests without a chat see everything; ``list`` with a chat shows only
@@ -38,15 +38,13 @@ import asyncio
 import logging
 import os
 import signal
-import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agentconn.agent.fsutil import go_quote, go_text
-from agentconn.agent.http import (
+from agentconn.agent.api.fsutil import go_quote, go_text
+from agentconn.agent.api.router import (
     ApiError,
     RequestContext,
     Router,
@@ -54,6 +52,7 @@ from agentconn.agent.http import (
     json_ok,
     query_params,
 )
+from agentconn.agent.children import DEVNULL, PIPE, STDOUT, Child
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.common import Response
 from agentconn.proto.processes import (
@@ -200,8 +199,7 @@ class _Process:
     requested_workdir: str  #: as given in the request ("" if none): the exit hook's argument
     background: bool
     chat_id: uuid.UUID | None
-    pid: int
-    popen: subprocess.Popen[bytes]
+    child: Child
     started_at_unix: int
     started_at: float  #: monotonic; orders ``list`` within one second
     buffer: HeadTailBuffer = field(default_factory=HeadTailBuffer)
@@ -210,6 +208,10 @@ class _Process:
     exited_at_unix: int | None = None
     exited_at: float | None = None  #: monotonic; drives reaping
     done: asyncio.Event = field(default_factory=asyncio.Event)
+
+    @property
+    def pid(self) -> int:
+        return self.child.pid
 
     def info(self) -> ProcessInfo:
         return ProcessInfo(
@@ -255,11 +257,13 @@ class ProcessManager:
         self._closed = False
 
     def register(self, router: Router) -> None:
-        """Add the four process routes to ``router``."""
-        router.add("POST", "/api/v0/processes/start", self._start)
-        router.add("GET", "/api/v0/processes/list", self._list)
-        router.add("GET", "/api/v0/processes/{id}/output", self._output)
-        router.add("POST", "/api/v0/processes/{id}/signal", self._signal)
+        """Serve the four process routes."""
+        router.add_routes({
+            "StartProcess": self._start,
+            "ListProcesses": self._list,
+            "ProcessOutput": self._output,
+            "SignalProcess": self._signal,
+        })
 
     async def close(self) -> None:
         """Refuse new processes, SIGKILL every running process group and wait for them all."""
@@ -267,7 +271,7 @@ class ProcessManager:
         for proc in list(self._procs.values()):
             if proc.running:
                 try:
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.child.signal_group(signal.SIGKILL)
                 except OSError as e:
                     # Already gone: the group emptied between the exit and the pipe EOF.
                     _log.debug("close: kill group %d of process %s: %s", proc.pid, proc.id, e)
@@ -288,7 +292,8 @@ class ProcessManager:
         if ctx.chat_id is not None:
             env["CODER_CHAT_ID"] = str(ctx.chat_id)
         try:
-            popen, read_fd = _spawn(body.command, workdir, env)
+            child = Child.spawn(["sh", "-c", body.command], cwd=workdir, env=env,
+                                stdin=DEVNULL, stdout=PIPE, stderr=STDOUT)
         except OSError as e:
             if e.filename == workdir:
                 detail = f"start process: chdir {workdir}: {_errno_text(e)}"
@@ -304,14 +309,13 @@ class ProcessManager:
             requested_workdir=body.workdir,
             background=body.background,
             chat_id=ctx.chat_id,
-            pid=popen.pid,
-            popen=popen,
+            child=child,
             started_at_unix=int(time.time()),
             started_at=time.monotonic(),
         )
         self._procs[proc.id] = proc
         task = asyncio.get_running_loop().create_task(
-            self._supervise(proc, read_fd), name=f"process {proc.id} (pid {proc.pid})"
+            self._supervise(proc), name=f"process {proc.id} (pid {proc.pid})"
         )
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -372,9 +376,10 @@ class ProcessManager:
         if not proc.running:
             raise ApiError(409, f"Process {go_quote(id)} is not running.")
         try:
-            os.killpg(proc.pid, signum)  # §4.5: the whole process group
+            proc.child.signal_group(signum)  # §4.5: the whole process group
         except OSError as e:
-            raise ApiError(500, "Failed to signal process.", f"{name} process: {_errno_text(e)}") from e
+            raise ApiError(500, "Failed to signal process.",
+                           f"{name} process: {_errno_text(e)}") from e
         return json_ok(Response(message=f"Signal {go_quote(name)} sent to process {go_quote(id)}."))
 
     def _visible(self, id: str, ctx: RequestContext) -> _Process | None:
@@ -387,10 +392,14 @@ class ProcessManager:
 
     # -- process lifetime ----------------------------------------------------------------------
 
-    async def _supervise(self, proc: _Process, read_fd: int) -> None:
+    async def _supervise(self, proc: _Process) -> None:
         """Drain the pipe, reap the process, give the pipe its grace period, then finish."""
         loop = asyncio.get_running_loop()
         eof: asyncio.Future[None] = loop.create_future()
+        output = proc.child.stdout  # stdout and stderr, one pipe (the read end)
+        assert output is not None
+        read_fd = output.fileno()
+        os.set_blocking(read_fd, False)
 
         def on_readable() -> None:
             try:
@@ -408,10 +417,10 @@ class ProcessManager:
                 eof.set_result(None)
 
         loop.add_reader(read_fd, on_readable)
-        status: int | None = None
+        code: int | None = None
         drained = False
         try:
-            status = await _wait_exit(proc.pid)
+            code = await proc.child.wait()
             done, _ = await asyncio.wait({eof}, timeout=self._pipe_drain_timeout)
             drained = bool(done)
             if not drained:
@@ -419,13 +428,10 @@ class ProcessManager:
                           "no longer reading", proc.id, self._pipe_drain_timeout)
         finally:
             loop.remove_reader(read_fd)
-            os.close(read_fd)
+            output.close()
             if not eof.done():
                 eof.cancel()
-            code = -1 if status is None else os.waitstatus_to_exitcode(status)
-            # Popen must not try to reap the pid again (its __del__ would track it otherwise).
-            proc.popen.returncode = code
-            if code < 0 or (code == 0 and not drained):
+            if code is None or code < 0 or (code == 0 and not drained):
                 code = -1
             proc.exit_code = code
             proc.exited_at_unix = int(time.time())
@@ -438,89 +444,3 @@ class ProcessManager:
             except Exception:  # noqa: BLE001 - a faulty hook must not break the bookkeeping
                 _log.exception("process %s: on_process_exit hook failed", proc.id)
 
-
-def _spawn(command: str, workdir: str, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
-    """Start ``sh -c command`` in its own session writing to one pipe; return it and the read end."""
-    read_fd, write_fd = os.pipe()
-    try:
-        popen = subprocess.Popen(
-            ["sh", "-c", command],
-            stdin=subprocess.DEVNULL,
-            stdout=write_fd,
-            stderr=write_fd,
-            cwd=workdir,
-            env=env,
-            start_new_session=True,
-            close_fds=True,
-        )
-    except BaseException:
-        os.close(read_fd)
-        raise
-    finally:
-        os.close(write_fd)
-    os.set_blocking(read_fd, False)
-    return popen, read_fd
-
-
-async def _wait_exit(pid: int) -> int | None:
-    """Reap child ``pid`` without blocking the loop; its wait status, or ``None`` if that failed."""
-    loop = asyncio.get_running_loop()
-    try:
-        pidfd = os.pidfd_open(pid)
-    except OSError:
-        return await _wait_exit_thread(pid)
-    try:
-        exited: asyncio.Future[None] = loop.create_future()
-
-        def on_exit() -> None:
-            if not exited.done():
-                exited.set_result(None)
-
-        loop.add_reader(pidfd, on_exit)
-        try:
-            await exited
-        finally:
-            loop.remove_reader(pidfd)
-    finally:
-        os.close(pidfd)
-    exited_now, status = _reap_exited(pid)
-    return status if exited_now else await _wait_exit_thread(pid)
-
-
-def _reap_exited(pid: int) -> tuple[bool, int | None]:
-    """``waitpid(pid, WNOHANG)`` for a child whose pidfd said it exited; never blocks.
-
-    ``(True, status)``; ``(True, None)`` if the wait failed; ``(False, None)`` if the child
-    is, against the pidfd's word, still running.
-    """
-    try:
-        reaped, status = os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError as e:
-        _log.warning("waitpid(%d) failed: %s", pid, e)
-        return True, None
-    return (True, status) if reaped == pid else (False, None)
-
-
-async def _wait_exit_thread(pid: int) -> int | None:
-    # A thread of its own rather than the default executor: a long-running process must not
-    # hold one of its few workers.
-    loop = asyncio.get_running_loop()
-    result: asyncio.Future[int | None] = loop.create_future()
-
-    def deliver(status: int | None) -> None:
-        if not result.done():
-            result.set_result(status)
-
-    def run() -> None:
-        try:
-            status: int | None = os.waitpid(pid, 0)[1]
-        except ChildProcessError as e:
-            _log.warning("waitpid(%d) failed: %s", pid, e)
-            status = None
-        try:
-            loop.call_soon_threadsafe(deliver, status)
-        except RuntimeError:
-            _log.debug("waitpid(%d): the loop closed before the exit was delivered", pid)
-
-    threading.Thread(target=run, name=f"agentconn-waitpid-{pid}", daemon=True).start()
-    return await result
