@@ -6,16 +6,17 @@ SSH, PTY and speedtest ports keep theirs). Each accepted connection is joined to
 connection to ``127.0.0.1:<the dialed port>``; bytes are copied both ways with backpressure
 and half-closes passed on. If nothing listens on the loopback port, the tunnel connection is
 reset (the dialer sees ECONNRESET; gVisor's forwarder, which dials before answering the SYN,
-gives ECONNREFUSED instead). UDP datagrams to ports without a tunnel socket arrive through the
-tunnel's ``udp_fallback`` and travel over one kernel UDP socket per flow (idle flows closed).
+gives ECONNREFUSED instead). A UDP datagram to a port without a tunnel socket arrives through
+the tunnel's ``udp_fallback``; the agent then binds a tunnel datagram endpoint on that port and
+relays each client over its own kernel UDP socket (idle flows closed).
 This is what ``AgentConn.dial`` and port-forwarding rely on.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agentconn.agent.options import AgentOptions
@@ -23,6 +24,7 @@ from agentconn.aio.relay import join
 
 if TYPE_CHECKING:
     from agentconn.aio.tunnel import Tunnel
+    from agentconn.net.udp import Datagram
 
 __all__ = ["LoopbackForwarder", "PortForwarding", "UdpLoopbackForwarder"]
 
@@ -72,12 +74,13 @@ class LoopbackForwarder:
 
 
 class _UdpFlow(asyncio.DatagramProtocol):
-    """One tunnel (client address, client port, agent port) ↔ a kernel UDP socket connected
-    to the workspace loopback port; replies go back from the agent port."""
+    """One tunnel client (address, port) of one forwarded agent port ↔ a kernel UDP socket
+    connected to the workspace loopback port; replies go back through the port's tunnel
+    endpoint, so they leave from the agent port the client sent to."""
 
-    def __init__(self, owner: UdpLoopbackForwarder, key: tuple[Any, int, Any, int]) -> None:
-        self.owner = owner
-        self.key = key
+    def __init__(self, port: _TunnelPort, client: tuple[str, int]) -> None:
+        self.port = port
+        self.client = client
         self.transport: asyncio.DatagramTransport | None = None
         self.last = 0.0
 
@@ -85,20 +88,92 @@ class _UdpFlow(asyncio.DatagramProtocol):
         self.transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
-        src, sport, dst, dport = self.key
         self.last = asyncio.get_running_loop().time()
-        self.owner.replies += 1
-        self.owner.send_back(dst, dport, src, sport, data)
+        self.port.reply(self.client, data)
 
     def error_received(self, exc: Exception) -> None:  # e.g. ECONNREFUSED: nobody listens
-        _log.debug("UDP flow %s: %s", self.key, exc)
+        _log.debug("UDP flow %s -> port %d: %s", self.client, self.port.number, exc)
+
+
+class _TunnelPort(asyncio.DatagramProtocol):
+    """A tunnel UDP endpoint bound to one forwarded agent (address, port), opened on that
+    port's first datagram; each client of the port gets its own loopback flow."""
+
+    def __init__(self, forwarder: UdpLoopbackForwarder, number: int) -> None:
+        self.forwarder = forwarder
+        self.number = number
+        self.transport: asyncio.DatagramTransport | None = None
+        self.flows: dict[tuple[str, int], _UdpFlow] = {}
+        self.pending: dict[tuple[str, int], list[bytes]] = {}
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        self.forward((str(addr[0]), int(addr[1])), data)
+
+    def forward(self, client: tuple[str, int], data: bytes) -> None:
+        """Send `data` from `client` on to the loopback port (opening its flow first)."""
+        self.forwarder.forwarded += 1
+        flow = self.flows.get(client)
+        if flow is not None and flow.transport is not None:
+            flow.last = asyncio.get_running_loop().time()
+            flow.transport.sendto(data)
+        elif client in self.pending:
+            self.pending[client].append(data)
+        else:
+            self.pending[client] = [data]
+            self.forwarder.spawn(self._open(client))
+
+    async def _open(self, client: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            _, flow = await loop.create_datagram_endpoint(
+                lambda: _UdpFlow(self, client), remote_addr=(self.forwarder.host, self.number))
+        except OSError as e:
+            _log.debug("UDP forward to %s:%d failed: %s", self.forwarder.host, self.number, e)
+            self.pending.pop(client, None)
+            return
+        flow.last = loop.time()
+        self.flows[client] = flow
+        for payload in self.pending.pop(client, []):
+            assert flow.transport is not None
+            flow.transport.sendto(payload)
+
+    def reply(self, client: tuple[str, int], data: bytes) -> None:
+        """A loopback answer for `client`: back through the tunnel from this port."""
+        if self.transport is not None and not self.transport.is_closing():
+            self.forwarder.replies += 1
+            self.transport.sendto(data, client)
+
+    def error_received(self, exc: Exception) -> None:  # e.g. EMSGSIZE for a reply too big
+        _log.debug("UDP port %d: %s", self.number, exc)
+
+    def reap(self, now: float, idle: float) -> bool:
+        """Close flows idle for `idle` seconds; True when the port has none left."""
+        for client, flow in list(self.flows.items()):
+            if now - flow.last > idle and flow.transport is not None:
+                flow.transport.close()
+                del self.flows[client]
+        return not self.flows and not self.pending
+
+    def close(self) -> None:
+        for flow in self.flows.values():
+            if flow.transport is not None:
+                flow.transport.close()
+        self.flows.clear()
+        if self.transport is not None:
+            self.transport.close()
 
 
 class UdpLoopbackForwarder:
     """UDP datagrams to agent ports without a tunnel socket go to ``host:<port>``.
 
-    One kernel UDP socket per (client address, client port, agent port) flow, closed after
-    ``idle`` seconds without traffic (Tailscale's netstack forwards UDP the same way).
+    The first datagram to a port arrives through the tunnel's ``udp_fallback``; the forwarder
+    then binds a tunnel datagram endpoint on that (agent address, port), which takes the
+    port's later datagrams and sends the replies. One kernel UDP socket per (client address,
+    client port, agent port) flow, closed after ``idle`` seconds without traffic, and the
+    port's endpoint with its last flow (Tailscale's netstack forwards UDP the same way).
     """
 
     def __init__(self, options: AgentOptions, *, host: str = "127.0.0.1",
@@ -109,70 +184,66 @@ class UdpLoopbackForwarder:
         self.forwarded = 0
         self.replies = 0
         self._tunnel: Tunnel | None = None
-        self._flows: dict[tuple[Any, int, Any, int], _UdpFlow] = {}
-        self._pending: dict[tuple[Any, int, Any, int], list[bytes]] = {}
+        self._ports: dict[tuple[str, int], _TunnelPort] = {}
+        self._opening: dict[tuple[str, int], list[tuple[tuple[str, int], bytes]]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
         self._reaper: asyncio.Task[None] | None = None
 
     async def start(self, tunnel: Tunnel) -> None:
         self._tunnel = tunnel
-        tunnel.udp_fallback = self._on_datagram
+        tunnel.udp_fallback = self._on_unclaimed
         self._reaper = asyncio.create_task(self._reap())
 
-    def send_back(self, src: Any, sport: int, dst: Any, dport: int, data: bytes) -> None:
-        from agentconn.net.udp import emit_datagram
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
-        if self._tunnel is not None:
-            with contextlib.suppress(Exception):
-                self._tunnel.send_packet(emit_datagram(src, sport, dst, dport, data))
+    def _on_unclaimed(self, d: Datagram) -> None:
+        where = (str(d.dst), d.dst_port)
+        client = (str(d.src), d.src_port)
+        port = self._ports.get(where)
+        if port is not None:            # bound meanwhile (datagram was already in flight)
+            port.forward(client, d.payload)
+        elif where in self._opening:
+            self._opening[where].append((client, d.payload))
+        else:
+            self._opening[where] = [(client, d.payload)]
+            self.spawn(self._bind(where))
 
-    def _on_datagram(self, d: Any) -> None:
-        key = (d.src, d.src_port, d.dst, d.dst_port)
-        self.forwarded += 1
-        flow = self._flows.get(key)
-        if flow is not None and flow.transport is not None:
-            flow.last = asyncio.get_running_loop().time()
-            flow.transport.sendto(d.payload)
-            return
-        if key in self._pending:
-            self._pending[key].append(d.payload)
-            return
-        self._pending[key] = [d.payload]
-        asyncio.get_running_loop().create_task(self._open(key))
-
-    async def _open(self, key: tuple[Any, int, Any, int]) -> None:
-        loop = asyncio.get_running_loop()
+    async def _bind(self, where: tuple[str, int]) -> None:
+        assert self._tunnel is not None
         try:
-            _, flow = await loop.create_datagram_endpoint(
-                lambda: _UdpFlow(self, key), remote_addr=(self.host, key[3]))
-        except OSError as e:
-            _log.debug("UDP forward to %s:%d failed: %s", self.host, key[3], e)
-            self._pending.pop(key, None)
+            _, port = await self._tunnel.create_datagram_endpoint(
+                lambda: _TunnelPort(self, where[1]), local_addr=where)
+        except (OSError, ValueError) as e:
+            _log.debug("cannot bind tunnel UDP %s:%d: %s", where[0], where[1], e)
+            self._opening.pop(where, None)
             return
-        flow.last = loop.time()
-        self._flows[key] = flow
-        for payload in self._pending.pop(key, []):
-            assert flow.transport is not None
-            flow.transport.sendto(payload)
+        self._ports[where] = port
+        for client, payload in self._opening.pop(where, []):
+            port.forward(client, payload)
 
     async def _reap(self) -> None:
         while True:
             await asyncio.sleep(min(self.idle, 10.0))
             now = asyncio.get_running_loop().time()
-            for key, flow in list(self._flows.items()):
-                if now - flow.last > self.idle and flow.transport is not None:
-                    flow.transport.close()
-                    del self._flows[key]
+            for where, port in list(self._ports.items()):
+                if port.reap(now, self.idle):
+                    port.close()
+                    del self._ports[where]
 
     async def close(self) -> None:
-        if self._tunnel is not None and self._tunnel.udp_fallback == self._on_datagram:
+        if self._tunnel is not None and self._tunnel.udp_fallback == self._on_unclaimed:
             self._tunnel.udp_fallback = None
-        if self._reaper is not None:
-            self._reaper.cancel()
-            await asyncio.gather(self._reaper, return_exceptions=True)
-        for flow in self._flows.values():
-            if flow.transport is not None:
-                flow.transport.close()
-        self._flows.clear()
+        for task in [self._reaper, *self._tasks]:
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in [self._reaper, *self._tasks] if t is not None),
+                             return_exceptions=True)
+        for port in self._ports.values():
+            port.close()
+        self._ports.clear()
 
 
 class PortForwarding:
