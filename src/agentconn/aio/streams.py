@@ -31,7 +31,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from _wgcore.tcp import EVENTS, TcpConn, TcpListener
+from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener
 
 if TYPE_CHECKING:
     from .tunnel import Tunnel
@@ -40,12 +40,12 @@ __all__ = ["TcpTransport", "TunnelServer"]
 
 log = logging.getLogger("agentconn.tcp")
 
-EV_CONNECTED = EVENTS["CONNECTED"]
-EV_READABLE = EVENTS["READABLE"]
-EV_EOF = EVENTS["EOF"]
-EV_WRITABLE = EVENTS["WRITABLE"]
-EV_CLOSED = EVENTS["CLOSED"]
-EV_ACCEPT = EVENTS["ACCEPT"]
+EV_CONNECTED = int(TcpEvent.CONNECTED)
+EV_READABLE = int(TcpEvent.READABLE)
+EV_EOF = int(TcpEvent.EOF)
+EV_WRITABLE = int(TcpEvent.WRITABLE)
+EV_CLOSED = int(TcpEvent.CLOSED)
+EV_ACCEPT = int(TcpEvent.ACCEPT)
 
 DEFAULT_HIGH_WATER = 64 * 1024
 READ_CHUNK = 1 << 20          # largest single data_received() call
@@ -78,7 +78,7 @@ class TcpTransport(asyncio.Transport):
         self._tunnel = tunnel
         self._loop = tunnel._require_loop()
         self._conn = conn
-        conn.owner = self
+        tunnel._tcp_handlers[conn] = self
         self._protocol = protocol
         self._server = server
         self._pending: collections.deque[bytes] = collections.deque()
@@ -316,6 +316,7 @@ class TcpTransport(asyncio.Transport):
             return
         self._lost = True
         self._closing = True
+        self._tunnel._tcp_handlers.pop(self._conn, None)
         self._loop.call_soon(self._call_connection_lost, exc)
 
     def _call_connection_lost(self, exc: Exception | None) -> None:
@@ -347,7 +348,7 @@ class TunnelServer:
         self._transports: set[TcpTransport] = set()
         self._closed = False
         self._waiters: list[asyncio.Future[None]] = []
-        listener.owner = self
+        tunnel._tcp_handlers[listener] = self
 
     @property
     def sockets(self) -> list[tuple[str, int]]:
@@ -372,6 +373,7 @@ class TunnelServer:
             return
         self._closed = True
         self._listener.close()
+        self._tunnel._tcp_handlers.pop(self._listener, None)
         self._tunnel._schedule_flush()
         self._wake()
 

@@ -29,8 +29,7 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from _wgcore.datapath import RESULT, PacketBatch
-from _wgcore.tcp import EVENTS as TCP_EVENTS
-from _wgcore.tcp import TcpConn, TcpStack
+from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener, TcpStack
 from _wgcore.udpio import UdpIO
 
 from ..errors import ConfigError, NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
@@ -58,7 +57,7 @@ def _ip_protocol(packet: bytes) -> int:
 log = logging.getLogger("agentconn.tunnel")
 
 RES_DATA = RESULT["DATA"]
-EVENTS_CLOSED = TCP_EVENTS["CLOSED"]
+EVENTS_CLOSED = int(TcpEvent.CLOSED)
 DEFAULT_MTU = 1280            # Coder's tailnet MTU (tailnet.md §3); set MTU in the config to change it
 RX_SLOTS = 64                 # messages per recvmmsg
 RX_SLOT_SIZE = 65536          # one GRO super-buffer per message
@@ -118,6 +117,8 @@ class Tunnel:
         self._tx_pending: PacketBatch | None = None     # sealed, waiting for socket space
         self._tx_spare: PacketBatch | None = None
         self._connect_waiters: dict[TcpConn, asyncio.Future[None]] = {}
+        # who handles the events of each connection and listener (they hold no reference up)
+        self._tcp_handlers: dict[TcpConn | TcpListener, TcpTransport | TunnelServer] = {}
         self._writer_armed = False
 
     @classmethod
@@ -605,7 +606,7 @@ class Tunnel:
         connect() waiters (once per connection per batch)."""
         for obj in self.tcp.take_touched():
             events = obj.take_events()
-            owner = obj.owner
+            owner = self._tcp_handlers.get(obj)
             try:
                 if owner is not None:
                     owner._on_events(events)
