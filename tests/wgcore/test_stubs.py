@@ -12,7 +12,7 @@ import pytest
 import _wgcore
 
 STUB_DIR = Path(_wgcore.__file__).parent
-MODULES = ["sodium", "replay", "checksum", "keypair", "datapath", "udpio",
+MODULES = ["sodium", "replay", "checksum", "keypair", "datapath", "udpio", "constants",
            "tcpip.wire", "tcpip.storage", "tcpip.congestion", "tcpip.conn", "tcpip.stack"]
 
 
