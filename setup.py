@@ -27,14 +27,17 @@ if linetrace:
     macros += [("CYTHON_TRACE", "1"), ("CYTHON_TRACE_NOGIL", "1")]
 cflags = ["-O0", "-g"] if debug else ["-O3"]
 
+# Every .pyx under src/_wgcore, subpackages included: src/_wgcore/tcpip/conn.pyx is the
+# extension _wgcore.tcpip.conn.
+SRC = HERE / "src"
 extensions = [
     Extension(
-        f"_wgcore.{p.stem}",
+        ".".join(p.relative_to(SRC).with_suffix("").parts),
         [str(p.relative_to(HERE))],
         define_macros=macros,
         extra_compile_args=cflags,
     )
-    for p in sorted((HERE / "src" / "_wgcore").glob("*.pyx"))
+    for p in sorted((SRC / "_wgcore").rglob("*.pyx"))
 ]
 
 setup(

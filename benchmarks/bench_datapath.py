@@ -4,7 +4,8 @@
     the sealed datagrams, in place on one PacketBatch (seal + open + header, counters, index
     lookup, replay window, padding, inner-IP and allowed-IPs checks); ``rearm`` between rounds
     (untimed) turns the opened packets back into pending ones.
-(b) raw: ``_wgcore.datapath.bench_raw_libsodium``: crypto_aead_chacha20poly1305_ietf_encrypt
+(b) raw: ``bench_raw_libsodium`` (benchmarks/_rawsodium.pyx, compiled on first use by _build.py
+    against _wgcore's .pxd files): crypto_aead_chacha20poly1305_ietf_encrypt
     then _decrypt on the same number of buffers of the same size in a C loop, through the same
     function pointers. Measured two ways: one batch per call under pytest-benchmark (the same
     method as (a)), and the function's own C-loop timer over many batches.
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 
-from _wgcore.datapath import RESULT, Datapath, PacketBatch, PeerSlot, bench_raw_libsodium, rearm
+from _wgcore.datapath import RESULT, Datapath, PacketBatch, PeerSlot, rearm
 from _wgcore.keypair import Keypair
 from agentconn.wg.cookie import CookieChecker, CookieGenerator
 from agentconn.wg.crypto import dh_generate
@@ -101,8 +102,15 @@ def test_ours_encrypt_decrypt(benchmark: Any, record: Any, size: int) -> None:
                role="ours")
 
 
+@pytest.fixture(scope="module")
+def bench_raw_libsodium() -> Any:
+    from _build import load_cython_module
+
+    return load_cython_module("_rawsodium").bench_raw_libsodium
+
+
 @pytest.mark.parametrize("size", SIZES)
-def test_raw_libsodium(benchmark: Any, record: Any, size: int) -> None:
+def test_raw_libsodium(benchmark: Any, record: Any, size: int, bench_raw_libsodium: Any) -> None:
     benchmark.group = f"seal+open {BATCH} x {size} B"
     benchmark.pedantic(bench_raw_libsodium, args=(BATCH, size, 1), rounds=ROUNDS,
                        warmup_rounds=20)

@@ -4,7 +4,6 @@ from _wgcore.state cimport PeerState, KeypairState, PacketDesc, Endpoint, DROP_R
 cdef class PeerSlot:
     cdef PeerState s
     cdef object _current          # the Keypair s.current points into (or None)
-    cdef public object peer       # the control-path Peer that owns this slot
 
 
 cdef class PacketBatch:

@@ -31,15 +31,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
 from libc.string cimport memcpy, memset, memcmp
 
 from _wgcore.keypair cimport Keypair, keypair_seal, keypair_open
-from _wgcore.octets cimport load_u32le, load_u16be, store_u64le
-from _wgcore.sodium cimport sodium_api, SodiumApi
+from _wgcore.octets cimport load_u32le, load_u16be
 from _wgcore.state cimport *
-
-# wireguard.md §7.1
-cdef double REJECT_AFTER_TIME = 180.0
-cdef double REKEY_AFTER_TIME = 120.0
-cdef uint64_t REKEY_AFTER_MESSAGES = (<uint64_t>1) << 60
-cdef uint64_t REJECT_AFTER_MESSAGES = 0xFFFFFFFFFFFFDFFFULL
 
 cdef KeypairState* TOMBSTONE = <KeypairState*>1
 # One epoch per decrypt/encrypt call across ALL batches: a peer is listed once per call in
@@ -96,7 +89,6 @@ cdef class PeerSlot:
         self.s.last_received_data = -1e18
         self.s.last_received_any = -1e18
         self._current = None
-        self.peer = None
 
     def set_current(self, Keypair keypair) -> None:
         """Make `keypair` the one sends use (None: no usable session)."""
@@ -751,40 +743,3 @@ def rearm(PacketBatch batch not None) -> int:
             n += 1
     return n
 
-
-def bench_raw_libsodium(uint32_t packets, uint32_t size, uint32_t rounds) -> float:
-    """Baseline for benchmarks: seal then open `packets` buffers of `size` bytes in place,
-    `rounds` times, calling libsodium directly in a C loop (no header, no replay window, no
-    routing). Returns the elapsed seconds (perf_counter)."""
-    from time import perf_counter
-    cdef const SodiumApi* api = sodium_api()
-    cdef uint32_t stride = size + TAG_LEN
-    cdef bytearray arena = bytearray(<Py_ssize_t>packets * stride)
-    cdef uint8_t* buf = arena
-    cdef uint8_t key[32]
-    cdef uint8_t nonce[12]
-    cdef unsigned long long outlen
-    cdef uint32_t r, i
-    cdef uint64_t counter = 0
-    cdef int failures = 0
-    for i in range(32):
-        key[i] = <uint8_t>(i * 7 + 1)
-    memset(nonce, 0, 12)
-    started = perf_counter()
-    with nogil:
-        for r in range(rounds):
-            for i in range(packets):
-                store_u64le(nonce + 4, counter + i)
-                api.chacha20poly1305_ietf_encrypt(buf + i * stride, &outlen, buf + i * stride,
-                                                  size, NULL, 0, NULL, nonce, key)
-            for i in range(packets):
-                store_u64le(nonce + 4, counter + i)
-                if api.chacha20poly1305_ietf_decrypt(buf + i * stride, &outlen, NULL,
-                                                     buf + i * stride, stride, NULL, 0,
-                                                     nonce, key) != 0:
-                    failures += 1
-            counter += packets
-    elapsed = perf_counter() - started
-    if failures:
-        raise RuntimeError(f"raw libsodium round trip failed {failures} times")
-    return elapsed

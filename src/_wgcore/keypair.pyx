@@ -10,13 +10,11 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
 
 from _wgcore.octets cimport load_u64le, store_u32le, store_u64le
-from _wgcore.replay cimport replay_validate, replay_reset
+from _wgcore.replay cimport replay_validate, replay_reset, REJECT_AFTER_MESSAGES
 from _wgcore.sodium cimport sodium_api, SodiumApi
 from _wgcore.state cimport (KeypairState, TRANSPORT_HEADER_LEN, TAG_LEN, TRANSPORT_OVERHEAD,
                             MESSAGE_TRANSPORT, DROP_AUTH, DROP_REPLAY, DROP_SHORT)
 
-# wireguard.md §7.1: never send with / accept counters >= RejectAfterMessages.
-cdef uint64_t REJECT_AFTER_MESSAGES = 0xFFFFFFFFFFFFDFFFULL  # 2**64 - 2**13 - 1
 cdef const SodiumApi* _sodium = sodium_api()
 
 

@@ -49,3 +49,8 @@ cdef inline uint32_t load_u32be(const uint8_t* p) noexcept nogil:
     cdef uint32_t v
     memcpy(&v, p, 4)
     return be32toh(v)
+
+
+cdef inline void store_u32be(uint8_t* p, uint32_t v) noexcept nogil:
+    v = htobe32(v)
+    memcpy(p, &v, 4)

@@ -7,6 +7,16 @@ cdef enum:
     REPLAY_WORD_BITS = 64
     REPLAY_WINDOW = 8128          # (REPLAY_RING_WORDS - 1) * REPLAY_WORD_BITS
 
+# wireguard.md §7.1 (wireguard-go RejectAfterMessages): no counter at or above this is ever
+# sent or accepted; the data path's filters use it as their limit. A 64-bit C macro.
+cdef extern from *:
+    """
+    #ifndef AGENTCONN_WG_REJECT_AFTER_MESSAGES
+    #define AGENTCONN_WG_REJECT_AFTER_MESSAGES 0xFFFFFFFFFFFFDFFFULL  /* 2**64 - 2**13 - 1 */
+    #endif
+    """
+    const uint64_t REJECT_AFTER_MESSAGES "AGENTCONN_WG_REJECT_AFTER_MESSAGES"
+
 cdef struct ReplayFilter:
     uint64_t last                 # highest counter accepted so far
     uint64_t ring[128]

@@ -12,7 +12,7 @@ cdef class ReplayWindow:
     cdef ReplayFilter f
     cdef readonly uint64_t limit
 
-    def __cinit__(self, uint64_t limit=0xFFFFFFFFFFFFDFFF):  # REJECT_AFTER_MESSAGES = 2**64 - 2**13 - 1
+    def __cinit__(self, uint64_t limit=REJECT_AFTER_MESSAGES):
         memset(&self.f, 0, sizeof(ReplayFilter))
         self.limit = limit
 

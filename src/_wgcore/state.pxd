@@ -5,7 +5,7 @@
 # the objects alive (Datapath holds every installed Keypair, Peer holds its PeerSlot); the C side
 # only ever holds borrowed pointers, which is what lets the batch loops run without the GIL.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int32_t
-from _wgcore.replay cimport ReplayFilter
+from _wgcore.replay cimport ReplayFilter, REJECT_AFTER_MESSAGES
 
 cdef enum:
     KEY_LEN = 32
@@ -14,6 +14,8 @@ cdef enum:
     TRANSPORT_OVERHEAD = 32
     ENDPOINT_MAX = 28             # sizeof(struct sockaddr_in6)
 
+# The single source of these numbers: _wgcore.constants exports them to Python and
+# agentconn.wg.constants re-exports them under wireguard-go's names.
 cdef enum:
     MESSAGE_INITIATION = 1
     MESSAGE_RESPONSE = 2
@@ -22,6 +24,22 @@ cdef enum:
     INITIATION_LEN = 148
     RESPONSE_LEN = 92
     COOKIE_REPLY_LEN = 64
+
+# wireguard.md §7.1 (whitepaper §6.1, wireguard-go device/constants.go): the limits the data
+# path enforces (REJECT_AFTER_MESSAGES, the replay filter's limit, is in replay.pxd). C macros,
+# not enums: the counts need 64 bits and the times are seconds.
+cdef extern from *:
+    """
+    #ifndef AGENTCONN_WG_LIMITS
+    #define AGENTCONN_WG_LIMITS
+    #define WG_REKEY_AFTER_MESSAGES (1ULL << 60)
+    #define WG_REKEY_AFTER_TIME 120.0
+    #define WG_REJECT_AFTER_TIME 180.0
+    #endif
+    """
+    const uint64_t REKEY_AFTER_MESSAGES "WG_REKEY_AFTER_MESSAGES"
+    const double REKEY_AFTER_TIME "WG_REKEY_AFTER_TIME"
+    const double REJECT_AFTER_TIME "WG_REJECT_AFTER_TIME"
 
 # Per-descriptor result codes. Positive: what to do with it; negative: drop reason (the index
 # into the drop counters is the negated code).

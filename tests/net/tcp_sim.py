@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from _wgcore.datapath import RESULT, PacketBatch
-from _wgcore.tcp import TcpConn, TcpListener, TcpStack
+from _wgcore.tcpip import TcpConn, TcpListener, TcpStack
 
 PENDING = RESULT["PENDING"]
 A_ADDR = bytes([10, 0, 0, 1])

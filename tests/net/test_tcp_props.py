@@ -1,4 +1,4 @@
-"""Hypothesis properties of _wgcore.tcp over tcp_sim's fake-clock link (STYLE §12 kinds 2, 3).
+"""Hypothesis properties of _wgcore.tcpip over tcp_sim's fake-clock link (STYLE §12 kinds 2, 3).
 
 Law 1: a TCP transfer delivers exactly the sent bytes (then EOF) under any seeded loss,
 reorder and duplication schedule, whatever the sizes of the application's writes, the MTU
@@ -47,7 +47,7 @@ from tcp_sim import (
 )
 
 from _wgcore.datapath import PacketBatch
-from _wgcore.tcp import TcpConn
+from _wgcore.tcpip import TcpConn
 
 Recipe = tuple[str, int, dict[str, Any]]
 

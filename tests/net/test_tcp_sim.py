@@ -1,4 +1,4 @@
-"""_wgcore.tcp against itself over the in-memory link of tcp_sim (fake clock, seeded faults).
+"""_wgcore.tcpip against itself over the in-memory link of tcp_sim (fake clock, seeded faults).
 
 STYLE §12 kinds 1 and 5: whole transfers checked by sha256 under loss, duplication, reordering
 and corruption, in both address families and full duplex; the RFC 9293 open and close
@@ -35,12 +35,12 @@ from tcp_sim import (
     tcp_packet,
 )
 
-from _wgcore.tcp import EVENTS, TcpConn, TcpStack
+from _wgcore.tcpip import TcpConn, TcpEvent, TcpStack
 
-TEV_CONNECTED = EVENTS["CONNECTED"]
-TEV_EOF = EVENTS["EOF"]
-TEV_CLOSED = EVENTS["CLOSED"]
-TEV_ACCEPT = EVENTS["ACCEPT"]
+TEV_CONNECTED = TcpEvent.CONNECTED
+TEV_EOF = TcpEvent.EOF
+TEV_CLOSED = TcpEvent.CLOSED
+TEV_ACCEPT = TcpEvent.ACCEPT
 MIB = 1 << 20
 TIME_WAIT = 60.0             # 2 MSL, as the engine documents (Linux's TCP_TIMEWAIT_LEN)
 INITIAL_RECEIVE = 256 << 10  # TcpStack's receive_buffer_initial default

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ast
+import enum
 import importlib
 import inspect
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import _wgcore
 
 STUB_DIR = Path(_wgcore.__file__).parent
-MODULES = ["sodium", "replay", "checksum", "keypair", "datapath", "udpio"]
+MODULES = ["sodium", "replay", "checksum", "keypair", "datapath", "udpio", "constants",
+           "tcpip.wire", "tcpip.storage", "tcpip.congestion", "tcpip.conn", "tcpip.stack"]
 
 
 def _stub_names(tree: ast.Module) -> tuple[set[str], dict[str, set[str]]]:
@@ -25,6 +27,9 @@ def _stub_names(tree: ast.Module) -> tuple[set[str], dict[str, set[str]]]:
                 for n in node.body
                 if isinstance(n, ast.FunctionDef) or (isinstance(n, ast.AnnAssign)
                                                       and isinstance(n.target, ast.Name))}
+            # enum members are plain assignments in a stub (`CLOSED = 0`)
+            members[node.name] |= {t.id for n in node.body if isinstance(n, ast.Assign)
+                                   for t in n.targets if isinstance(t, ast.Name)}
         elif isinstance(node, ast.FunctionDef):
             top.add(node.name)
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
@@ -34,7 +39,7 @@ def _stub_names(tree: ast.Module) -> tuple[set[str], dict[str, set[str]]]:
 
 @pytest.mark.parametrize("name", MODULES)
 def test_stub_matches_module(name: str) -> None:
-    stub = STUB_DIR / f"{name}.pyi"
+    stub = STUB_DIR / f"{name.replace('.', '/')}.pyi"
     assert stub.exists(), f"{stub} is missing"
     module = importlib.import_module(f"_wgcore.{name}")
     top, members = _stub_names(ast.parse(stub.read_text()))
@@ -46,6 +51,8 @@ def test_stub_matches_module(name: str) -> None:
     for cls_name, names in members.items():
         cls = getattr(module, cls_name)
         real = {n for n in dir(cls) if not n.startswith("_")}
+        if issubclass(cls, enum.Enum):
+            real = set(cls.__members__)      # not the int methods an IntEnum inherits
         stubbed = {n for n in names if not n.startswith("_")}
         assert stubbed == real, (f"{name}.{cls_name}: missing {real - stubbed}, "
                                  f"extra {stubbed - real}")

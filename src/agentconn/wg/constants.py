@@ -4,12 +4,18 @@ Every value cites where it comes from. "spec" is the project's protocol notes
 (``spec/wireguard.md``); "whitepaper" is "WireGuard: Next Generation Kernel Network Tunnel";
 "wg-go" is wireguard-go ``device/constants.go`` unless another file is named.
 Implementation constants that are not protocol rules do not belong here.
+
+The numbers the C data path also enforces (message types and sizes, header, tag and key sizes,
+the message and time limits, the replay window) are defined once, in ``_wgcore/state.pxd`` and
+``_wgcore/replay.pxd``, and taken from ``_wgcore.constants`` here.
 """
 
 from __future__ import annotations
 
 import hashlib
 from typing import Final
+
+from _wgcore import constants as _core
 
 __all__ = [
     "C0",
@@ -98,28 +104,29 @@ H0: Final = hashlib.blake2s(C0 + IDENTIFIER).digest()
 
 # --- Primitive sizes (spec §1) ----------------------------------------------------------------
 
-KEY_SIZE: Final = 32  # Curve25519 keys, AEAD keys, PSK
+KEY_SIZE: Final = _core.KEY_SIZE  # Curve25519 keys, AEAD keys, PSK
 HASH_SIZE: Final = 32  # BLAKE2s-256 output
 MAC_SIZE: Final = 16  # keyed BLAKE2s with digest_size=16 (mac1, mac2, cookie)
-TAG_SIZE: Final = 16  # Poly1305 tag
+TAG_SIZE: Final = _core.TAG_SIZE  # Poly1305 tag
 TIMESTAMP_SIZE: Final = 12  # TAI64N
 COOKIE_SIZE: Final = 16  # MAC(secret, source)
 COOKIE_NONCE_SIZE: Final = 24  # XChaCha20 nonce
 
 # --- Message types (whitepaper §5.4; spec §2, §3) ---------------------------------------------
 
-MESSAGE_INITIATION: Final = 1
-MESSAGE_RESPONSE: Final = 2
-MESSAGE_COOKIE_REPLY: Final = 3
-MESSAGE_TRANSPORT: Final = 4
+MESSAGE_INITIATION: Final = _core.MESSAGE_INITIATION
+MESSAGE_RESPONSE: Final = _core.MESSAGE_RESPONSE
+MESSAGE_COOKIE_REPLY: Final = _core.MESSAGE_COOKIE_REPLY
+MESSAGE_TRANSPORT: Final = _core.MESSAGE_TRANSPORT
 
 # --- Message sizes (spec §3; wg-go MessageInitiationSize etc.) --------------------------------
 
-MESSAGE_INITIATION_SIZE: Final = 148  # spec §3.1
-MESSAGE_RESPONSE_SIZE: Final = 92  # spec §3.2
-MESSAGE_COOKIE_REPLY_SIZE: Final = 64  # spec §3.3
-TRANSPORT_HEADER_SIZE: Final = 16  # spec §3.4: type+reserved, receiver, counter
-MESSAGE_TRANSPORT_MIN_SIZE: Final = TRANSPORT_HEADER_SIZE + TAG_SIZE  # 32, spec §3.4
+MESSAGE_INITIATION_SIZE: Final = _core.MESSAGE_INITIATION_SIZE  # spec §3.1
+MESSAGE_RESPONSE_SIZE: Final = _core.MESSAGE_RESPONSE_SIZE  # spec §3.2
+MESSAGE_COOKIE_REPLY_SIZE: Final = _core.MESSAGE_COOKIE_REPLY_SIZE  # spec §3.3
+# spec §3.4: type+reserved, receiver, counter
+TRANSPORT_HEADER_SIZE: Final = _core.TRANSPORT_HEADER_SIZE
+MESSAGE_TRANSPORT_MIN_SIZE: Final = _core.MESSAGE_TRANSPORT_MIN_SIZE  # header + tag, spec §3.4
 MESSAGE_KEEPALIVE_SIZE: Final = MESSAGE_TRANSPORT_MIN_SIZE  # empty payload, spec §3.4
 
 # --- Field offsets (spec §3) -----------------------------------------------------------------
@@ -166,10 +173,10 @@ TAI64N_WHITENER_MASK: Final = 0xFFFFFF
 
 # --- Timers and limits (whitepaper §6.1; wg-go constants.go; spec §7.1) -----------------------
 
-REKEY_AFTER_MESSAGES: Final = 2**60  # wg-go RekeyAfterMessages
-REJECT_AFTER_MESSAGES: Final = 2**64 - 2**13 - 1  # wg-go RejectAfterMessages
-REKEY_AFTER_TIME: Final = 120.0  # s, wg-go RekeyAfterTime
-REJECT_AFTER_TIME: Final = 180.0  # s, wg-go RejectAfterTime
+REKEY_AFTER_MESSAGES: Final = _core.REKEY_AFTER_MESSAGES  # wg-go RekeyAfterMessages
+REJECT_AFTER_MESSAGES: Final = _core.REJECT_AFTER_MESSAGES  # wg-go RejectAfterMessages
+REKEY_AFTER_TIME: Final = _core.REKEY_AFTER_TIME  # s, wg-go RekeyAfterTime
+REJECT_AFTER_TIME: Final = _core.REJECT_AFTER_TIME  # s, wg-go RejectAfterTime
 REKEY_ATTEMPT_TIME: Final = 90.0  # s, wg-go RekeyAttemptTime
 REKEY_TIMEOUT: Final = 5.0  # s, wg-go RekeyTimeout
 REKEY_TIMEOUT_JITTER_MAX: Final = 0.334  # s, wg-go RekeyTimeoutJitterMaxMs = 334 (exclusive)
@@ -181,7 +188,7 @@ ZERO_KEY_MATERIAL_AFTER: Final = 3 * REJECT_AFTER_TIME  # 540 s, wg-go timers.go
 UNDER_LOAD_AFTER_TIME: Final = 1.0  # s, wg-go UnderLoadAfterTime
 UNDER_LOAD_QUEUE_THRESHOLD: Final = 128  # wg-go QueueHandshakeSize / 8 = 1024 / 8 (spec §5)
 MAX_STAGED_PACKETS: Final = 128  # kernel MAX_STAGED_PACKETS; wg-go QueueStagedSize (spec §7.1)
-REPLAY_WINDOW: Final = (128 - 1) * 64  # 8128, wg-go replay/replay.go windowSize (spec §10)
+REPLAY_WINDOW: Final = _core.REPLAY_WINDOW  # wg-go replay/replay.go windowSize (spec §10)
 
 # --- Handshake rate limiter (wg-go ratelimiter/ratelimiter.go; kernel ratelimiter.c; spec §5) --
 

@@ -27,7 +27,7 @@ import os
 import random
 from collections.abc import Iterable
 
-from _wgcore.datapath import RESULT, Datapath, PacketBatch
+from _wgcore.datapath import RESULT, Datapath, PacketBatch, PeerSlot
 from _wgcore.keypair import Keypair
 
 from ..errors import ConfigError
@@ -67,6 +67,8 @@ class Device:
         self.rng = rng or random.SystemRandom()
         self.datapath = Datapath(mtu)
         self.peers: dict[bytes, Peer] = {}
+        # The data path reports peers by their PeerSlot, which holds no reference up to us.
+        self._peer_of_slot: dict[PeerSlot, Peer] = {}
         self.allowed_ips: AllowedIPs[Peer] = AllowedIPs()
         self.cookie_checker = CookieChecker(self.identity.public, random=random_bytes)
         self.rate_limiter = RateLimiter()
@@ -97,6 +99,7 @@ class Device:
         peer = Peer(self, self.identity, config, self._next_peer_id, self.rng)
         self._next_peer_id += 1
         self.peers[config.public_key] = peer
+        self._peer_of_slot[peer.slot] = peer
         for network in config.allowed_ips:
             self.allowed_ips.insert(network, peer)
         self._sync_routes()
@@ -106,6 +109,7 @@ class Device:
 
     def remove_peer(self, public_key: bytes) -> None:
         peer = self.peers.pop(public_key)
+        del self._peer_of_slot[peer.slot]
         peer.zero_key_material()
         peer.timers.cancel_all()
         self.allowed_ips.remove_by_peer(peer)
@@ -163,9 +167,7 @@ class Device:
 
     def after_decrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
         """Control-path work for a decrypted batch: handshake messages, then per-peer hooks."""
-        for peer_slot in batch.touched_peers():
-            peer: Peer = peer_slot.peer
-            peer.handle_events(peer_slot.take_events(), now, wall)
+        self._handle_peer_events(batch, now, wall)
         handshakes = batch.collect(RES_HANDSHAKE)
         if len(handshakes) >= UNDER_LOAD_QUEUE_THRESHOLD:
             self._under_load_until = now + UNDER_LOAD_AFTER_TIME
@@ -278,11 +280,19 @@ class Device:
     def after_encrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
         """Stage what had no usable session, then run the per-peer hooks for what was sent."""
         for _, packet, _, slot in batch.collect(RES_STAGE):
-            if slot is not None:         # RES_STAGE always names its peer
-                slot.peer.stage(packet)
+            # RES_STAGE always names its peer; one removed since the batch was filled is gone
+            staging = self._peer_of_slot.get(slot) if slot is not None else None
+            if staging is not None:
+                staging.stage(packet)
+        self._handle_peer_events(batch, now, wall)
+
+    def _handle_peer_events(self, batch: PacketBatch, now: float, wall: float) -> None:
+        """Run each touched peer's timer hooks once (a peer removed meanwhile is skipped)."""
         for peer_slot in batch.touched_peers():
-            peer: Peer = peer_slot.peer
-            peer.handle_events(peer_slot.take_events(), now, wall)
+            events = peer_slot.take_events()
+            peer = self._peer_of_slot.get(peer_slot)
+            if peer is not None:
+                peer.handle_events(events, now, wall)
 
     # -- timers ---------------------------------------------------------------------------------
 

@@ -68,7 +68,6 @@ class Peer:
         self.handshake = Handshake(identity, config.public_key, config.preshared_key)
         self.cookie = CookieGenerator(config.public_key)
         self.slot = PeerSlot(peer_id)
-        self.slot.peer = self
         self.timers = Timers(persistent_keepalive=config.persistent_keepalive, rng=rng)
         self.previous: Keypair | None = None
         self.current: Keypair | None = None

@@ -1,60 +1,15 @@
 from typing import Any
 
 from _wgcore.datapath import PacketBatch
+from _wgcore.tcpip.conn import TcpConn
 
 Buffer = bytes | bytearray | memoryview
-
-STATE_NAMES: tuple[str, ...]
-DROP_NAMES: tuple[str, ...]
-EVENTS: dict[str, int]
-
-class TcpConn:
-    state: int
-    error: int
-    owner: Any
-    sbuf_max: int
-    rbuf_max: int
-    bytes_sent: int
-    bytes_acked: int
-    bytes_received: int
-    bytes_read: int
-    segs_in: int
-    segs_out: int
-    retransmits: int
-    fast_retransmits: int
-    timeouts: int
-    ooo_segments: int
-    dup_segments: int
-    sack_blocks_received: int
-    window_probes: int
-    @property
-    def state_name(self) -> str: ...
-    @property
-    def local(self) -> tuple[bytes, int]: ...
-    @property
-    def remote(self) -> tuple[bytes, int]: ...
-    def take_events(self) -> int: ...
-    @property
-    def readable(self) -> int: ...
-    @property
-    def send_space(self) -> int: ...
-    @property
-    def unsent(self) -> int: ...
-    @property
-    def at_eof(self) -> bool: ...
-    def send(self, data: Buffer) -> int: ...
-    def read(self, max_bytes: int = -1) -> bytes: ...
-    def shutdown(self) -> None: ...
-    def close(self) -> None: ...
-    def abort(self) -> None: ...
-    def counters(self) -> dict[str, Any]: ...
 
 class TcpListener:
     address: bytes
     port: int
     backlog: int
     syn_backlog: int
-    owner: Any
     closed: bool
     accepted: int
     syn_received: int
@@ -62,7 +17,8 @@ class TcpListener:
     queue_overflows: int
     def __init__(self, stack: TcpStack, address: bytes, port: int, backlog: int,
                  syn_backlog: int) -> None: ...
-    def take_events(self) -> int: ...
+    def take_events(self) -> int:
+        """The TcpEvent bits (ACCEPT) raised since the last call, cleared."""
     def accept(self) -> TcpConn | None: ...
     @property
     def pending(self) -> int: ...
@@ -91,7 +47,9 @@ class TcpStack:
     def connect(self, local: bytes, local_port: int, remote: bytes, remote_port: int,
                 now: float) -> TcpConn: ...
     def in_use(self, local: bytes, local_port: int, remote: bytes, remote_port: int) -> bool: ...
-    def take_touched(self) -> list[TcpConn | TcpListener]: ...
+    def take_touched(self) -> list[TcpConn | TcpListener]:
+        """Connections and listeners with new events since the last call, each once; the
+        caller maps them to its own handlers (they hold no reference to the layer above)."""
     @property
     def has_output(self) -> bool: ...
     def get_timer(self) -> float | None: ...

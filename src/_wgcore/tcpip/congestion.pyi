@@ -1,0 +1,1 @@
+# C-only module: RTT/RTO estimation and CUBIC congestion control (see congestion.pxd).
