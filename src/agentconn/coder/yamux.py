@@ -495,10 +495,11 @@ class Session:
             self._terminate(None)
 
     def close(self) -> None:
-        """End the session locally (Go's ``Session.Close``: no GoAway is sent). Emits
-        :class:`ConnectionTerminated` with ``error=None``; the caller closes the transport."""
+        """End the session locally (Go's ``Session.Close``: no GoAway is sent). Data already
+        queued is still returned by :meth:`data_to_send` (send it, then close the transport).
+        Emits :class:`ConnectionTerminated` with ``error=None``."""
         if not self._terminated:
-            self._terminate(None)
+            self._terminate(None, flush=True)
 
     # --- input -----------------------------------------------------------------------------
 
@@ -822,11 +823,14 @@ class Session:
         self._send_go_away(GoAwayCode.PROTOCOL_ERROR)
         self._terminate(error)
 
-    def _terminate(self, error: YamuxError | None) -> None:
+    def _terminate(self, error: YamuxError | None, *, flush: bool = False) -> None:
+        """End the session. With ``flush`` (a local close), data already given to
+        :meth:`send_data` still leaves with the next :meth:`data_to_send`."""
         self._terminated = True
         self._keepalive = None
         self._user_pings.clear()
         self._next_keepalive_at = None
-        self._ready.clear()
+        if not flush:
+            self._ready.clear()
         self._payload_remaining = 0
         self._events.append(ConnectionTerminated(error))
