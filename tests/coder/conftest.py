@@ -15,7 +15,6 @@ import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,8 +23,9 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
-from agentconn.coder.yamux import Role  # noqa: E402
-from agentconn.coder.yamux_aio import YamuxSession, yamux_over_streams  # noqa: E402
+from agentconn.coder.yamux import Role
+from agentconn.coder.yamux_aio import yamux_over_streams
+from peer import SessionPair
 
 GOPATH = "/usr/share/gocode"
 YAMUX_SRC = Path(GOPATH) / "src/github.com/hashicorp/yamux"
@@ -56,16 +56,11 @@ def yamux_peer_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
         capture_output=True,
         text=True,
         timeout=300,
+        check=False,
     )
     if result.returncode != 0:
         pytest.fail(f"building the Go yamux peer failed:\n{result.stderr}", pytrace=False)
     return binary
-
-
-@dataclass
-class SessionPair:
-    client: YamuxSession
-    server: YamuxSession
 
 
 @pytest.fixture
@@ -74,10 +69,11 @@ async def session_pair() -> AsyncIterator[SessionPair]:
     a, b = socket.socketpair()
     ra, wa = await asyncio.open_connection(sock=a)
     rb, wb = await asyncio.open_connection(sock=b)
-    pair = SessionPair(yamux_over_streams(ra, wa, Role.CLIENT), yamux_over_streams(rb, wb, Role.SERVER))
+    pair = SessionPair(
+        yamux_over_streams(ra, wa, Role.CLIENT), yamux_over_streams(rb, wb, Role.SERVER)
+    )
     try:
         yield pair
     finally:
         await pair.client.close()
         await pair.server.close()
-

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 from agentconn.coder.yamux import Config, Role
 from agentconn.coder.yamux_aio import YamuxSession, YamuxStream, yamux_over_streams
@@ -22,6 +24,14 @@ def pattern(n: int) -> bytes:
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class SessionPair:
+    """Our yamux client and server sessions over one connection."""
+
+    client: YamuxSession
+    server: YamuxSession
 
 
 class GoPeer:
@@ -47,12 +57,15 @@ class GoPeer:
         self.session: YamuxSession | None = None
         self.stderr = b""
 
-    async def __aenter__(self) -> GoPeer:
+    async def __aenter__(self) -> Self:
         args = [str(self.binary), "-keepalive", self.keepalive]
         if self.our_role is Role.CLIENT:
             self.proc = await asyncio.create_subprocess_exec(
-                *args, "server", "127.0.0.1:0",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *args,
+                "server",
+                "127.0.0.1:0",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             assert self.proc.stdout is not None
             line = (await asyncio.wait_for(self.proc.stdout.readline(), 10)).decode()
@@ -71,8 +84,11 @@ class GoPeer:
             server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
             port = server.sockets[0].getsockname()[1]
             self.proc = await asyncio.create_subprocess_exec(
-                *args, "client", f"127.0.0.1:{port}",
-                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+                *args,
+                "client",
+                f"127.0.0.1:{port}",
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
             )
             try:
                 reader, writer = await asyncio.wait_for(accepted, 10)

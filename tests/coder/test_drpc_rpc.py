@@ -7,7 +7,7 @@ import asyncio
 import uuid
 
 import pytest
-from conftest import SessionPair
+from peer import SessionPair
 
 from agentconn.coder import yamux
 from agentconn.coder.drpc import (
@@ -158,8 +158,7 @@ def test_stream_derp_maps_bytes_through_yamux_spec_3_7() -> None:
     conn.send_message(1, StreamDERPMapsRequest().encode())
     session.send_data(sid, conn.data_to_send())  # MsgSend flushes Invoke + Message
     assert session.data_to_send().hex() == (
-        "000000000000000100000030"
-        "03010128" + RPC_STREAM_DERP_MAPS.encode().hex() + "05010200"
+        "00000000000000010000003003010128" + RPC_STREAM_DERP_MAPS.encode().hex() + "05010200"
     )
     conn.close_send(1)
     session.send_data(sid, conn.data_to_send())

@@ -80,16 +80,13 @@ def test_cancel_is_sent_with_the_control_bit() -> None:
 
 def test_worked_bytes_of_spec_3_7() -> None:
     invoke = Frame(Kind.INVOKE, 1, 1, b"/coder.tailnet.v2.Tailnet/StreamDERPMaps").emit()
-    assert invoke.hex() == (
-        "03010128" + b"/coder.tailnet.v2.Tailnet/StreamDERPMaps".hex()
-    )
+    assert invoke.hex() == ("03010128" + b"/coder.tailnet.v2.Tailnet/StreamDERPMaps".hex())
     assert Frame(Kind.MESSAGE, 1, 2).emit().hex() == "05010200"
     assert Frame(Kind.CLOSE_SEND, 1, 3).emit().hex() == "0d010300"
     assert Frame(Kind.CLOSE, 1, 2).emit().hex() == "0b010200"
     coordinate = Frame(Kind.INVOKE, 1, 1, b"/coder.tailnet.v2.Tailnet/Coordinate").emit()
     assert coordinate.hex() == (
-        "03010124"
-        "2f636f6465722e7461696c6e65742e76322e5461696c6e65742f436f6f7264696e617465"
+        "030101242f636f6465722e7461696c6e65742e76322e5461696c6e65742f436f6f7264696e617465"
     )
     add_tunnel = bytes.fromhex("1a120a10123456789abcdef0123456789abcdef0")
     assert Frame(Kind.MESSAGE, 1, 2, add_tunnel).emit().hex() == "05010214" + add_tunnel.hex()
@@ -132,7 +129,11 @@ def test_unknown_kind_is_kept_as_int() -> None:
 def test_split_packet_like_splitn() -> None:
     packet = Packet(Kind.MESSAGE, 1, 2, bytes(150_000))
     frames = split_packet(packet)
-    assert [len(f.data) for f in frames] == [DEFAULT_SPLIT_SIZE, DEFAULT_SPLIT_SIZE, 150_000 - 2 * DEFAULT_SPLIT_SIZE]
+    assert [len(f.data) for f in frames] == [
+        DEFAULT_SPLIT_SIZE,
+        DEFAULT_SPLIT_SIZE,
+        150_000 - 2 * DEFAULT_SPLIT_SIZE,
+    ]
     assert [f.done for f in frames] == [False, False, True]
     assert len(split_packet(packet, -1)) == 1
     assert split_packet(Packet(Kind.CLOSE, 1, 3)) == [Frame(Kind.CLOSE, 1, 3)]

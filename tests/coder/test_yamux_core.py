@@ -448,9 +448,7 @@ def test_go_away_normal_both_directions() -> None:
     # after our GoAway, new streams from the peer are refused with RST
     pair.server.receive_data(Header(FrameType.WINDOW_UPDATE, Flag.SYN, 1, 0).emit())
     assert drain(pair.server) == []
-    assert frames(pair.server.data_to_send()) == [
-        Header(FrameType.WINDOW_UPDATE, Flag.RST, 1, 0)
-    ]
+    assert frames(pair.server.data_to_send()) == [Header(FrameType.WINDOW_UPDATE, Flag.RST, 1, 0)]
 
 
 def test_eof_and_close() -> None:

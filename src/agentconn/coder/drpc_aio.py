@@ -18,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Generic, Protocol, TypeVar
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from typing import Any, Generic, Protocol, TypeVar
 
 from .drpc import (
     CancelReceived,
@@ -41,8 +41,8 @@ __all__ = [
     "DrpcClient",
     "DrpcServer",
     "Handler",
-    "StreamOpener",
     "StreamAcceptor",
+    "StreamOpener",
     "TypedCall",
 ]
 
@@ -300,7 +300,7 @@ class DrpcClient:
     def __init__(self, session: StreamOpener) -> None:
         self._session = session
 
-    async def invoke(self, rpc: str, metadata: Mapping[str, str] | None = None) -> Call:
+    async def invoke(self, rpc: str, metadata: Mapping[str, str] | None = None) -> ClientCall:
         """Start ``rpc`` on a new yamux stream (the Invoke leaves with the first write or
         read). Close the call with :meth:`Call.close` (or :meth:`ClientCall.aclose`)."""
         try:
@@ -354,7 +354,7 @@ class ClientCall(Call):
         await self._transport.close()
 
 
-Handler = Callable[[Call], Awaitable[None]]
+Handler = Callable[[Call], Coroutine[Any, Any, None]]
 
 
 class DrpcServer:

@@ -24,12 +24,13 @@ Rules, as protobuf-go applies them:
 
 from __future__ import annotations
 
+import builtins
 import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from .errors import ProtobufError
 
@@ -237,8 +238,8 @@ class Field:
     type: FieldType
     repeated: bool = False
     map_key: FieldType | None = None
-    message: type[Message] | None = None
-    enum: type[IntEnum] | None = None
+    message: builtins.type[Message] | None = None
+    enum: builtins.type[IntEnum] | None = None
 
 
 M = TypeVar("M", bound="Message")
@@ -255,7 +256,7 @@ class Message:
         return encode_message(self)
 
     @classmethod
-    def decode(cls: type[M], data: bytes | memoryview) -> M:
+    def decode(cls, data: bytes | memoryview) -> Self:
         """Parse ``data``; raises :class:`ProtobufError` if it is malformed."""
         return decode_message(cls, data)
 
@@ -421,4 +422,3 @@ def decode_message(cls: type[M], data: bytes | memoryview) -> M:
         elif field.repeated and field.map_key is None:
             values[field.name] = tuple(values[field.name])
     return cls(**values)
-

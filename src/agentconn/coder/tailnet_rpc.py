@@ -94,9 +94,7 @@ class TailnetClient:
 
     async def stream_derp_maps(self) -> DERPMapStream:
         """Start ``StreamDERPMaps`` (Invoke, empty request, CloseSend — §3.7)."""
-        call = await self.drpc.server_stream(
-            RPC_STREAM_DERP_MAPS, StreamDERPMapsRequest().encode()
-        )
+        call = await self.drpc.server_stream(RPC_STREAM_DERP_MAPS, StreamDERPMapsRequest().encode())
         return DERPMapStream(call, DERPMap.decode)
 
 

@@ -668,10 +668,11 @@ class Session:
             self._remote_go_away = True
             self._events.append(GoAwayReceived(code))
             return
-        message = {
+        messages: dict[int, str] = {
             GoAwayCode.PROTOCOL_ERROR: "yamux protocol error",
             GoAwayCode.INTERNAL_ERROR: "remote yamux internal error",
-        }.get(code, "unexpected go away received")
+        }
+        message = messages.get(code, "unexpected go away received")
         self._terminate(YamuxGoAway(f"{message} (GoAway code {code})", code))
 
     # --- timers ----------------------------------------------------------------------------
