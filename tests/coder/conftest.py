@@ -23,9 +23,10 @@ _HERE = Path(__file__).resolve().parent
 if str(_HERE) not in sys.path:
     sys.path.insert(0, str(_HERE))
 
+from peer import SessionPair
+
 from agentconn.coder.yamux import Role
 from agentconn.coder.yamux_aio import yamux_over_streams
-from peer import SessionPair
 
 GOPATH = "/usr/share/gocode"
 YAMUX_SRC = Path(GOPATH) / "src/github.com/hashicorp/yamux"
