@@ -270,6 +270,11 @@ class WebSocket:
         self._mark_closed(code, reason)
         await self.close_transport()
 
+    def abort(self) -> None:
+        """Drop the transport now, without a close handshake (``close_code`` 1006)."""
+        self._mark_closed(CLOSE_ABNORMAL, "")
+        self._writer.transport.abort()
+
     async def close_transport(self) -> None:
         """Hang up the transport without a close handshake (used when the handler returns)."""
         self._mark_closed(CLOSE_ABNORMAL, "")
