@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 from ..errors import AgentConnError
 from . import commands
+from . import derp as derp_cli
 from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
@@ -63,6 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh_cli.add_parser(sub)
     pty_cli.add_parser(sub)
     portforward_cli.add_parser(sub)
+    derp_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -102,6 +104,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(pty_cli.run(args))
         if args.command == "ssh":
             return run_async(ssh_cli.run(args))
+        if args.command == "derp":
+            return run_async(derp_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

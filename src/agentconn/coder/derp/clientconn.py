@@ -351,18 +351,15 @@ class DerpClientConnection:
         """Fail the login or the connection if its deadline passed."""
         if self.state is ClientState.CLOSED:
             return
+        error: DerpError
         if self.state is not ClientState.CONNECTED and now >= self._login_deadline:
-            self._terminate(
-                "login timed out",
-                DerpLoginError(
-                    f"no login within {self.login_timeout} s (state {self.state.value})"
-                ),
+            error = DerpLoginError(
+                f"no login within {self.login_timeout} s (state {self.state.value})"
             )
+            self._terminate(str(error), error)
         elif now >= self._last_recv + self.read_timeout:
-            self._terminate(
-                "read timeout",
-                DerpProtocolError(f"no frame from the server for {self.read_timeout} s"),
-            )
+            error = DerpProtocolError(f"no frame from the server for {self.read_timeout} s")
+            self._terminate(str(error), error)
 
     def _terminate(self, reason: str, error: DerpError | None) -> None:
         self.state = ClientState.CLOSED

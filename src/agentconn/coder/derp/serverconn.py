@@ -363,10 +363,8 @@ class DerpServerConnection:
     def handle_timer(self, now: float) -> None:
         """Fail a login past its deadline; queue a KeepAlive when one is due."""
         if self.state is ServerConnState.AWAIT_CLIENT_INFO and now >= self._login_deadline:
-            self._terminate(
-                "login timed out",
-                DerpLoginError(f"no client info within {self.login_timeout} s"),
-            )
+            error = DerpLoginError(f"no client info within {self.login_timeout} s")
+            self._terminate(str(error), error)
         elif self.state is ServerConnState.SERVING and now >= self._next_keepalive:
             self._control.append(KeepAliveFrame().emit())
             # A ticker: the next tick is one period on, skipping any that were missed.
