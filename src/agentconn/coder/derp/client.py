@@ -309,12 +309,12 @@ class DerpClient:
         errors: list[str] = []
         for node in nodes:
             try:
-                return await asyncio.wait_for(self._open_node(node), self.connect_timeout)
+                return await self._open_node_in_time(node)
             except DerpConnectError as exc:
                 if exc.forced_websocket and not self._use_websocket():
                     self._force_websocket(str(exc))
                     try:
-                        return await asyncio.wait_for(self._open_node(node), self.connect_timeout)
+                        return await self._open_node_in_time(node)
                     except (DerpError, TimeoutError) as exc2:
                         errors.append(f"{node.name}: {exc2 or 'timed out'}")
                         continue
@@ -324,6 +324,11 @@ class DerpClient:
             except DerpError as exc:
                 errors.append(f"{node.name}: {exc}")
         raise DerpConnectError(f"DERP region {self.region_id}: " + "; ".join(errors))
+
+    async def _open_node_in_time(self, node: DerpNode) -> Connected:
+        # asyncio.timeout rather than wait_for: 3.11's wait_for can swallow a cancellation.
+        async with asyncio.timeout(self.connect_timeout):
+            return await self._open_node(node)
 
     def _use_websocket(self) -> bool:
         return self.force_websockets or self.forced_websocket
@@ -474,7 +479,8 @@ class DerpClient:
         try:
             s.core.send_ping(data)
             s.send()
-            await asyncio.wait_for(fut, timeout)
+            async with asyncio.timeout(timeout):
+                await fut
         finally:
             self._pings.pop(data, None)
         return s.loop.time() - start

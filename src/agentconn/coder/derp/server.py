@@ -236,7 +236,10 @@ class DerpServer:
                 served.wake.clear()
                 while data := core.data_to_send():
                     try:
-                        await asyncio.wait_for(pipe.send(data), self.write_timeout)
+                        # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a
+                        # cancellation that races with the write finishing.
+                        async with asyncio.timeout(self.write_timeout):
+                            await pipe.send(data)
                     except TimeoutError:
                         self._counters["write_timeouts"] += 1
                         core.close(f"write timeout after {self.write_timeout} s")
