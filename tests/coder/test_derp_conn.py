@@ -397,3 +397,47 @@ def test_closing_drops_and_counts_queued_packets() -> None:
     cb.close()
     assert cb.drops["gone_disconnected"] == 1 and cb.data_to_send() == b""
     assert cb.enqueue_packet(a.public, b"late")
+
+
+# ----- fuzz: network input never raises -----------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_chunks = st.lists(st.binary(max_size=200), max_size=8)
+_frames = st.lists(
+    st.tuples(st.integers(0, 0x20), st.binary(max_size=120)).map(lambda t: emit_frame(*t)),
+    max_size=8,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(_frames, _chunks)
+def test_client_core_never_raises_on_input(frames: list[bytes], junk: list[bytes]) -> None:
+    # Invariant: after login, any bytes yield events or a ConnectionTerminated; never an
+    # exception, and nothing after the termination.
+    pair = logged_in()
+    for data in [*frames, *junk]:
+        pair.client.receive_data(data, pair.now)
+    events = []
+    while (ev := pair.client.next_event()) is not None:
+        events.append(ev)
+    terms = [i for i, ev in enumerate(events) if isinstance(ev, ConnectionTerminated)]
+    assert terms in ([], [len(events) - 1])
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.booleans(), _frames, _chunks)
+def test_server_core_never_raises_on_input(login: bool, frames: list[bytes],
+                                           junk: list[bytes]) -> None:
+    core = server_core()
+    if login:
+        core.receive_data(login_bytes(), 0.0)
+    for data in [*frames, *junk]:
+        core.receive_data(data, 0.0)
+    events = []
+    while (ev := core.next_event()) is not None:
+        events.append(ev)
+    terms = [i for i, ev in enumerate(events) if isinstance(ev, ConnectionTerminated)]
+    assert terms in ([], [len(events) - 1])
+    assert core._reader.buffered <= (256 << 10) + 5  # never more than one ClientInfo

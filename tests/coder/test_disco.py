@@ -48,12 +48,11 @@ _NODE_KEY = NodePublic(bytes({1: 1, 2: 2, 30: 30, 31: 31}.get(i, 0) for i in ran
     [
         # disco/disco_test.go TestMarshalAndParse
         (Ping(TXID), "0101 0102030405060708090a0b0c"),
-        (Ping(TXID, _NODE_KEY), "0101 0102030405060708090a0b0c 0001020000000000000000000000"
-                                "000000000000000000000000000000001e1f"),
-        (Pong(TXID, (IP("2.3.4.5"), 1234)), "0201 0102030405060708090a0b0c 00000000000000000000"
-                                            "ffff02030405 04d2"),
-        (Pong(TXID, (IP("fed0::12"), 6666)), "0201 0102030405060708090a0b0c fed0000000000000"
-                                             "0000000000000012 1a0a"),
+        (Ping(TXID, _NODE_KEY), "0101 0102030405060708090a0b0c 000102" + "00" * 27 + "1e1f"),
+        (Pong(TXID, (IP("2.3.4.5"), 1234)),
+         "0201 0102030405060708090a0b0c " + "00" * 10 + "ffff02030405 04d2"),
+        (Pong(TXID, (IP("fed0::12"), 6666)),
+         "0201 0102030405060708090a0b0c fed0" + "00" * 13 + "12 1a0a"),
         (CallMeMaybe(), "0300"),
         (CallMeMaybe(((IP("1.2.3.4"), 567), (IP("2001::3456"), 789))),
          "0300 00000000000000000000ffff01020304 0237 20010000000000000000000000003456 0315"),
@@ -164,7 +163,7 @@ def test_responder_answers_a_ping_over_derp() -> None:
 
 
 def test_responder_passes_wireguard_and_drops_bad_disco() -> None:
-    ours, agent = responders()
+    ours, _ = responders()
     assert not ours.receive_derp_packet(agent_key().public, H("01000000") + bytes(144), 1, 0.0)
     stranger = DiscoPrivate.generate()
     ping = seal_packet(stranger, disco_key().public, Ping(TXID))
@@ -183,7 +182,7 @@ def test_responder_passes_wireguard_and_drops_bad_disco() -> None:
 
 
 def test_responder_reports_call_me_maybe_and_expires_pings() -> None:
-    ours, agent = responders()
+    ours, _ = responders()
     cmm = seal_packet(agent_disco_key(), disco_key().public,
                       CallMeMaybe(((IP("10.0.0.1"), 41641),)))
     ours.receive_derp_packet(agent_key().public, cmm, 1, 0.0)

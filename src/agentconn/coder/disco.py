@@ -25,7 +25,7 @@ import os
 from collections import Counter, deque
 from dataclasses import dataclass
 
-from nacl.bindings import crypto_box_beforenm, crypto_box_open_afternm, crypto_box_afternm
+from nacl.bindings import crypto_box_afternm, crypto_box_beforenm, crypto_box_open_afternm
 from nacl.exceptions import CryptoError
 
 from ..errors import AgentConnError

@@ -38,10 +38,10 @@ from ..proto.ports import CODER_SERVICE_PREFIX, TAILSCALE_SERVICE_PREFIX, addr_f
 
 __all__ = [
     "DERP_MAGIC_IP",
-    "DiscoPrivate",
-    "DiscoPublic",
     "KEY_LEN",
     "NODE_PUBLIC_BINARY_PREFIX",
+    "DiscoPrivate",
+    "DiscoPublic",
     "NodePrivate",
     "NodePublic",
     "derp_magic_endpoint",
@@ -159,8 +159,7 @@ class DiscoPublic(_PublicKey):
 class _PrivateKey:
     """A clamped X25519 private key; the raw bytes never appear in ``repr``."""
 
-    __slots__ = ("_raw", "_public")
-    PUBLIC: ClassVar[type[_PublicKey]] = _PublicKey
+    __slots__ = ("_public", "_raw")
 
     def __init__(self, raw: bytes | bytearray | memoryview) -> None:
         if len(raw) != KEY_LEN:
@@ -183,9 +182,16 @@ class _PrivateKey:
     def __bytes__(self) -> bytes:
         return self._raw
 
+    @property
+    def public(self) -> _PublicKey:
+        """The public key (overridden with the precise type by each subclass)."""
+        raise NotImplementedError
+
     def __eq__(self, other: object) -> bool:
-        return type(other) is type(self) and secrets.compare_digest(
-            self._raw, other._raw  # type: ignore[attr-defined]
+        return (
+            isinstance(other, _PrivateKey)
+            and type(other) is type(self)
+            and secrets.compare_digest(self._raw, other._raw)
         )
 
     def __hash__(self) -> int:

@@ -33,6 +33,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import orjson
+from h11._state import MIGHT_SWITCH_PROTOCOL  # not in h11.__all__
 
 from ._stream import READ_SIZE, H11Stream
 from .errors import HttpTimeoutError, LocalProtocolError, RemoteProtocolError
@@ -250,7 +251,7 @@ class Request:
             event = await stream.next_event(self._server.body_timeout)
             if not isinstance(event, (h11.Data, h11.EndOfMessage)):
                 break
-        if conn.their_state is not h11.MIGHT_SWITCH_PROTOCOL:
+        if conn.their_state is not MIGHT_SWITCH_PROTOCOL:
             raise RemoteProtocolError(f"{self.method} {self.target} did not ask to upgrade")
         headers = [("Upgrade", protocol), ("Connection", "Upgrade"), *extra_headers]
         await stream.send(

@@ -29,7 +29,9 @@ import random
 import ssl
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
+from typing import Self
 
+from ...web.errors import WebError
 from ..keys import NodePrivate, NodePublic
 from .clientconn import ClientState, DerpClientConnection
 from .derpmap import DerpMap, DerpNode, DerpRegion, home_region_id
@@ -44,7 +46,6 @@ from .events import (
     Restarting,
 )
 from .frames import ClientInfo
-from ...web.errors import WebError
 from .transport import StreamPipe, WebSocketPipe, dial_node
 
 __all__ = ["DerpClient", "DerpPool"]
@@ -522,7 +523,7 @@ class DerpClient:
                 self._events.get_nowait()
                 self.drops["event_queue_full"] += 1
 
-    async def __aenter__(self) -> DerpClient:
+    async def __aenter__(self) -> Self:
         await self.connect()
         return self
 

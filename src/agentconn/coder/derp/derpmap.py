@@ -19,7 +19,7 @@ __all__ = ["DerpMap", "DerpNode", "DerpRegion", "home_region_id", "rewrite_defau
 def _int(obj: Mapping[str, Any], name: str, default: int = 0) -> int:
     v = obj.get(name, default)
     if isinstance(v, bool) or not isinstance(v, int):
-        raise ValueError(f"DERP map field {name!r} must be an integer, got {v!r}")
+        raise TypeError(f"DERP map field {name!r} must be an integer, got {v!r}")
     return v
 
 
@@ -28,7 +28,7 @@ def _str(obj: Mapping[str, Any], name: str) -> str:
     if v is None:
         return ""
     if not isinstance(v, str):
-        raise ValueError(f"DERP map field {name!r} must be a string, got {v!r}")
+        raise TypeError(f"DERP map field {name!r} must be a string, got {v!r}")
     return v
 
 
@@ -53,7 +53,7 @@ class DerpNode:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DerpNode:
-        """Parse a node object (Go field names); raises :class:`ValueError` on bad types."""
+        """Parse a node object (Go field names); raises :class:`TypeError` on bad types."""
         return cls(
             name=_str(obj, "Name"),
             region_id=_int(obj, "RegionID"),
@@ -141,7 +141,7 @@ class DerpRegion:
         """Parse a region object (Go field names)."""
         nodes = obj.get("Nodes") or []
         if not isinstance(nodes, list):
-            raise ValueError("DERP region field 'Nodes' must be a list")
+            raise TypeError("DERP region field 'Nodes' must be a list")
         return cls(
             region_id=_int(obj, "RegionID"),
             region_code=_str(obj, "RegionCode"),
@@ -180,10 +180,10 @@ class DerpMap:
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> DerpMap:
         """Parse the ``derp_map`` object of ``AgentConnectionInfo`` (region keys are decimal
-        strings). Raises :class:`ValueError` on bad shapes."""
+        strings). Raises :class:`TypeError` on bad shapes."""
         regions_obj = obj.get("Regions") or {}
         if not isinstance(regions_obj, Mapping):
-            raise ValueError("DERP map field 'Regions' must be an object")
+            raise TypeError("DERP map field 'Regions' must be an object")
         regions = {}
         for key, value in regions_obj.items():
             region = DerpRegion.from_json(value)

@@ -26,6 +26,7 @@ import logging
 import random
 from collections import Counter
 from dataclasses import dataclass, field
+from typing import Self
 
 from ...web.errors import WebError
 from ...web.server import HttpServer, Request, ServerResponse
@@ -113,7 +114,8 @@ class DerpServer:
         if upgrade == "websocket" and "derp" in request.headers.get("sec-websocket-protocol", ""):
             if not self.websocket:
                 return ServerResponse(400, list(_TEXT), b"websockets are disabled\n")
-            return await self._serve_websocket(request, DERP_SUBPROTOCOL in protocols)
+            await self._serve_websocket(request, DERP_SUBPROTOCOL in protocols)
+            return None
         if upgrade not in ("websocket", "derp"):
             return ServerResponse(426, list(_TEXT), b"DERP requires connection upgrade\n")
         if self.upgrade_status is not None:
@@ -343,7 +345,7 @@ class DerpServer:
                 await asyncio.wait_for(self._server.wait_closed(), 5.0)
             self._server = None
 
-    async def __aenter__(self) -> DerpServer:
+    async def __aenter__(self) -> Self:
         if self._server is None:
             await self.start()
         return self
