@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 from derp_pair import AGENT_PUB, DerpPair, agent_key, client_key, server_key
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from agentconn.coder.derp.clientconn import ClientState, DerpClientConnection
 from agentconn.coder.derp.errors import DerpLoginError, DerpProtocolError, DerpSendError
@@ -400,9 +402,6 @@ def test_closing_drops_and_counts_queued_packets() -> None:
 
 
 # ----- fuzz: network input never raises -----------------------------------------------------
-
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
 
 _chunks = st.lists(st.binary(max_size=200), max_size=8)
 _frames = st.lists(

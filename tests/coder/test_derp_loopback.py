@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from collections.abc import AsyncIterator
 
 import pytest
@@ -284,6 +285,105 @@ async def test_pool_routes_by_region() -> None:
                 while 2 in pool.clients:
                     await asyncio.sleep(0.05)
             assert list(pool.clients) == [1]
+            await pool.send(2, agent.public_key, b"again")  # reopens on demand
+            assert list(pool.clients) == [1, 2]
+            pool.update_map(DerpMap({1: derp_map.regions[1]}))  # region 2 left the map
+            async with asyncio.timeout(TIMEOUT):
+                while 2 in pool.clients:
+                    await asyncio.sleep(0.01)
+            with pytest.raises(DerpConnectError, match="not in the DERP map"):
+                await pool.send(2, agent.public_key, b"gone")
         finally:
             await agent.close()
             await pool.close()
+
+
+async def test_disco_ping_over_derp_is_answered(server: DerpServer) -> None:
+    # §6.4: the agent disco-pings us over DERP; our responder answers with a Pong that says
+    # the ping came from 127.3.3.40:<region>.
+    from agentconn.coder.disco import DiscoResponder, PongReceived
+    from agentconn.coder.keys import DiscoPrivate
+
+    ours, agent = await started(server), await started(server, websocket=True)
+    ours_disco, agent_disco = DiscoPrivate.generate(), DiscoPrivate.generate()
+    responder = DiscoResponder(ours_disco, ours.public_key)
+    responder.add_peer(agent_disco.public, agent.public_key)
+    agent_side = DiscoResponder(agent_disco, agent.public_key)
+    agent_side.add_peer(ours_disco.public, ours.public_key)
+    loop = asyncio.get_running_loop()
+    tx = agent_side.ping(ours_disco.public, 1, loop.time())
+    for _, dst, packet in agent_side.packets_to_send():
+        await agent.send_packet(dst, packet)
+    event = await next_of(ours, PacketReceived)
+    assert responder.receive_derp_packet(event.src, event.data, 1, loop.time())  # type: ignore[attr-defined]
+    for _, dst, packet in responder.packets_to_send():
+        await ours.send_packet(dst, packet)
+    event = await next_of(agent, PacketReceived)
+    assert agent_side.receive_derp_packet(event.src, event.data, 1, loop.time())  # type: ignore[attr-defined]
+    pong = agent_side.next_event()
+    assert isinstance(pong, PongReceived) and pong.tx_id == tx
+    assert str(pong.src[0]) == "127.3.3.40" and pong.src[1] == 1
+    await ours.close()
+    await agent.close()
+
+
+async def test_text_message_on_the_websocket_is_a_protocol_error(
+    server: DerpServer, caplog: pytest.LogCaptureFixture,
+) -> None:
+    from agentconn.web.websocket import websocket_connect
+
+    reader, writer = await asyncio.open_connection(server.host, server.port)
+    ws = await websocket_connect(reader, writer, f"{server.host}:{server.port}", "/derp",
+                                 subprotocols=["derp"], compression=False)
+    assert ws.subprotocol == "derp"
+    assert len(await ws.receive()) == 45  # the ServerKey frame, in a binary message
+    await ws.send("not binary")
+    async with asyncio.timeout(TIMEOUT):
+        while server.stats().get("closed_protocol_error", 0) == 0:
+            await asyncio.sleep(0.01)
+    assert "text message on a DERP websocket" in caplog.text
+    await ws.close_transport()
+
+
+def _self_signed(tmp_path: object) -> ssl.SSLContext:
+    import datetime
+    from pathlib import Path
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "derp.test")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(1)
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    base = Path(str(tmp_path))
+    (base / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (base / "key.pem").write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(base / "cert.pem", base / "key.pem")
+    return ctx
+
+
+@pytest.mark.parametrize("websocket", [False, True], ids=["upgrade", "websocket"])
+async def test_tls(tmp_path: object, websocket: bool) -> None:
+    # A DERP map node without ForceHTTP is dialed over TLS (InsecureForTests: no verify).
+    srv = DerpServer()
+    await srv.start(ssl=_self_signed(tmp_path))
+    try:
+        assert srv.url.startswith("https://") and srv.derp_map().regions[1].nodes[0].use_tls
+        a = await started(srv, websocket=websocket)
+        b = await started(srv, websocket=websocket)
+        await a.send_packet(b.public_key, b"over tls")
+        assert (await next_of(b, PacketReceived)).data == b"over tls"  # type: ignore[attr-defined]
+        await a.close()
+        await b.close()
+    finally:
+        await srv.close()

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl as ssl_
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Self
@@ -32,6 +33,7 @@ from ...web.errors import WebError
 from ...web.server import HttpServer, Request, ServerResponse
 from ..keys import NodePrivate, NodePublic
 from .derpmap import DerpMap, DerpNode, DerpRegion
+from .errors import DerpError
 from .events import ClientAuthenticated, ConnectionTerminated, PacketToForward
 from .frames import HANDSHAKE_TIMEOUT, KEEP_ALIVE, PROTOCOL_VERSION, WRITE_TIMEOUT, ServerInfo
 from .serverconn import DEFAULT_QUEUE_DEPTH, DerpServerConnection, Relay, ServerConnState
@@ -94,6 +96,7 @@ class DerpServer:
         self._http: HttpServer | None = None
         self.host: str | None = None
         self.port: int | None = None
+        self._tls = False
 
     # ----- HTTP --------------------------------------------------------------------------
 
@@ -139,11 +142,16 @@ class DerpServer:
             return
         await self.serve_pipe(WebSocketPipe(ws, request.peer))
 
-    async def start(self, host: str = "127.0.0.1", port: int = 0) -> tuple[str, int]:
-        """Listen on ``host:port`` (port 0: any) with our own HTTP server; returns the bound
-        (host, port)."""
+    async def start(
+        self, host: str = "127.0.0.1", port: int = 0, *, ssl: ssl_.SSLContext | None = None
+    ) -> tuple[str, int]:
+        """Listen on ``host:port`` (port 0: any) with our own HTTP server, over TLS with
+        ``ssl``; returns the bound (host, port)."""
         self._http = HttpServer(self._route)
-        self._server = await asyncio.start_server(self._http.serve_connection, host, port)
+        self._tls = ssl is not None
+        self._server = await asyncio.start_server(
+            self._http.serve_connection, host, port, ssl=ssl
+        )
         sockname = self._server.sockets[0].getsockname()
         self.host, self.port = sockname[0], sockname[1]
         return self.host, self.port
@@ -153,21 +161,22 @@ class DerpServer:
 
     @property
     def url(self) -> str:
-        """``http://host:port/derp`` once started."""
-        return f"http://{self.host}:{self.port}/derp"
+        """``http(s)://host:port/derp`` once started."""
+        return f"{'https' if self._tls else 'http'}://{self.host}:{self.port}/derp"
 
     def derp_map(
         self, region_id: int = 1, region_code: str = "test", region_name: str = "test server",
         node_name: str = "test0",
     ) -> DerpMap:
-        """A DERP map whose only region points at this started server over plain HTTP
-        (Coder's integration harness shape, §8.2)."""
+        """A DERP map whose only region points at this started server: plain HTTP
+        (``ForceHTTP``), or TLS without verification (``InsecureForTests``) when started with
+        ``ssl`` (Coder's integration harness shape, §8.2)."""
         if self.host is None or self.port is None:
             raise RuntimeError("DerpServer.derp_map() needs start() first")
         node = DerpNode(
             name=node_name, region_id=region_id, host_name=self.host, ipv4=self.host,
             ipv6="none", stun_port=-1, derp_port=self.port, insecure_for_tests=True,
-            force_http=True,
+            force_http=not self._tls,
         )
         region = DerpRegion(region_id, region_code, region_name, (node,))
         return DerpMap({region_id: region})
@@ -199,7 +208,12 @@ class DerpServer:
                     self.relay.note_activity(core)
                 self._process_events(served, loop.time())
                 self._arm_timer(served)
+        except DerpError as exc:  # e.g. a text message on the websocket
+            self._counters["closed_protocol_error"] += 1
+            _log.warning("derp: %s: closing: %s", core.remote, exc)
+            core.close(str(exc))
         except Exception as exc:  # noqa: BLE001 - one connection must not stop the server
+            _log.exception("derp: %s: connection failed", core.remote)
             core.close(f"{type(exc).__name__}: {exc}")
         finally:
             self._process_events(served, loop.time())

@@ -116,7 +116,9 @@ class WebSocketPipe:
         except (ConnectionError, OSError, HttpTimeoutError):
             return b""
         if isinstance(message, str):
-            # coder/websocket's NetConn: "unexpected frame type read" (close 1003).
+            # coder/websocket's NetConn: "unexpected frame type read" (close 1003). The
+            # close frame goes out; the peer's answer is not awaited.
+            self.ws.close_timeout = 0.0
             await self.ws.close(1003, "unexpected frame type read")
             raise DerpProtocolError("text message on a DERP websocket")
         return message
