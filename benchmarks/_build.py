@@ -29,9 +29,9 @@ def load_cython_module(name: str) -> ModuleType:
     if not source.exists() or source.read_bytes() != original.read_bytes():
         shutil.copyfile(original, source)
     include = str(Path(_wgcore.__file__).parent.parent)
-    extensions = cythonize([Extension(name, [str(source)], extra_compile_args=["-O3"])],
-                           include_path=[include], compiler_directives={"language_level": "3"},
-                           quiet=True)
+    extensions = cythonize(  # type: ignore[no-untyped-call]
+        [Extension(name, [str(source)], extra_compile_args=["-O3"])],
+        include_path=[include], compiler_directives={"language_level": "3"}, quiet=True)
     dist = Distribution({"ext_modules": extensions})
     build_ext = dist.get_command_obj("build_ext")
     build_ext.build_lib = str(BUILD)

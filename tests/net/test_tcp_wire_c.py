@@ -54,7 +54,7 @@ def _options_fit(r: dict[str, Any]) -> bool:
 @st.composite
 def tcp_reprs(draw: st.DrawFn) -> TcpRepr:
     flags = TcpFlags(draw(st.integers(0, 0xFF)))
-    fields = draw(st.fixed_dictionaries({
+    fields: dict[str, Any] = draw(st.fixed_dictionaries({
         "src_port": u16, "dst_port": u16, "seq": u32, "window": u16, "urgent_pointer": u16,
         "mss": st.none() | u16,
         "window_scale": st.none() | st.integers(0, 14),
