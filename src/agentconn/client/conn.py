@@ -16,6 +16,7 @@ or an async iterator.
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import ipaddress
 import os
@@ -32,7 +33,7 @@ from agentconn.proto._codec import Model, go_json
 from agentconn.proto.common import Response as MessageResponse
 from agentconn.proto.common import Validation
 from agentconn.proto.context import ContextConfigResponse
-from agentconn.proto.debug import NetcheckReport
+from agentconn.proto.debug import NetcheckReport, normalize_net_info
 from agentconn.proto.files import (
     FileEdit,
     FileEditRequest,
@@ -422,8 +423,11 @@ class AgentConn:
         return await self._call("ListeningPorts", ListeningPortsResponse)
 
     async def netcheck(self) -> NetcheckReport:
-        """The agent's network report (``GET /api/v0/netcheck``)."""
-        return await self._call("Netcheck", NetcheckReport)
+        """The agent's network report (``GET /api/v0/netcheck``). ``net_info``'s ``opt.Bool``
+        fields read as Go holds them (``"true"``, ``"false"``, ``""``), whichever JSON form the
+        agent sent."""
+        report = await self._call("Netcheck", NetcheckReport)
+        return dataclasses.replace(report, net_info=normalize_net_info(report.net_info))
 
     async def debug_magicsock(self) -> bytes:
         """The agent's tunnel debug page (HTML)."""
