@@ -168,6 +168,7 @@ class Agent:
         self._started = True
         self._setup_logging()
         from agentconn.agent.contextconfig import ContextConfigApi
+        from agentconn.agent.desktop import DesktopApi
         from agentconn.agent.files import FilesApi
         from agentconn.agent.listening import ListeningPortsApi
         from agentconn.agent.mcp import McpManager
@@ -186,6 +187,7 @@ class Agent:
             ListeningPortsApi(opts),
             context,
             mcp,
+            DesktopApi(opts),
         ]
         for module in self._modules:
             module.register(self.router)
