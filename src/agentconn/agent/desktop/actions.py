@@ -93,8 +93,10 @@ def check_action(req: DesktopActionRequest, native: tuple[int, int]) -> Plan:
         raise ApiError(400, 'Missing "coordinate" or "start_coordinate" for left_click_drag.')
     wheel = 5
     if action is DesktopAction.SCROLL:
-        direction = req.scroll_direction if req.scroll_direction is not None else "down"
-        if not isinstance(direction, ScrollDirection):
+        direction = req.scroll_direction
+        if direction is None:
+            direction = ScrollDirection.DOWN
+        elif not isinstance(direction, ScrollDirection):
             raise ApiError(400, f"Invalid scroll direction: {direction}")
         wheel = _WHEEL[direction]
     amount = DEFAULT_SCROLL_AMOUNT if req.scroll_amount is None else req.scroll_amount

@@ -258,8 +258,8 @@ class DesktopSession:
         _log.info("desktop started: Xvnc pid %d on display %s, %dx%d, VNC socket %s",
                   self._proc.pid, self._display_name, *self.geometry, self.rfb_socket)
 
-    async def call(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run ``fn(xdisplay, *args)`` on the X thread and return its result.
+    async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn(xdisplay, *args, **kwargs)`` on the X thread and return its result.
 
         Raises :class:`~agentconn.agent.desktop.display.XError` when X fails (a lost
         connection also marks the desktop for a restart on the next request) and
@@ -270,7 +270,7 @@ class DesktopSession:
             raise DesktopUnavailable("the desktop is not running")
         loop = asyncio.get_running_loop()
         try:
-            return await loop.run_in_executor(executor, functools.partial(fn, x, *args))
+            return await loop.run_in_executor(executor, functools.partial(fn, x, *args, **kwargs))
         except (xerror.ConnectionClosedError, OSError) as e:
             self._broken = True
             raise XError(f"X connection lost: {e}") from e
