@@ -345,7 +345,7 @@ async def test_recording_produces_a_valid_mp4_and_thumbnail(desk: Desk) -> None:
     for x in range(0, 400, 40):  # change the screen: a window comes and goes
         await desk.act("mouse_move", coordinate=(x, x // 2))
         await asyncio.sleep(0.1)
-    video, thumb, body = await _stop(desk, rid, "first.mp4")
+    video, thumb, _ = await _stop(desk, rid, "first.mp4")
     info = await ffprobe(desk.root / "first.mp4")
     stream = info["streams"][0]
     assert (stream["codec_type"], stream["codec_name"], stream["width"], stream["height"]) == (

@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from agentconn.agent.desktop.actions import check_action, failure_message
 from agentconn.agent.desktop.geometry import declared_size, go_round, to_declared, to_native
 from agentconn.agent.desktop.keys import (
-    KeyNameError,
     Keymap,
+    KeyNameError,
     char_keysym,
     parse_key_sequence,
     text_keysyms,

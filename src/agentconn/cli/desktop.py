@@ -11,11 +11,15 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from agentconn.proto.desktop import DesktopAction, ScrollDirection, split_recording
 
 __all__ = ["add_parser", "arg_type", "parse_point", "parse_size", "run"]
+
+T = TypeVar("T")
 
 
 def parse_size(text: str) -> tuple[int, int]:
@@ -37,9 +41,9 @@ def parse_point(text: str) -> tuple[int, int]:
         raise ValueError(f"invalid coordinate {text!r}: expected X,Y, e.g. 100,200") from None
 
 
-def arg_type(parse):  # type: ignore[no-untyped-def]
+def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     """``parse`` for argparse: its ValueError text becomes the usage error shown."""
-    def convert(text: str):  # type: ignore[no-untyped-def]
+    def convert(text: str) -> T:
         try:
             return parse(text)
         except ValueError as e:

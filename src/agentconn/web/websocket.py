@@ -172,7 +172,7 @@ class WebSocket:
     @property
     def transport(self) -> asyncio.WriteTransport:
         """The underlying transport: its write buffer size and water marks drive backpressure."""
-        return self._writer.transport  # type: ignore[return-value]
+        return self._writer.transport
 
     def write_message(self, data: bytes | bytearray | memoryview) -> None:
         """Queue one whole binary message without waiting; pair with :meth:`drain`.
@@ -389,7 +389,8 @@ async def websocket_connect(
     permessage-deflate without context takeover. ``timeout`` (seconds) bounds the handshake.
     Raises :class:`~agentconn.web.errors.WebSocketRejected` (a :class:`RemoteProtocolError`
     whose ``status_hint`` is the status) with the response if the server refuses, and
-    :class:`RemoteProtocolError` if it answers badly, :class:`~agentconn.web.errors.HttpTimeoutError` on timeout.
+    :class:`RemoteProtocolError` if it answers badly,
+    :class:`~agentconn.web.errors.HttpTimeoutError` on timeout.
     """
     handshake = H11Handshake(ConnectionType.CLIENT)
     offered: list[Extension] = [_deflate(max_message_size)] if compression else []
@@ -407,6 +408,7 @@ async def websocket_connect(
     body = bytearray()
 
     async def answer() -> AcceptConnection:
+        nonlocal rejected
         while True:
             data = await reader.read(READ_SIZE)
             try:

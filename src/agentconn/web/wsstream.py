@@ -126,7 +126,7 @@ class WebSocketTransport(asyncio.Transport):
 
     # -- writing --------------------------------------------------------------------------
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:  # type: ignore[override]
+    def write(self, data: bytes | bytearray | memoryview) -> None:
         """Send ``data`` as one binary message (nothing is sent for empty data)."""
         if self._closing or self._lost or not data:
             return

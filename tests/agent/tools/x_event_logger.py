@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 
-from Xlib import X, XK, display
+from Xlib import XK, X, display
 
 
 def keysym_char(keysym: int) -> str:

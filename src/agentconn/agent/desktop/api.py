@@ -161,7 +161,7 @@ class DesktopApi:
         rid = await self._recording_id(request)
         artifact = await self.recordings.stop(rid)
         try:
-            video = open(artifact.video_path, "rb")  # noqa: SIM115 - closed by the stream
+            video = await asyncio.to_thread(open, artifact.video_path, "rb")
         except OSError as e:
             raise ApiError(500, "Failed to stop recording.", str(e)) from e
         boundary = new_boundary()

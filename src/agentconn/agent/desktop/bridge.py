@@ -56,9 +56,10 @@ class _VncSide(asyncio.Protocol):
         self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
         # Xvnc speaks first (its RFB version); hold it until the websocket is accepted.
-        self.transport.pause_reading()
+        transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.bridge._to_viewer(data)
@@ -122,8 +123,7 @@ class VncBridge:
             return
         self.to_viewer_bytes += len(data)
         size = self.ws.transport.get_write_buffer_size()
-        if size > self.max_buffered:
-            self.max_buffered = size
+        self.max_buffered = max(self.max_buffered, size)
         if size > HIGH_WATER and not self._paused:
             assert self._vnc is not None and self._vnc.transport is not None
             self._paused = True

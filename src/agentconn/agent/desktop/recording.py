@@ -210,7 +210,8 @@ class RecordingManager:
         shutil.rmtree(directory, ignore_errors=True)
         os.makedirs(directory, mode=0o700)
         output = os.path.join(directory, "video.mp4")
-        with open(os.path.join(directory, "ffmpeg.log"), "wb") as log:
+        log_path = os.path.join(directory, "ffmpeg.log")
+        with open(log_path, "wb") as log:  # noqa: ASYNC230 - creating a local file
             proc = await asyncio.create_subprocess_exec(
                 *ffmpeg_command(ffmpeg, display=self.session.display,
                                 geometry=self.session.geometry, output=output),

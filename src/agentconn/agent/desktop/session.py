@@ -212,7 +212,7 @@ class DesktopSession:
         read_fd, write_fd = os.pipe()
         log_path = os.path.join(self._dir, "Xvnc.log")
         try:
-            with open(log_path, "wb") as log:
+            with open(log_path, "wb") as log:  # noqa: ASYNC230 - creating a local file
                 self._proc = await asyncio.create_subprocess_exec(
                     *xvnc_command(xvnc, displayfd=write_fd, geometry=self.geometry,
                                   rfb_socket=self.rfb_socket, xauthority=self.xauthority),
