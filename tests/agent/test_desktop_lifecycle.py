@@ -4,6 +4,7 @@ concurrent requests, restarted after a crash, failing clearly, and gone with the
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import uuid
@@ -113,3 +114,76 @@ async def test_a_crashed_desktop_is_restarted_and_a_dead_socket_is_a_500(
         assert (e.value.status, e.value.message) == (500, "Failed to connect to VNC server.")
         # the rest of the desktop keeps working
         assert (await p.conn.execute_desktop_action("screenshot")).screenshot_height == 240
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as f:
+                    if text.encode() in f.read() and _alive(int(entry)):
+                        found.append(int(entry))
+            except OSError:
+                continue
+    return found
+
+
+async def test_agentconn_agent_desktop_flag(tmp_path: Path) -> None:
+    """The real ``agentconn agent --desktop`` (uvloop, its own process) serves the routes."""
+    require_desktop_tools()
+    import socket
+    import sys
+
+    from agent_pair import AGENT_ID
+    from desktop_env import cli_env
+    from PIL import Image, ImageChops
+
+    from agentconn.aio.tunnel import Tunnel
+    from agentconn.cli.commands import pair_configs
+    from agentconn.client.conn import AgentConn
+    from agentconn.proto.desktop import split_recording
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agent_conf, client_conf, _ = pair_configs(AGENT_ID, listen_port=port,
+                                              endpoint=f"127.0.0.1:{port}")
+    (tmp_path / "agent.conf").write_text(agent_conf)
+    logs = tmp_path / "logs"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agentconn.cli", "agent", "--config", str(tmp_path / "agent.conf"),
+        "--agent-id", str(AGENT_ID), "--log-dir", str(logs), "--desktop",
+        "--desktop-geometry", "320x240", env=cli_env(), stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        line = await asyncio.wait_for(proc.stdout.readline(), 30)
+        assert b"API on" in line, line
+        async with Tunnel.from_config(client_conf, listen_host="127.0.0.1") as tunnel:
+            async with AgentConn(tunnel, AGENT_ID) as conn:
+                assert await conn.await_reachable(10)
+                shot = await conn.execute_desktop_action("screenshot")
+                assert (shot.screenshot_width, shot.screenshot_height) == (320, 240)
+                await conn.execute_desktop_action("mouse_move", coordinate=(100, 100))
+                viewer = await RfbClient.open(*await conn.connect_desktop_vnc())
+                viewer.pointer(100, 100)
+                captured = await viewer.capture()
+                png = Image.open(io.BytesIO(
+                    (await conn.execute_desktop_action("screenshot")).screenshot or b""))
+                assert ImageChops.difference(captured, png.convert("RGB")).getbbox() is None
+                rid = uuid.uuid4()
+                await conn.start_desktop_recording(rid)
+                await asyncio.sleep(0.5)
+                video, thumb = split_recording(*await conn.stop_desktop_recording(rid))
+                assert video[4:8] == b"ftyp" and thumb is not None
+                await conn.start_desktop_recording(uuid.uuid4())  # left running on purpose
+                await viewer.close()
+        assert _processes_mentioning(str(logs)), "Xvnc and ffmpeg run under the log dir"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err, err.decode()
+    assert not _processes_mentioning(str(logs))  # Xvnc and the running ffmpeg are gone
+    assert not list((logs / "desktop").glob("session-*"))

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from agentconn.web.errors import ConnectionClosed
 from agentconn.web.websocket import WebSocket
@@ -56,10 +57,11 @@ class _VncSide(asyncio.Protocol):
         self._writable.set()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        # Xvnc speaks first (its RFB version); hold it until the websocket is accepted.
-        transport.pause_reading()
+        # A unix socket's transport (uvloop's are not asyncio.Transport subclasses).
+        self.transport = cast(asyncio.Transport, transport)
+        # Xvnc speaks first (its RFB version); hold it until the websocket is accepted (an
+        # event loop may still deliver a first read: VncBridge keeps it for then).
+        self.transport.pause_reading()
 
     def data_received(self, data: bytes) -> None:
         self.bridge._to_viewer(data)
@@ -100,6 +102,7 @@ class VncBridge:
         self.pauses = 0
         self.max_buffered = 0
         self._vnc: _VncSide | None = None
+        self._early: list[bytes] = []  # from Xvnc before the websocket was accepted
         self._paused = False
         self._resumer: asyncio.Task[None] | None = None
 
@@ -115,6 +118,9 @@ class VncBridge:
         return self.ws.transport.get_write_buffer_size()
 
     def _to_viewer(self, data: bytes) -> None:
+        if self._ws is None:
+            self._early.append(data)
+            return
         try:
             self.ws.write_message(data)
         except ConnectionClosed:
@@ -146,6 +152,9 @@ class VncBridge:
         viewer or server that goes away."""
         self._ws, self._vnc = ws, vnc
         ws.transport.set_write_buffer_limits(high=HIGH_WATER, low=LOW_WATER)
+        early, self._early = self._early, []
+        for data in early:
+            self._to_viewer(data)
         vnc_transport.resume_reading()
         pump = asyncio.ensure_future(self._to_vnc(vnc_transport, vnc))
         try:
