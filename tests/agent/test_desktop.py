@@ -37,7 +37,7 @@ from agentconn.agent.desktop import DesktopApi
 from agentconn.agent.desktop.bridge import HIGH_WATER
 from agentconn.agent.desktop.recording import RecordingState
 from agentconn.client.conn import AgentApiError
-from agentconn.proto.desktop import split_recording
+from agentconn.proto.desktop import MAX_RECORDING_SIZE, split_recording
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -315,6 +315,10 @@ async def test_action_errors_have_the_spec_texts(desk: Desk) -> None:
             await desk.act(body.pop("action"), **{k: (tuple(v) if isinstance(v, list) else v)
                                                   for k, v in body.items()})
         assert (e.value.status, e.value.message) == (400, message)
+    with pytest.raises(AgentApiError) as e:  # a runaway declared size allocates nothing
+        await desk.act("screenshot", scaled_width=1_000_000_000, scaled_height=10)
+    assert (e.value.status, e.value.message) == (500, "Screenshot failed.")
+    assert "1000000000x10" in e.value.detail
     # A key name X does not know is a backend failure, named in the detail.
     with pytest.raises(AgentApiError) as e:
         await desk.act("key", text="ctrl+nosuchkey")
@@ -381,6 +385,34 @@ async def test_concurrent_recordings(desk: Desk) -> None:
         info = await ffprobe(desk.root / f"c{i}.mp4")
         assert info["streams"][0]["width"] == W and float(info["format"]["duration"]) > 0
         assert thumb is not None
+
+
+async def test_recording_limits_and_a_killed_recorder(desk: Desk) -> None:
+    rid = uuid.uuid4()
+    await desk.conn.start_desktop_recording(rid)
+    await asyncio.sleep(0.3)
+    await _stop(desk, rid, "small.mp4")
+    # The stored MP4 grows past MaxRecordingSize (sparse: no disk used): 413 from now on.
+    os.truncate(desk.api.recordings.recordings[rid].video_path, MAX_RECORDING_SIZE + 1)
+    with pytest.raises(AgentApiError) as e:
+        await desk.conn.stop_desktop_recording(rid)
+    assert (e.value.status, e.value.message) == (
+        413, "Recording file exceeds maximum allowed size.")
+
+    # A recorder killed mid-recording leaves an MP4 without its index.
+    await desk.conn.start_desktop_recording(rid)  # restarts the stopped id
+    rec = desk.api.recordings.recordings[rid]
+    await asyncio.sleep(0.3)
+    os.kill(rec.proc.pid, signal.SIGKILL)
+    for _ in range(2):  # and says so every time
+        with pytest.raises(AgentApiError) as e:
+            await desk.conn.stop_desktop_recording(rid)
+        assert (e.value.status, e.value.message) == (500, "Recording is corrupted.")
+        assert "signal 9" in e.value.detail
+    await desk.conn.start_desktop_recording(rid)  # and the id can record again
+    await asyncio.sleep(0.3)
+    video, _, _ = await _stop(desk, rid, "after-kill.mp4")
+    assert (await ffprobe(desk.root / "after-kill.mp4"))["streams"][0]["width"] == W
 
 
 async def test_recording_errors(desk: Desk) -> None:

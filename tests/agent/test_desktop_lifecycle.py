@@ -116,6 +116,22 @@ async def test_a_crashed_desktop_is_restarted_and_a_dead_socket_is_a_500(
         assert (await p.conn.execute_desktop_action("screenshot")).screenshot_height == 240
 
 
+async def test_recording_routes_answer_503_while_the_desktop_api_shuts_down(
+        tmp_path: Path) -> None:
+    require_desktop_tools()
+    async with agent_pair(tmp_path, agent_options=DESKTOP) as p:
+        rid = uuid.uuid4()
+        await p.conn.start_desktop_recording(rid)
+        await _api(p).close()  # what Agent.close() does first
+        for call in (p.conn.start_desktop_recording(rid), p.conn.stop_desktop_recording(rid)):
+            with pytest.raises(AgentApiError) as e:
+                await call
+            assert (e.value.status, e.value.message) == (503, "Desktop API is shutting down.")
+        with pytest.raises(AgentApiError) as e:
+            await p.conn.execute_desktop_action("cursor_position")
+        assert (e.value.status, e.value.message) == (500, START_FAILED)
+
+
 def _processes_mentioning(text: str) -> list[int]:
     found = []
     for entry in os.listdir("/proc"):

@@ -42,6 +42,9 @@ DEFAULT_HOLD_MS = 1000
 DEFAULT_SCROLL_AMOUNT = 3
 #: Wheel clicks per ``scroll`` action at most (ours: a runaway amount must not stall X).
 MAX_SCROLL_AMOUNT = 1000
+#: Largest screenshot side we scale to, in pixels (ours: a huge declared size must not make
+#: the agent allocate gigabytes).
+MAX_SCREENSHOT_SIDE = 16384
 
 _TEXT_ACTIONS = {DesktopAction.KEY, DesktopAction.KEY_DOWN, DesktopAction.KEY_UP,
                  DesktopAction.HOLD_KEY, DesktopAction.TYPE}
@@ -122,6 +125,10 @@ def png_screenshot(pixels: bytes, mode: str, native: tuple[int, int],
 
 
 async def _screenshot(session: DesktopSession, plan: Plan) -> DesktopActionResponse:
+    if max(plan.declared) > MAX_SCREENSHOT_SIDE:
+        raise ApiError(500, failure_message(plan.action.value),
+                       f"declared size {plan.declared[0]}x{plan.declared[1]} is larger than "
+                       f"{MAX_SCREENSHOT_SIDE} pixels on a side")
     pixels, mode = await session.call(XDisplay.capture)
     png = await asyncio.to_thread(png_screenshot, pixels, mode, plan.native, plan.declared)
     return DesktopActionResponse(

@@ -280,6 +280,12 @@ class DesktopSession:
             raise
         except RuntimeError as e:  # the executor was shut down under us (agent stopping)
             raise DesktopUnavailable(str(e)) from e
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # our caller is being cancelled
+            # the queued call was dropped because the desktop is stopping
+            raise DesktopUnavailable("the desktop stopped") from None
 
     async def close(self) -> None:
         """Stop the desktop for good (idempotent); leaves no process or file behind."""
