@@ -12,7 +12,10 @@ reads it, through
     from the client to it;
 (c) a direct unix-socket connection to Xvnc (the reference: no agent at all);
 
-and reports frames/s, MB/s of pixels, and (a)/(c), (b)/(c). Then ``BENCH_SCREENSHOTS``
+and reports frames/s, MB/s of pixels, and (a)/(c), (b)/(c). For scale, (t) moves the same
+bytes per frame over a plain TCP connection through the same tunnel (a server on the agent's
+tunnel answers each 1-byte request with a 3.7 MB block): the transport's own ceiling, with no
+websocket and no VNC. Then ``BENCH_SCREENSHOTS``
 (default 100) ``screenshot`` actions, native and scaled to 1024x576: p50/p99.
 
 Run: ``PYTHONPATH=src python -m pytest benchmarks/bench_desktop.py -q -p no:cacheprovider``.
@@ -69,6 +72,33 @@ async def _frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
     return elapsed, total
 
 
+async def _tunnel_frames(conn: Any, tunnel: Any, frames: int) -> tuple[float, int]:
+    """(t): request/response of one frame's size over raw TCP through the tunnel."""
+    frame = os.urandom(W * H * 4)
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(1):
+            writer.write(frame)
+            await writer.drain()
+        writer.close()
+
+    server = await tunnel.start_server(serve, 5999)
+    reader, writer = await conn.dial("tcp", 5999)
+    try:
+        for _ in range(3):
+            writer.write(b"?")
+            await reader.readexactly(len(frame))
+        t0 = time.perf_counter()
+        for _ in range(frames):
+            writer.write(b"?")
+            await reader.readexactly(len(frame))
+        elapsed = time.perf_counter() - t0
+    finally:
+        writer.close()
+        server.close()
+    return elapsed, frames * len(frame)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -111,6 +141,7 @@ def _scenario() -> dict[str, Any]:
                     direct.append(await _frames(*await asyncio.open_unix_connection(
                         api.session.rfb_socket, limit=1 << 20), FRAMES))
                     out["direct"] = min(direct)
+                    out["tunnel"] = await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES)
                     for label, size in (("native", {}),
                                         ("scaled", {"scaled_width": 1024,
                                                     "scaled_height": 576})):
@@ -140,7 +171,8 @@ def test_desktop(benchmark: Any, record: Any) -> None:
     ref_seconds, _ = result["direct"]
     for key, name in (("direct", "(c) direct to the Xvnc socket"),
                       ("agentconn", "(a) AgentConn.connect_desktop_vnc"),
-                      ("cli", "(b) agentconn vnc local port")):
+                      ("cli", "(b) agentconn vnc local port"),
+                      ("tunnel", "(t) raw TCP through the tunnel, no VNC")):
         seconds, nbytes = result[key]
         record.add(benchmark, group=GROUP_VNC, name=name, seconds=seconds / FRAMES,
                    kind="desktop", frames_per_s=FRAMES / seconds,
