@@ -411,7 +411,7 @@ async def test_recording_limits_and_a_killed_recorder(desk: Desk) -> None:
         assert "signal 9" in e.value.detail
     await desk.conn.start_desktop_recording(rid)  # and the id can record again
     await asyncio.sleep(0.3)
-    video, _, _ = await _stop(desk, rid, "after-kill.mp4")
+    await _stop(desk, rid, "after-kill.mp4")
     assert (await ffprobe(desk.root / "after-kill.mp4"))["streams"][0]["width"] == W
 
 

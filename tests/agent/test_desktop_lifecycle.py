@@ -176,25 +176,25 @@ async def test_agentconn_agent_desktop_flag(tmp_path: Path) -> None:
         assert proc.stdout is not None
         line = await asyncio.wait_for(proc.stdout.readline(), 30)
         assert b"API on" in line, line
-        async with Tunnel.from_config(client_conf, listen_host="127.0.0.1") as tunnel:
-            async with AgentConn(tunnel, AGENT_ID) as conn:
-                assert await conn.await_reachable(10)
-                shot = await conn.execute_desktop_action("screenshot")
-                assert (shot.screenshot_width, shot.screenshot_height) == (320, 240)
-                await conn.execute_desktop_action("mouse_move", coordinate=(100, 100))
-                viewer = await RfbClient.open(*await conn.connect_desktop_vnc())
-                viewer.pointer(100, 100)
-                captured = await viewer.capture()
-                png = Image.open(io.BytesIO(
-                    (await conn.execute_desktop_action("screenshot")).screenshot or b""))
-                assert ImageChops.difference(captured, png.convert("RGB")).getbbox() is None
-                rid = uuid.uuid4()
-                await conn.start_desktop_recording(rid)
-                await asyncio.sleep(0.5)
-                video, thumb = split_recording(*await conn.stop_desktop_recording(rid))
-                assert video[4:8] == b"ftyp" and thumb is not None
-                await conn.start_desktop_recording(uuid.uuid4())  # left running on purpose
-                await viewer.close()
+        async with (Tunnel.from_config(client_conf, listen_host="127.0.0.1") as tunnel,
+                    AgentConn(tunnel, AGENT_ID) as conn):
+            assert await conn.await_reachable(10)
+            shot = await conn.execute_desktop_action("screenshot")
+            assert (shot.screenshot_width, shot.screenshot_height) == (320, 240)
+            await conn.execute_desktop_action("mouse_move", coordinate=(100, 100))
+            viewer = await RfbClient.open(*await conn.connect_desktop_vnc())
+            viewer.pointer(100, 100)
+            captured = await viewer.capture()
+            png = Image.open(io.BytesIO(
+                (await conn.execute_desktop_action("screenshot")).screenshot or b""))
+            assert ImageChops.difference(captured, png.convert("RGB")).getbbox() is None
+            rid = uuid.uuid4()
+            await conn.start_desktop_recording(rid)
+            await asyncio.sleep(0.5)
+            video, thumb = split_recording(*await conn.stop_desktop_recording(rid))
+            assert video[4:8] == b"ftyp" and thumb is not None
+            await conn.start_desktop_recording(uuid.uuid4())  # left running on purpose
+            await viewer.close()
         assert _processes_mentioning(str(logs)), "Xvnc and ffmpeg run under the log dir"
     finally:
         proc.send_signal(signal.SIGINT)
