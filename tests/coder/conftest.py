@@ -1,5 +1,5 @@
-"""Make the DERP harness (derp_pair.py) importable as ``from derp_pair import ...`` whatever
-the pytest import mode or PYTHONPATH."""
+"""Make the test helpers (controlplane.py, derp_pair.py) importable as ``from controlplane import
+...`` / ``from derp_pair import ...`` whatever the pytest import mode or PYTHONPATH."""
 from __future__ import annotations
 
 import sys

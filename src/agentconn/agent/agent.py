@@ -172,6 +172,7 @@ class Agent:
         from agentconn.agent.api.listening import ListeningPortsApi
         from agentconn.agent.api.mcp import McpManager
         from agentconn.agent.api.processes import ProcessManager
+        from agentconn.agent.desktop import DesktopApi
 
         opts = self.options
         # ContextConfigApi consumes the CODER_AGENT_EXP_* variables (children must not inherit
@@ -186,6 +187,7 @@ class Agent:
             ListeningPortsApi(opts),
             context,
             mcp,
+            DesktopApi(opts),
         ]
         for module in self._modules:
             module.register(self.router)
