@@ -440,3 +440,12 @@ def test_server_core_never_raises_on_input(login: bool, frames: list[bytes],
     terms = [i for i, ev in enumerate(events) if isinstance(ev, ConnectionTerminated)]
     assert terms in ([], [len(events) - 1])
     assert core._reader.buffered <= (256 << 10) + 5  # never more than one ClientInfo
+
+
+def test_relay_drops_for_a_connection_closed_but_not_yet_unregistered() -> None:
+    relay = Relay()
+    a, b = NodePrivate.generate(), NodePrivate.generate()
+    ca, cb = connect(relay, a), connect(relay, b)
+    cb.close("write timeout")
+    assert relay.forward(ca, b.public, b"x", 0.0) is None
+    assert relay.stats["dropped_gone_disconnected"] == 1

@@ -484,6 +484,10 @@ class Relay:
         self.stats["packets_received"] += 1
         s = self.clients.get(dst)
         target = s.last if s is not None else None
+        if target is not None and target.state is ServerConnState.CLOSED:
+            # Closed by its writer (timeout, error) and not yet unregistered.
+            self.stats["dropped_gone_disconnected"] += 1
+            return None
         if target is not None:
             self._sent_to.setdefault(src.key, {})[dst] = target.conn_num
             if target.enqueue_packet(src.key, data):
