@@ -76,6 +76,9 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if rows[0].get("kind") == "api":
             _write_api(write, rows)
             continue
+        if str(rows[0].get("kind", "")).startswith("desktop"):
+            _write_desktop(write, rows)
+            continue
         raws = [r for r in rows if r.get("role") == "raw"]
         for row in rows:
             if "packets_per_s" in row:
@@ -133,4 +136,19 @@ def _write_api(write: Any, rows: list[dict[str, Any]]) -> None:
         if row["name"].endswith("keep-alive") and stem in base:
             ref = base[stem]
             line += f"   keep-alive/per-call: {ref['seconds'] / row['seconds']:.2f}x"
+        write(line)
+
+
+def _write_desktop(write: Any, rows: list[dict[str, Any]]) -> None:
+    """bench_desktop.py: VNC frames through the agent next to the direct reference, and the
+    screenshot action's latency."""
+    for row in rows:
+        if row.get("kind") == "desktop-shot":
+            write(f"  {row['name']:<40} p50 {row['p50'] * 1e3:7.1f} ms  p99 "
+                  f"{row['p99'] * 1e3:7.1f} ms  ({row['png_bytes'] / 1e3:.0f} kB PNG)")
+            continue
+        line = (f"  {row['name']:<40} {row['frames_per_s']:7.1f} frames/s "
+                f"{row['mb_per_s']:8.1f} MB/s")
+        if row.get("ratio") is not None:
+            line += f"   /direct: {row['ratio']:.3f}"
         write(line)

@@ -2,7 +2,7 @@
 # Set up a fresh Debian machine (run as root) and run the whole test suite against the
 # *installed* wheel, the way users get agentconn:
 #   1. apt-get install what is missing (wireguard-go, wg, ip, iperf3, curl, ping, gcc, venv, headers,
-#      Go and hashicorp/yamux's source for tests/coder)
+#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
 #   4. pip install the repaired wheel with the [test] extra
@@ -35,6 +35,12 @@ need_cmd sftp openssh-client
 need_cmd sshd openssh-server
 need_cmd ping iputils-ping
 need_cmd gcc gcc
+# the desktop tests (agent-api.md §11): the agent's X/VNC server, the recorder and the
+# checker of its MP4s, and an X application to type into
+need_cmd Xvnc tigervnc-standalone-server
+need_cmd ffmpeg ffmpeg
+need_cmd ffprobe ffmpeg
+need_cmd xterm xterm
 # tests/coder builds a hashicorp/yamux peer from Debian's Go source tree (no module proxy)
 need_cmd go golang-go
 need_pkg() {  # need_pkg PACKAGE: for packages without a command of their own

@@ -253,7 +253,8 @@ cdef class UdpIO:
 
     def send(self, PacketBatch batch not None, uint32_t start=0) -> int:
         """Send every RES_SEALED/RES_RAW descriptor from index `start` on, coalescing runs for
-        GSO.
+        GSO. Descriptors addressed to a relay path (an AF_UNSPEC sockaddr) are left alone: the
+        caller hands those to the relay.
 
         Returns the number of datagrams the kernel accepted. Datagrams it refused (unreachable,
         invalid) are marked DROP_SEND and counted. When the socket buffer is full (EAGAIN) the
@@ -284,6 +285,8 @@ cdef class UdpIO:
             d = &batch.desc[i]
             if d.result != RES_SEALED and d.result != RES_RAW:
                 continue
+            if d.addr.len >= 2 and d.addr.addr[0] == 0 and d.addr.addr[1] == 0:
+                continue        # AF_UNSPEC: a relay path (wg.endpoint.relay_sockaddr), not ours
             join = False
             if head != NULL and self.gso and seg_count < MAX_GSO_SEGMENTS \
                     and group_bytes + d.len <= MAX_GSO_BYTES and d.len <= seg_size \

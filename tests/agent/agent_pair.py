@@ -45,11 +45,12 @@ def make_options(root: Path, **kw: Any) -> AgentOptions:
 @asynccontextmanager
 async def agent_pair(root: Path, *, agent_kwargs: dict[str, Any] | None = None,
                      conn_kwargs: dict[str, Any] | None = None,
-                     services: tuple[str, ...] = ()) -> AsyncIterator[Pair]:
+                     services: tuple[str, ...] = (),
+                     agent_options: dict[str, Any] | None = None) -> AsyncIterator[Pair]:
     """``services``: the agent's stream services to run (none by default, so tests can start
-    their own server on ``p.agent.tunnel``)."""
+    their own server on ``p.agent.tunnel``). ``agent_options``: extra AgentOptions fields."""
     agent_conf, client_conf, _ = pair_configs()
-    options = make_options(root)
+    options = make_options(root, **(agent_options or {}))
     agent = Agent(agent_conf, AGENT_ID, options=options, listen_host="127.0.0.1",
                   services=services, **(agent_kwargs or {}))
     await agent.start()

@@ -352,3 +352,25 @@ async def test_dial_forwards_other_ports_to_the_workspace_loopback(tmp_path: Pat
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_netcheck_opt_bools_are_json_booleans_or_null(tmp_path: Path) -> None:
+    """tailscale's opt.Bool accepts only JSON true/false/null (a string fails Go's decode of
+    the whole report): the raw answer must carry no string in those fields, and our client
+    reads them as Go holds them ("true"/"false"/"")."""
+    from agentconn.proto.debug import NET_INFO_OPT_BOOLS, normalize_net_info
+
+    async with agent_pair(tmp_path) as p:
+        await p.conn.ping()
+        reader, writer = await p.client_tunnel.open_connection(str(p.conn.agent_address), 4)
+        writer.write(b"GET /api/v0/netcheck HTTP/1.0\r\n\r\n")
+        answer = await reader.read()
+        writer.close()
+        raw = orjson.loads(answer.partition(b"\r\n\r\n")[2])
+        net_info = raw["net_info"]
+        for name in NET_INFO_OPT_BOOLS:
+            assert name in net_info and net_info[name] in (True, False, None), (name, net_info)
+        assert net_info["WorkingUDP"] is True
+        assert normalize_net_info({"WorkingUDP": True, "UPnP": None, "PMP": False,
+                                   "PCP": "true"}) == {"WorkingUDP": "true", "UPnP": "",
+                                                       "PMP": "false", "PCP": "true"}

@@ -1,5 +1,8 @@
 """Fixtures for agentconn.coder: the Go yamux peer, and loopback pairs of our own sessions.
 
+This directory is also put on sys.path, so the helpers (controlplane.py, derp_pair.py,
+peer.py) import as ``from controlplane import ...`` whatever the pytest import mode.
+
 The Go peer (``yamux_peer/main.go``) is built once per test session with Debian's
 ``golang-go`` against ``golang-github-hashicorp-yamux-dev`` (GOPATH mode, no module proxy).
 Without them the interop tests skip — and fail under ``CI=true``, where a missing prerequisite

@@ -25,6 +25,8 @@ class AgentOptions:
     ``.mcp.json``); ``None`` means none is configured. ``environ`` is the session environment
     given to processes and MCP servers. ``log_dir`` holds ``coder-agent.log``.
     ``ignore_ports`` are the agent's own listeners hidden from listening-ports.
+    ``desktop`` enables the desktop routes (an Xvnc desktop of ``desktop_geometry`` (width,
+    height) pixels, depth 24, started on first use; its files go under ``log_dir``).
     """
 
     home: str = field(default_factory=_home)
@@ -32,6 +34,8 @@ class AgentOptions:
     environ: dict[str, str] = field(default_factory=lambda: dict(os.environ))
     log_dir: str = field(default_factory=lambda: os.path.join(_home(), ".agentconn"))
     ignore_ports: frozenset[int] = frozenset()
+    desktop: bool = False
+    desktop_geometry: tuple[int, int] = (1920, 1080)
 
     def working_directory(self) -> str | None:
         """The configured directory if it exists (evaluated per request), else ``None``."""

@@ -34,7 +34,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from _wgcore.datapath import PacketBatch
+from _wgcore.datapath import RESULT, PacketBatch
 from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener
 from _wgcore.udpio import UdpIO
 
@@ -43,7 +43,7 @@ from ..net.events import DatagramReceived, DatagramUnclaimed, PingReplied, TcpAc
 from ..net.udp import Datagram
 from ..node import Node
 from ..wg.config import InterfaceConfig, PeerConfig, load_config
-from ..wg.endpoint import sockaddr
+from ..wg.endpoint import relay_path, relay_sockaddr, sockaddr
 from .datagram import DatagramEndpoints
 from .streams import StreamEndpoints
 
@@ -56,6 +56,11 @@ RX_SLOT_SIZE = 65536          # one GRO super-buffer per message
 TX_SLOTS = 256
 MAX_BATCHES_PER_WAKEUP = 16   # stay fair to the rest of the loop
 MAX_TX_BATCHES_PER_FLUSH = 64
+RES_SEALED = RESULT["SEALED"]
+RES_RAW = RESULT["RAW"]
+
+#: Sends datagrams over relay paths: called with [(path, datagram), ...] (see :meth:`Tunnel.set_relay`).
+RelaySend = Callable[[list[tuple[int, bytes]]], None]
 
 
 class Tunnel(StreamEndpoints, DatagramEndpoints):
@@ -103,6 +108,10 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         self._tx_pending: PacketBatch | None = None     # sealed, waiting for socket space
         self._tx_spare: PacketBatch | None = None
         self._writer_armed = False
+        self._relay_send: RelaySend | None = None
+        self._relayed_in: list[tuple[int, bytes]] = []
+        self._relayed_handle: asyncio.Handle | None = None
+        self._rx_relay: PacketBatch | None = None
 
     @classmethod
     def from_config(cls, path_or_text: str | os.PathLike[str], **kwargs: Any) -> Tunnel:
@@ -202,7 +211,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         self.iface.close_all()
         self._dispatch()
         self._send_resets_on_close()
-        for handle in (self._flush_handle, self._timer_handle):
+        for handle in (self._flush_handle, self._timer_handle, self._relayed_handle):
             if handle is not None:
                 handle.cancel()
         self.node.zero_key_material()
@@ -293,6 +302,12 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
             raise TunnelClosedError("tunnel not started")
         raw = sockaddr(endpoint[0], endpoint[1], self._sock.family) if endpoint else b""
         self.node.add_peer(peer_config, raw)
+
+    def remove_peer(self, public_key: str | bytes) -> None:
+        """Forget a peer: its sessions, routes and timers. Raises ConfigError for an unknown
+        key."""
+        peer, = self.node.peers_by_key(public_key)
+        self.device.remove_peer(peer.public_key)
 
     # -- receive --------------------------------------------------------------------------------
 
@@ -386,6 +401,8 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         assert self._io is not None and self._tx is not None and self._loop is not None
         tx = self._tx
         self.node.seal(tx, now, wall)
+        if self._relay_send is not None:
+            self._send_relayed(tx)
         self._io.send(tx)
         if self._io.blocked:
             self._tx_pending = tx
@@ -396,6 +413,72 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
                 self._writer_armed = True
         else:
             tx.clear()
+
+    # -- relays (e.g. DERP) ----------------------------------------------------------------------
+
+    def set_relay(self, send: RelaySend | None) -> None:
+        """Carry datagrams for peers whose endpoint is a relay path through `send`.
+
+        A peer whose endpoint is ``wg.endpoint.relay_sockaddr(path)`` (set it with
+        :meth:`set_peer_relay`) is not reached over the UDP socket: every sealed datagram for
+        it goes to ``send([(path, datagram), ...])``, called once per sent batch. Datagrams
+        that come back over a relay enter with :meth:`receive_relayed`. None detaches.
+        """
+        self._relay_send = send
+
+    def set_peer_relay(self, public_key: str | bytes, path: int) -> None:
+        """Reach the peer with that key through relay path `path` (see :meth:`set_relay`)."""
+        peer, = self.node.peers_by_key(public_key)
+        peer.slot.endpoint = relay_sockaddr(path)
+        self.schedule_flush()
+
+    def receive_relayed(self, path: int, datagram: bytes) -> None:
+        """A WireGuard datagram that arrived over relay path `path`; it is processed with the
+        others that arrive in the same loop iteration, as one batch."""
+        if self._closed:
+            return
+        self._relayed_in.append((path, datagram))
+        if self._relayed_handle is None and self._loop is not None:
+            self._relayed_handle = self._loop.call_soon(self._on_relayed)
+
+    def _on_relayed(self) -> None:
+        self._relayed_handle = None
+        if self._closed or self._loop is None or self._tx is None:
+            return
+        if self._rx_relay is None:
+            self._rx_relay = PacketBatch(RX_SLOTS, 32 + ((self.device.mtu + 15) & ~15) + 64)
+        rx, node = self._rx_relay, self.node
+        try:
+            now, wall = self._loop.time(), time.time()
+            while self._relayed_in:
+                chunk, self._relayed_in = self._relayed_in[:rx.slots], self._relayed_in[rx.slots:]
+                rx.clear()
+                for path, datagram in chunk:
+                    try:
+                        rx.add_datagram(datagram, relay_sockaddr(path))
+                    except ValueError:
+                        self.device.datapath.drop(RESULT["DROP_TOO_BIG"])
+                node.receive_batch(rx, self._tx, now, wall, time.monotonic())
+            self._dispatch()
+            self._flush()
+        except Exception:
+            log.exception("tunnel relay receive path failed; the datagrams were dropped")
+
+    def _send_relayed(self, tx: PacketBatch) -> None:
+        """Hand the batch's datagrams for relay endpoints to the relay (the UDP sender skips
+        them)."""
+        assert self._relay_send is not None
+        out = []
+        for result in (RES_RAW, RES_SEALED):
+            for _, datagram, addr, _ in tx.collect(result):
+                path = relay_path(addr)
+                if path is not None:
+                    out.append((path, datagram))
+        if out:
+            try:
+                self._relay_send(out)
+            except Exception:
+                log.exception("relay send failed; %d datagrams dropped", len(out))
 
     def _on_writable(self) -> None:
         assert self._io is not None and self._loop is not None and self._sock is not None

@@ -7,10 +7,13 @@ from collections.abc import Sequence
 
 from ..errors import AgentConnError
 from . import commands
+from . import derp as derp_cli
+from . import desktop as desktop_cli
 from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
 from . import ssh as ssh_cli
+from . import vnc as vnc_cli
 from ._runner import run_async
 
 
@@ -51,6 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--manifest", help="JSON file served at /debug/manifest")
     agent.add_argument("--mcp-config", action="append",
                        help="MCP config file (repeatable; default <directory>/.mcp.json)")
+    agent.add_argument("--desktop", action="store_true",
+                       help="serve the desktop routes (an Xvnc desktop started on first use)")
+    agent.add_argument("--desktop-geometry", type=desktop_cli.arg_type(desktop_cli.parse_size),
+                       default=(1920, 1080), metavar="WxH",
+                       help="the desktop's size in pixels (default 1920x1080, depth 24)")
 
     pair = sub.add_parser("pair", help="write agent.conf and client.conf that reach each other")
     pair.add_argument("--agent-id", required=True, help="the agent UUID")
@@ -63,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     ssh_cli.add_parser(sub)
     pty_cli.add_parser(sub)
     portforward_cli.add_parser(sub)
+    vnc_cli.add_parser(sub)
+    desktop_cli.add_parser(sub)
+    derp_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -90,7 +101,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "agent":
             return run_async(commands.agent(
                 config=args.config, agent_id=args.agent_id, directory=args.directory,
-                log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config))
+                log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config,
+                desktop=args.desktop, desktop_geometry=args.desktop_geometry))
         if args.command == "pair":
             return commands.pair(agent_id=args.agent_id, out_dir=args.out, port=args.port,
                                  host=args.host)
@@ -98,10 +110,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(speedtest_cli.run(args))
         if args.command == "port-forward":
             return run_async(portforward_cli.run(args))
+        if args.command == "vnc":
+            return run_async(vnc_cli.run(args))
+        if args.command == "desktop":
+            return run_async(desktop_cli.run(args))
         if args.command == "pty":
             return run_async(pty_cli.run(args))
         if args.command == "ssh":
             return run_async(ssh_cli.run(args))
+        if args.command == "derp":
+            return run_async(derp_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

@@ -266,13 +266,15 @@ def pair(*, agent_id: str, out_dir: str, port: int, host: str) -> int:
 
 
 async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: str | None,
-                manifest: str | None, mcp_config: list[str] | None) -> int:
+                manifest: str | None, mcp_config: list[str] | None, desktop: bool = False,
+                desktop_geometry: tuple[int, int] = (1920, 1080)) -> int:
     """Run a workspace agent until interrupted."""
     import signal
 
     from ..agent import Agent, AgentOptions
 
-    options = AgentOptions(directory=directory)
+    options = AgentOptions(directory=directory, desktop=desktop,
+                           desktop_geometry=desktop_geometry)
     if log_dir:
         options.log_dir = log_dir
     manifest_obj = None

@@ -16,6 +16,7 @@ or an async iterator.
 
 from __future__ import annotations
 
+import dataclasses
 import asyncio
 import ipaddress
 import os
@@ -32,7 +33,8 @@ from agentconn.proto._codec import Model, go_json
 from agentconn.proto.common import Response as MessageResponse
 from agentconn.proto.common import Validation
 from agentconn.proto.context import ContextConfigResponse
-from agentconn.proto.debug import NetcheckReport
+from agentconn.proto.debug import NetcheckReport, normalize_net_info
+from agentconn.proto.desktop import DesktopActionRequest, DesktopActionResponse
 from agentconn.proto.files import (
     FileEdit,
     FileEditRequest,
@@ -422,8 +424,11 @@ class AgentConn:
         return await self._call("ListeningPorts", ListeningPortsResponse)
 
     async def netcheck(self) -> NetcheckReport:
-        """The agent's network report (``GET /api/v0/netcheck``)."""
-        return await self._call("Netcheck", NetcheckReport)
+        """The agent's network report (``GET /api/v0/netcheck``). ``net_info``'s ``opt.Bool``
+        fields read as Go holds them (``"true"``, ``"false"``, ``""``), whichever JSON form the
+        agent sent."""
+        report = await self._call("Netcheck", NetcheckReport)
+        return dataclasses.replace(report, net_info=normalize_net_info(report.net_info))
 
     async def debug_magicsock(self) -> bytes:
         """The agent's tunnel debug page (HTML)."""
@@ -568,6 +573,52 @@ class AgentConn:
         """Instruction files and skills found in the workspace."""
         return await self._call("ContextConfig", ContextConfigResponse,
                                 timeout=max(self.timeout, 60.0))
+
+    # -- desktop (computer use, agent-api.md §11) ---------------------------------------------
+
+    async def connect_desktop_vnc(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """The agent's VNC server as an asyncio (StreamReader, StreamWriter) carrying raw RFB
+        over the ``/api/v0/desktop/vnc`` websocket. ``writer.close()`` ends it. Raises
+        :class:`AgentApiError` (500 ``Failed to start desktop session.`` or ``Failed to
+        connect to VNC server.``) when the agent refuses."""
+        from agentconn.client.desktop import connect_desktop_vnc
+
+        return await connect_desktop_vnc(self)
+
+    async def execute_desktop_action(self, action: str | DesktopActionRequest, *,
+                                     coordinate: tuple[int, int] | None = None,
+                                     start_coordinate: tuple[int, int] | None = None,
+                                     text: str | None = None, duration: int | None = None,
+                                     scroll_amount: int | None = None,
+                                     scroll_direction: str | None = None,
+                                     scaled_width: int | None = None,
+                                     scaled_height: int | None = None
+                                     ) -> DesktopActionResponse:
+        """Perform a desktop action (``"left_click"``, ``"type"``, ``"screenshot"``, …; see
+        agent-api.md §11.2): keyword arguments or a whole :class:`DesktopActionRequest`.
+        Coordinates are in the declared space ``scaled_width``×``scaled_height`` (the native
+        size when omitted); ``duration`` is in ms. A screenshot's PNG is
+        ``response.screenshot``."""
+        from agentconn.client.desktop import execute_desktop_action
+
+        req = action if isinstance(action, DesktopActionRequest) else DesktopActionRequest(
+            action=action, coordinate=coordinate, start_coordinate=start_coordinate, text=text,
+            duration=duration, scroll_amount=scroll_amount, scroll_direction=scroll_direction,
+            scaled_width=scaled_width, scaled_height=scaled_height)
+        return await execute_desktop_action(self, req)
+
+    async def start_desktop_recording(self, recording_id: uuid.UUID | str) -> None:
+        """Start recording the desktop under ``recording_id`` (idempotent while recording)."""
+        from agentconn.client.desktop import start_desktop_recording
+
+        await start_desktop_recording(self, recording_id)
+
+    async def stop_desktop_recording(self, recording_id: uuid.UUID | str) -> tuple[bytes, str]:
+        """Finalise a recording: (body, Content-Type) as the agent sent them (multipart/mixed;
+        take it apart with :func:`agentconn.proto.desktop.split_recording`)."""
+        from agentconn.client.desktop import stop_desktop_recording
+
+        return await stop_desktop_recording(self, recording_id)
 
 
 async def connect(config: InterfaceConfig | str | os.PathLike[str], agent_id: uuid.UUID | str,

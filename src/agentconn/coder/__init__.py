@@ -1,1 +1,1 @@
-"""The Coder control plane: coderd REST, the tailnet coordinator, DERP relays and disco."""
+"""The Coder control plane: coderd REST, the tailnet coordinator (yamux, DRPC, protobuf), DERP, disco."""

@@ -45,7 +45,14 @@ from .yamux import (
     StreamReset,
 )
 
-__all__ = ["YamuxSession", "YamuxStream", "yamux_over_streams", "yamux_over_websocket"]
+__all__ = [
+    "Config",
+    "Role",
+    "YamuxSession",
+    "YamuxStream",
+    "yamux_over_streams",
+    "yamux_over_websocket",
+]
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from .errors import (
     LocalProtocolError,
     RemoteProtocolError,
     WebError,
+    WebSocketRejected,
 )
 from .headers import Headers
 from .server import HttpServer, Request, ServerResponse, json_response
@@ -32,6 +33,7 @@ __all__ = [
     "ServerResponse",
     "WebError",
     "WebSocket",
+    "WebSocketRejected",
     "json_response",
     "websocket_connect",
 ]

@@ -15,6 +15,7 @@ __all__ = [
     "LocalProtocolError",
     "RemoteProtocolError",
     "WebError",
+    "WebSocketRejected",
 ]
 
 
@@ -52,3 +53,18 @@ class ConnectionClosed(WebError):
         self.code = code
         self.reason = reason
         super().__init__(f"websocket closed: code {code}" + (f" ({reason})" if reason else ""))
+
+
+class WebSocketRejected(RemoteProtocolError):
+    """The server answered a websocket upgrade with a normal HTTP response instead of 101.
+
+    ``status`` is its status code, ``headers`` its headers (lower-case names) and ``body`` the
+    first 64 KiB of its body, so a caller can decode the server's error message.
+    """
+
+    def __init__(self, message: str, *, status: int, headers: dict[str, str],
+                 body: bytes) -> None:
+        super().__init__(message, status_hint=status)
+        self.status = status
+        self.headers = headers
+        self.body = body

@@ -16,7 +16,9 @@ one ``h11.Connection``. Per cycle it
    strictly in order.
 
 A websocket upgrade (:meth:`Request.accept_websocket`) hands the stream to a
-:class:`~agentconn.web.websocket.WebSocket`; the connection ends when the handler returns.
+:class:`~agentconn.web.websocket.WebSocket`, and any other upgrade (:meth:`Request.accept_upgrade`,
+e.g. DERP's ``Upgrade: DERP``) hands over the raw stream pair after a 101; either way the
+connection ends when the handler returns.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 import h11
 import orjson
+from h11._state import MIGHT_SWITCH_PROTOCOL  # not in h11.__all__
 
 from ._stream import READ_SIZE, H11Stream
 from .errors import HttpTimeoutError, LocalProtocolError, RemoteProtocolError
@@ -128,6 +131,8 @@ class Request:
         self._body_done = False
         self.websocket: WebSocket | None = None
         """The websocket after :meth:`accept_websocket`, else ``None``."""
+        self.upgraded = False
+        """True after :meth:`accept_upgrade` handed the raw stream to the handler."""
 
     async def iter_body(self) -> AsyncIterator[bytes]:
         """Yield the request body as it arrives; sends ``100 Continue`` first if asked.
@@ -174,6 +179,11 @@ class Request:
             return orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             raise RemoteProtocolError(f"request body is not JSON: {exc}") from exc
+
+    @property
+    def peer(self) -> str:
+        """The client's address as text (for logs)."""
+        return self._stream.peer()
 
     @property
     def client_gone(self) -> bool:
@@ -224,6 +234,35 @@ class Request:
         )
         self.websocket = ws
         return ws
+
+    async def accept_upgrade(
+        self, protocol: str, extra_headers: Iterable[tuple[str, str]] = ()
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, bytes]:
+        """Answer an ``Upgrade``/``Connection: upgrade`` request with ``101 Switching
+        Protocols`` (``Upgrade: <protocol>``, ``Connection: Upgrade``, then ``extra_headers``)
+        and hand over the raw streams: (reader, writer, bytes already read past the request).
+
+        The connection belongs to the handler until it returns, then it is closed. Raises
+        :class:`RemoteProtocolError` (400-hinted) when the request did not ask to upgrade.
+        """
+        stream = self._stream
+        conn = stream.conn
+        while conn.their_state is h11.SEND_BODY:  # a GET has an empty body: just its end
+            event = await stream.next_event(self._server.body_timeout)
+            if not isinstance(event, (h11.Data, h11.EndOfMessage)):
+                break
+        if conn.their_state is not MIGHT_SWITCH_PROTOCOL:
+            raise RemoteProtocolError(f"{self.method} {self.target} did not ask to upgrade")
+        headers = [("Upgrade", protocol), ("Connection", "Upgrade"), *extra_headers]
+        await stream.send(
+            h11.InformationalResponse(
+                status_code=101, reason=b"Switching Protocols", headers=headers
+            ),
+            self._server.write_timeout,
+        )
+        self.upgraded = True
+        trailing, _ = conn.trailing_data
+        return stream.reader, stream.writer, bytes(trailing)
 
     def __repr__(self) -> str:
         return f"<Request {self.method} {self.target}>"
@@ -335,13 +374,17 @@ class HttpServer:
         try:
             response = _to_response(await self.handler(request))
         except RemoteProtocolError as exc:  # the handler found the request malformed
-            if request.websocket is not None:
+            if request.websocket is not None or request.upgraded:
                 return False
             await self._send_error(stream, exc.status_hint, "bad request", str(exc))
             return False
         except Exception as exc:  # noqa: BLE001 - any handler bug becomes a 500
             _log.exception("handler failed on %r", request)
-            if request.websocket is not None or stream.conn.our_state is not h11.SEND_RESPONSE:
+            if (
+                request.websocket is not None
+                or request.upgraded
+                or stream.conn.our_state is not h11.SEND_RESPONSE
+            ):
                 return False
             await self._send_error(
                 stream, 500, "internal server error", f"{type(exc).__name__}: {exc}"
@@ -349,6 +392,9 @@ class HttpServer:
             return False
         if request.websocket is not None:
             await request.websocket.close_transport()
+            return False
+        if request.upgraded:
+            stream.close()
             return False
         await self._send_response(stream, request, response)
         return await self._finish_request(stream, request)

@@ -30,6 +30,7 @@ from wsproto.events import (
     Event,
     Ping,
     RejectConnection,
+    RejectData,
     Request,
     TextMessage,
 )
@@ -40,7 +41,7 @@ from wsproto.utilities import LocalProtocolError as WsLocalProtocolError
 from wsproto.utilities import RemoteProtocolError as WsRemoteProtocolError
 
 from ._stream import READ_SIZE, wait_for
-from .errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError
+from .errors import ConnectionClosed, LocalProtocolError, RemoteProtocolError, WebSocketRejected
 
 __all__ = ["WebSocket", "accept_websocket", "websocket_connect"]
 
@@ -51,6 +52,8 @@ CLOSE_ABNORMAL = 1006
 CLOSE_MESSAGE_TOO_BIG = 1009
 
 DEFAULT_MAX_MESSAGE_SIZE = 16 * 1024 * 1024
+#: How much of a refused upgrade's response body :class:`WebSocketRejected` keeps.
+_REJECT_BODY_LIMIT = 64 * 1024
 
 
 class _BoundedDeflate(PerMessageDeflate):
@@ -164,6 +167,78 @@ class WebSocket:
         """Send a ping; the pong is consumed by :meth:`receive`."""
         await self._write(Ping(payload=payload))
 
+    # -- byte-stream use (message boundaries carry no meaning, e.g. VNC's RFB stream) --------
+
+    @property
+    def transport(self) -> asyncio.WriteTransport:
+        """The underlying transport: its write buffer size and water marks drive backpressure."""
+        return self._writer.transport
+
+    def write_message(self, data: bytes | bytearray | memoryview) -> None:
+        """Queue one whole binary message without waiting; pair with :meth:`drain`.
+
+        As the server, without compression, the frame header and ``data`` are handed to the
+        transport as two writes, so the payload is never copied into a frame (RFC 6455 §5.2:
+        server frames are unmasked). Otherwise wsproto frames it. Raises
+        :class:`ConnectionClosed` once closing or closed.
+        """
+        if self.closed:
+            raise ConnectionClosed(self.close_code or CLOSE_ABNORMAL, self.close_reason)
+        if self._conn.client or self.compressed:
+            self._writer.write(self._conn.send(BytesMessage(data=bytes(data))))
+            return
+        n = len(data)
+        if n < 126:
+            header = bytes((0x82, n))  # FIN + opcode 2 (binary); 7-bit length
+        elif n < 1 << 16:
+            header = bytes((0x82, 126)) + n.to_bytes(2, "big")
+        else:
+            header = bytes((0x82, 127)) + n.to_bytes(8, "big")
+        self._writer.writelines((header, data))
+
+    async def drain(self) -> None:
+        """Wait until the transport's write buffer is below its low-water mark.
+
+        Raises :class:`ConnectionClosed` if the connection dropped.
+        """
+        try:
+            await self._writer.drain()
+        except (ConnectionError, OSError) as exc:
+            self._mark_closed(CLOSE_ABNORMAL, str(exc))
+            raise ConnectionClosed(CLOSE_ABNORMAL, str(exc)) from exc
+
+    async def receive_chunk(self) -> bytes | str:
+        """Wait for the next piece of a message as it arrives, without joining fragments.
+
+        For byte streams carried in messages, where boundaries mean nothing: memory stays
+        bounded by one read whatever the message size, so ``max_message_size`` does not apply.
+        Pieces of a text message come as ``str``. Pings are answered; raises
+        :class:`ConnectionClosed` as :meth:`receive` does.
+        """
+        while True:
+            if self.close_code is not None:
+                raise ConnectionClosed(self.close_code, self.close_reason)
+            if not self._events:
+                if self._conn.state is ConnectionState.CLOSED:
+                    self._mark_closed(CLOSE_ABNORMAL, "")
+                    continue
+                await self._fill()
+                continue
+            event = self._events.popleft()
+            if isinstance(event, BytesMessage):
+                if event.data:
+                    return event.data if isinstance(event.data, bytes) else bytes(event.data)
+            elif isinstance(event, TextMessage):
+                if event.data:
+                    return event.data
+            elif isinstance(event, Ping):
+                try:
+                    await self._write(event.response())
+                except (ConnectionError, OSError):
+                    self._mark_closed(CLOSE_ABNORMAL, "")
+            elif isinstance(event, CloseConnection):
+                await self._on_close(event)
+
     async def _read(self) -> bytes:
         try:
             return await self._reader.read(self._read_size)
@@ -270,6 +345,11 @@ class WebSocket:
         self._mark_closed(code, reason)
         await self.close_transport()
 
+    def abort(self) -> None:
+        """Drop the transport now, without a close handshake (``close_code`` 1006)."""
+        self._mark_closed(CLOSE_ABNORMAL, "")
+        self._writer.transport.abort()
+
     async def close_transport(self) -> None:
         """Hang up the transport without a close handshake (used when the handler returns)."""
         self._mark_closed(CLOSE_ABNORMAL, "")
@@ -289,6 +369,13 @@ def _header_list(
     return [(k.encode("latin-1"), v.encode("latin-1")) for k, v in pairs]
 
 
+def _rejected(host: str, path: str, event: RejectConnection, body: bytes) -> WebSocketRejected:
+    headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in event.headers}
+    return WebSocketRejected(
+        f"websocket upgrade to {host}{path} refused: {event.status_code}",
+        status=event.status_code, headers=headers, body=body)
+
+
 async def websocket_connect(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
@@ -305,8 +392,10 @@ async def websocket_connect(
 
     ``host`` is the Host header (``"host:port"`` when not 80). ``compression`` offers
     permessage-deflate without context takeover. ``timeout`` (seconds) bounds the handshake.
-    Raises :class:`RemoteProtocolError` if the server refuses (``status_hint`` carries its
-    status) or answers badly, :class:`~agentconn.web.errors.HttpTimeoutError` on timeout.
+    Raises :class:`~agentconn.web.errors.WebSocketRejected` (a :class:`RemoteProtocolError`
+    whose ``status_hint`` is the status) with the response if the server refuses, and
+    :class:`RemoteProtocolError` if it answers badly,
+    :class:`~agentconn.web.errors.HttpTimeoutError` on timeout.
     """
     handshake = H11Handshake(ConnectionType.CLIENT)
     offered: list[Extension] = [_deflate(max_message_size)] if compression else []
@@ -320,7 +409,11 @@ async def websocket_connect(
     writer.write(handshake.send(request))
     await wait_for(writer.drain(), timeout, "websocket handshake write")
 
+    rejected: RejectConnection | None = None
+    body = bytearray()
+
     async def answer() -> AcceptConnection:
+        nonlocal rejected
         while True:
             data = await reader.read(READ_SIZE)
             try:
@@ -329,13 +422,19 @@ async def websocket_connect(
                     if isinstance(event, AcceptConnection):
                         return event
                     if isinstance(event, RejectConnection):
-                        raise RemoteProtocolError(
-                            f"websocket upgrade to {host}{path} refused: {event.status_code}",
-                            status_hint=event.status_code,
-                        )
+                        rejected = event
+                        if not event.has_body:
+                            raise _rejected(host, path, rejected, b"")
+                    elif isinstance(event, RejectData) and rejected is not None:
+                        if len(body) < _REJECT_BODY_LIMIT:
+                            body.extend(event.data[: _REJECT_BODY_LIMIT - len(body)])
+                        if event.body_finished:
+                            raise _rejected(host, path, rejected, bytes(body))
             except WsRemoteProtocolError as exc:
                 raise RemoteProtocolError(f"websocket handshake with {host}: {exc}") from exc
             if not data:
+                if rejected is not None:  # a close-delimited refusal body ended
+                    raise _rejected(host, path, rejected, bytes(body))
                 raise RemoteProtocolError(f"{host} closed during the websocket handshake")
 
     try:

@@ -3,6 +3,12 @@
 The data path (``_wgcore``) copies a peer's endpoint straight into ``sendmmsg``, so endpoints
 are kept as the sockaddr the socket expects: ``sockaddr_in`` (16 bytes) on an AF_INET socket,
 ``sockaddr_in6`` (28 bytes) on an AF_INET6 one, where IPv4 peers appear as ``::ffff:a.b.c.d``.
+
+A peer reached through a relay (a DERP server) has a *relay endpoint* instead: an 8-byte
+sockaddr of family AF_UNSPEC carrying a 32-bit path number (:func:`relay_sockaddr`). The UDP
+sender skips those, the tunnel hands them to its relay, and datagrams that come back over the
+relay enter the data path with that address as their source, so WireGuard's roaming (the
+endpoint follows the last authenticated source) works across UDP and relays alike.
 """
 from __future__ import annotations
 
@@ -12,10 +18,12 @@ import struct
 
 from ..errors import ConfigError
 
-__all__ = ["sockaddr", "parse_sockaddr", "source_bytes", "format_sockaddr"]
+__all__ = ["sockaddr", "parse_sockaddr", "source_bytes", "format_sockaddr", "relay_sockaddr",
+           "relay_path"]
 
 _FAMILY = struct.Struct("=H")        # sa_family_t, host byte order
 _PORT = struct.Struct("!H")
+_RELAY_PATH = struct.Struct("!I")  # after an AF_UNSPEC family: the path number
 
 
 def sockaddr(host: str, port: int, family: int) -> bytes:
@@ -55,8 +63,26 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int]:
     return ("", 0)
 
 
+def relay_sockaddr(path: int) -> bytes:
+    """The relay endpoint for relay path number `path` (0 to 2**32-1)."""
+    if not 0 <= path < 1 << 32:
+        raise ValueError(f"relay path {path} out of range 0-4294967295")
+    return _FAMILY.pack(socket.AF_UNSPEC) + _RELAY_PATH.pack(path) + bytes(2)
+
+
+def relay_path(raw: bytes) -> int | None:
+    """The path number of a relay endpoint, or None for a UDP sockaddr (or none)."""
+    if len(raw) != 8 or raw[0] or raw[1]:
+        return None
+    return int(_RELAY_PATH.unpack_from(raw, 2)[0])
+
+
 def format_sockaddr(raw: bytes) -> str:
-    """``host:port`` (``[v6]:port``) for display; empty string for no endpoint."""
+    """``host:port`` (``[v6]:port``) for display, ``relay:<path>`` for a relay endpoint; empty
+    string for no endpoint."""
+    path = relay_path(raw)
+    if path is not None:
+        return f"relay:{path}"
     host, port = parse_sockaddr(raw)
     if not host:
         return ""

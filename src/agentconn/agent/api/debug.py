@@ -33,6 +33,7 @@ from agentconn.proto.debug import (
     InterfacesReport,
     NetcheckReport,
     Severity,
+    opt_bool_json,
 )
 from agentconn.web.server import Request, ResponseLike, ServerResponse
 
@@ -202,19 +203,20 @@ class DebugApi:
                          and ipaddress.ip_interface(a).version == 6
                          and ipaddress.ip_interface(a).ip.is_global
                          for i in interfaces for a in i.addresses)
-        working_udp = ""
+        working_udp: bool | None = None       # unknown until a handshake came over UDP
         if self.tunnel is not None:
             stats = self.tunnel.stats()
             peers = stats.get("peers", [])
             if any(p.get("last_handshake_unix") for p in peers):
-                working_udp = "true"
+                working_udp = True
+        # opt.Bool fields go out as JSON true/false/null: Go's opt.Bool rejects strings.
         net_info: dict[str, Any] = {
-            "MappingVariesByDestIP": "", "HairPinning": "",
-            "WorkingIPv6": "true" if working_v6 else "false",
-            "OSHasIPv6": "true" if has_v6 else "false",
-            "WorkingUDP": working_udp, "WorkingICMPv4": "", "HavePortMap": False,
-            "UPnP": "", "PMP": "", "PCP": "", "PreferredDERP": 0, "LinkType": "",
-            "DERPLatency": None, "FirewallMode": "",
+            "MappingVariesByDestIP": None, "HairPinning": None,
+            "WorkingIPv6": opt_bool_json(working_v6),
+            "OSHasIPv6": opt_bool_json(has_v6),
+            "WorkingUDP": opt_bool_json(working_udp), "WorkingICMPv4": None,
+            "HavePortMap": False, "UPnP": None, "PMP": None, "PCP": None, "PreferredDERP": 0,
+            "LinkType": "", "DERPLatency": None, "FirewallMode": "",
         }
         return NetcheckReport(severity=iface_report.severity, warnings=list(warnings),
                               net_info=net_info, interfaces=iface_report)
