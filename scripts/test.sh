@@ -2,7 +2,7 @@
 # Set up a fresh Debian machine (run as root) and run the whole test suite against the
 # *installed* wheel, the way users get agentconn:
 #   1. apt-get install what is missing (wireguard-go, wg, ip, iperf3, curl, ping, gcc, venv, headers,
-#      Xvnc, ffmpeg, xterm)
+#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
 #   4. pip install the repaired wheel with the [test] extra
@@ -41,6 +41,12 @@ need_cmd Xvnc tigervnc-standalone-server
 need_cmd ffmpeg ffmpeg
 need_cmd ffprobe ffmpeg
 need_cmd xterm xterm
+# tests/coder builds a hashicorp/yamux peer from Debian's Go source tree (no module proxy)
+need_cmd go golang-go
+need_pkg() {  # need_pkg PACKAGE: for packages without a command of their own
+    dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1")
+}
+need_pkg golang-github-hashicorp-yamux-dev
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     [[ $PYTHON == python3 ]] || die "PYTHON=$PYTHON not found"
     missing+=(python3 python3-venv python3-dev)

@@ -105,6 +105,8 @@ class Agent:
         self._closed = False
         #: chat id → paths touched under it (write-file, edit-files, process workdirs), §3.
         self.touched_paths: dict[uuid.UUID, list[str]] = {}
+        #: The coordinator session after :meth:`join_tailnet` (``TailnetNode``), else None.
+        self.tailnet: Any = None
         self.manifest = manifest if manifest is not None else self._default_manifest()
         self.debug = DebugApi(self.options.log_dir, tunnel=self.tunnel, router=self.router,
                               manifest=self.manifest)
@@ -217,6 +219,43 @@ class Agent:
         except Exception:  # noqa: BLE001 - a bad MCP server must not take the agent down
             _log.exception("starting MCP servers failed")
 
+    async def join_tailnet(self, url: str, agent_token: str, *, timeout: float = 30.0,
+                           ssl_context: Any = None) -> Any:
+        """Join a Coder-style coordinator as this agent and be reachable through its DERP
+        relays only (no static peers needed).
+
+        Fetches the DERP map (``GET /api/v2/workspaceagents/connection`` with
+        ``Coder-Session-Token: <agent_token>``), connects the home region, and runs the agent
+        side of the coordinator at ``/api/v2/workspaceagents/me/coordinate?version=2.0``: it
+        announces this agent's node (its WireGuard key, its two service /128s) and programs
+        every client whose node arrives, answering ReadyForHandshake. That endpoint is how the
+        project's test control plane models a real agent's DRPC connection to coderd. Returns
+        the :class:`~agentconn.coder.tailnet.TailnetNode`; raises TailnetError or
+        CoderApiError when the deployment cannot be used.
+        """
+        from agentconn.coder.api import CoderApi, Credentials, rewrite_derp_map
+        from agentconn.coder.derp import DerpMap
+        from agentconn.coder.keys import NodePrivate
+        from agentconn.coder.tailnet import CoordinateTarget, TailnetNode
+
+        if not self._started:
+            raise RuntimeError("start the agent before joining a tailnet")
+        credentials = Credentials(url.rstrip("/"), agent_token)
+        async with CoderApi(credentials, ssl_context=ssl_context) as api:
+            info = await api.connection_info(None)
+            target = CoordinateTarget(
+                api.host, api.port,
+                f"{api.base_path}/api/v2/workspaceagents/me/coordinate?version=2.0",
+                api.headers, api.ssl_context)
+        node = TailnetNode(self.tunnel, NodePrivate(self.config.private_key),
+                           DerpMap.from_json(info.derp_map), target, role="agent",
+                           force_websockets=info.derp_force_websockets,
+                           addresses=list(agent_addresses(self.agent_id)),
+                           rewrite_derp_map=lambda m: rewrite_derp_map(m, credentials.url))
+        await node.start(timeout)
+        self.tailnet = node
+        return node
+
     async def close(self) -> None:
         """Stop serving, end child processes and MCP servers, close the tunnel."""
         if self._closed:
@@ -234,6 +273,11 @@ class Agent:
                     await closer()
                 except Exception:  # noqa: BLE001 - close the rest regardless
                     _log.exception("closing %s failed", type(module).__name__)
+        if self.tailnet is not None:
+            try:
+                await self.tailnet.close()
+            except Exception:  # noqa: BLE001 - the tunnel must close regardless
+                _log.exception("leaving the tailnet failed")
         await self.tunnel.close()
         if self._log_handler is not None:
             logging.getLogger("agentconn").removeHandler(self._log_handler)

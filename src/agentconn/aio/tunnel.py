@@ -303,6 +303,12 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         raw = sockaddr(endpoint[0], endpoint[1], self._sock.family) if endpoint else b""
         self.node.add_peer(peer_config, raw)
 
+    def remove_peer(self, public_key: str | bytes) -> None:
+        """Forget a peer: its sessions, routes and timers. Raises ConfigError for an unknown
+        key."""
+        peer, = self.node.peers_by_key(public_key)
+        self.device.remove_peer(peer.public_key)
+
     # -- receive --------------------------------------------------------------------------------
 
     def _on_readable(self) -> None:

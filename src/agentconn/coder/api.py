@@ -255,9 +255,11 @@ class CoderApi:
                          workspace.get("name", name), workspace.get("owner_name", owner),
                          agent.get("status", ""), agent.get("lifecycle_state", ""))
 
-    async def connection_info(self, agent_id: uuid.UUID) -> ConnectionInfo:
-        """The DERP map (embedded relay rewritten to our URL) and the connection flags."""
-        data = await self.get(f"/api/v2/workspaceagents/{agent_id}/connection")
+    async def connection_info(self, agent_id: uuid.UUID | None) -> ConnectionInfo:
+        """The DERP map (embedded relay rewritten to our URL) and the connection flags, for
+        one agent or (None) for the deployment (``/api/v2/workspaceagents/connection``)."""
+        where = f"{agent_id}/connection" if agent_id is not None else "connection"
+        data = await self.get(f"/api/v2/workspaceagents/{where}")
         return ConnectionInfo(rewrite_derp_map(data.get("derp_map") or {}, self.credentials.url),
                               bool(data.get("derp_force_websockets")),
                               bool(data.get("disable_direct_connections")))

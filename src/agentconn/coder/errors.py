@@ -12,17 +12,17 @@ from __future__ import annotations
 from ..errors import AgentConnError
 
 __all__ = [
+    "DrpcClosedError",
     "DrpcError",
     "DrpcProtocolError",
-    "DrpcClosedError",
     "ProtobufError",
     "YamuxError",
+    "YamuxGoAway",
+    "YamuxKeepaliveTimeout",
     "YamuxProtocolError",
     "YamuxSessionClosed",
     "YamuxStreamClosed",
     "YamuxStreamReset",
-    "YamuxKeepaliveTimeout",
-    "YamuxGoAway",
 ]
 
 

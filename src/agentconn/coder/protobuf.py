@@ -18,18 +18,19 @@ Rules, as protobuf-go applies them:
   singular scalar wins; several occurrences of a singular sub-message are merged (their
   encodings concatenated); strings must be valid UTF-8.
 * Anything else — truncated input, wire types 6/7, field number 0 or above 2**29−1, a varint
-  longer than 10 bytes or overflowing 64 bits, an unbalanced group — raises
+  overflowing 64 bits (or longer than 10 bytes), an unbalanced group — raises
   :class:`ProtobufError`. Nothing else escapes a decoder.
 """
 
 from __future__ import annotations
 
+import builtins
 import math
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import Enum, IntEnum
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Self, TypeVar
 
 from .errors import ProtobufError
 
@@ -84,7 +85,8 @@ def _append_varint(out: bytearray, value: int) -> None:
 def decode_varint(data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
     """``(value, next_pos)`` of the varint at ``data[pos:]`` (protowire ``ConsumeVarint``).
 
-    Raises :class:`ProtobufError` if truncated, longer than 10 bytes or above 2**64−1.
+    Raises :class:`ProtobufError` if truncated or above 2**64−1 (which covers more than 10
+    bytes: the 10th may only be 0 or 1).
     """
     value = 0
     shift = 0
@@ -99,9 +101,7 @@ def decode_varint(data: bytes | memoryview, pos: int = 0) -> tuple[int, int]:
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
             return value, pos
-        shift += 7
-        if shift > 63:
-            raise ProtobufError("varint longer than 10 bytes")
+        shift += 7  # the 10th byte (shift 63) is at most 1, so it always ends the varint
 
 
 def zigzag_encode(value: int) -> int:
@@ -238,8 +238,8 @@ class Field:
     type: FieldType
     repeated: bool = False
     map_key: FieldType | None = None
-    message: type[Message] | None = None
-    enum: type[IntEnum] | None = None
+    message: builtins.type[Message] | None = None
+    enum: builtins.type[IntEnum] | None = None
 
 
 M = TypeVar("M", bound="Message")
@@ -256,7 +256,7 @@ class Message:
         return encode_message(self)
 
     @classmethod
-    def decode(cls: type[M], data: bytes | memoryview) -> M:
+    def decode(cls, data: bytes | memoryview) -> Self:
         """Parse ``data``; raises :class:`ProtobufError` if it is malformed."""
         return decode_message(cls, data)
 
@@ -422,4 +422,3 @@ def decode_message(cls: type[M], data: bytes | memoryview) -> M:
         elif field.repeated and field.map_key is None:
             values[field.name] = tuple(values[field.name])
     return cls(**values)
-

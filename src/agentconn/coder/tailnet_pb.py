@@ -266,9 +266,7 @@ class HomeParams(Message):
     """``DERPMap.HomeParams``: region id → score."""
 
     region_score: dict[int, float] = field(default_factory=dict, hash=False)
-    FIELDS: ClassVar[tuple[Field, ...]] = (
-        Field(1, "region_score", T.DOUBLE, map_key=T.INT64),
-    )
+    FIELDS: ClassVar[tuple[Field, ...]] = (Field(1, "region_score", T.DOUBLE, map_key=T.INT64),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,4 +286,3 @@ class StreamDERPMapsRequest(Message):
     """The (empty) request of ``StreamDERPMaps``."""
 
     FIELDS: ClassVar[tuple[Field, ...]] = ()
-

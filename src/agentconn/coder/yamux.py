@@ -315,6 +315,8 @@ class _Stream:
     send_buffer: bytearray = field(default_factory=bytearray)
     eof_requested: bool = False  # send_eof called; FIN leaves when send_buffer is empty
     remote_fin: bool = False
+    ack_owed: bool = False  # opened by the peer and our ACK has not left yet
+    awaiting_ack: bool = False  # opened by us and the peer's ACK has not come yet
 
 
 # --- the session ---------------------------------------------------------------------------
@@ -406,7 +408,7 @@ class Session:
         if stream_id >= _MAX_STREAM_ID - 1:
             raise YamuxError("streams exhausted")
         self._next_stream_id += 2
-        stream = _Stream(stream_id, StreamState.SYN_SENT)
+        stream = _Stream(stream_id, StreamState.SYN_SENT, awaiting_ack=True)
         self._streams[stream_id] = stream
         self._grant_initial_window(stream, Flag.SYN)
         return stream_id
@@ -493,10 +495,11 @@ class Session:
             self._terminate(None)
 
     def close(self) -> None:
-        """End the session locally (Go's ``Session.Close``: no GoAway is sent). Emits
-        :class:`ConnectionTerminated` with ``error=None``; the caller closes the transport."""
+        """End the session locally (Go's ``Session.Close``: no GoAway is sent). Data already
+        queued is still returned by :meth:`data_to_send` (send it, then close the transport).
+        Emits :class:`ConnectionTerminated` with ``error=None``."""
         if not self._terminated:
-            self._terminate(None)
+            self._terminate(None, flush=True)
 
     # --- input -----------------------------------------------------------------------------
 
@@ -523,7 +526,7 @@ class Session:
                     continue
                 if end - pos < HEADER_SIZE:
                     break
-                header = Header.parse(memoryview(buf)[pos : pos + HEADER_SIZE])
+                header = Header.parse(bytes(buf[pos : pos + HEADER_SIZE]))
                 pos += HEADER_SIZE
                 self.stats.frames_received += 1
                 self._process_header(header)
@@ -600,8 +603,10 @@ class Session:
 
     def _process_flags(self, stream: _Stream, flags: Flag) -> None:
         """Go ``processFlags``: ACK establishes, FIN half-closes, RST resets."""
-        if flags & Flag.ACK and stream.state is StreamState.SYN_SENT:
-            stream.state = StreamState.ESTABLISHED
+        if flags & Flag.ACK and stream.awaiting_ack:
+            stream.awaiting_ack = False
+            if stream.state is StreamState.SYN_SENT:
+                stream.state = StreamState.ESTABLISHED
             self._events.append(StreamEstablished(stream.id))
         if flags & Flag.FIN:
             if stream.state in (
@@ -642,7 +647,7 @@ class Session:
             self.stats.streams_refused += 1
             self._queue(FrameType.WINDOW_UPDATE, Flag.RST, stream_id, 0)
             return
-        self._streams[stream_id] = _Stream(stream_id, StreamState.SYN_RECEIVED)
+        self._streams[stream_id] = _Stream(stream_id, StreamState.SYN_RECEIVED, ack_owed=True)
         self._pending_accept[stream_id] = None
         self._events.append(StreamOpened(stream_id))
 
@@ -663,10 +668,11 @@ class Session:
             self._remote_go_away = True
             self._events.append(GoAwayReceived(code))
             return
-        message = {
+        messages: dict[int, str] = {
             GoAwayCode.PROTOCOL_ERROR: "yamux protocol error",
             GoAwayCode.INTERNAL_ERROR: "remote yamux internal error",
-        }.get(code, "unexpected go away received")
+        }
+        message = messages.get(code, "unexpected go away received")
         self._terminate(YamuxGoAway(f"{message} (GoAway code {code})", code))
 
     # --- timers ----------------------------------------------------------------------------
@@ -756,10 +762,16 @@ class Session:
             stream.state = StreamState.LOCAL_CLOSE
 
     def _send_flags(self, stream: _Stream) -> Flag:
-        """Go ``sendFlags``: the first frame of a stream the peer opened carries ACK."""
+        """Go ``sendFlags``: the first frame of a stream the peer opened carries ACK.
+
+        Unlike Go we owe the ACK even when the peer's FIN came first (Go would then send
+        none, and a newer Go opener gives up on the whole session after StreamOpenTimeout).
+        """
         if stream.state is StreamState.SYN_RECEIVED:
-            self._pending_accept.pop(stream.id, None)
             stream.state = StreamState.ESTABLISHED
+        if stream.ack_owed:
+            stream.ack_owed = False
+            self._pending_accept.pop(stream.id, None)
             return Flag.ACK
         return Flag.NONE
 
@@ -812,11 +824,14 @@ class Session:
         self._send_go_away(GoAwayCode.PROTOCOL_ERROR)
         self._terminate(error)
 
-    def _terminate(self, error: YamuxError | None) -> None:
+    def _terminate(self, error: YamuxError | None, *, flush: bool = False) -> None:
+        """End the session. With ``flush`` (a local close), data already given to
+        :meth:`send_data` still leaves with the next :meth:`data_to_send`."""
         self._terminated = True
         self._keepalive = None
         self._user_pings.clear()
         self._next_keepalive_at = None
-        self._ready.clear()
+        if not flush:
+            self._ready.clear()
         self._payload_remaining = 0
         self._events.append(ConnectionTerminated(error))

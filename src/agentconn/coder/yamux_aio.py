@@ -21,6 +21,7 @@ import asyncio
 import logging
 from collections import deque
 from types import TracebackType
+from typing import Self
 
 from ..web.websocket import WebSocket
 from .errors import (
@@ -44,7 +45,14 @@ from .yamux import (
     StreamReset,
 )
 
-__all__ = ["YamuxSession", "YamuxStream", "yamux_over_streams", "yamux_over_websocket"]
+__all__ = [
+    "Config",
+    "Role",
+    "YamuxSession",
+    "YamuxStream",
+    "yamux_over_streams",
+    "yamux_over_websocket",
+]
 
 log = logging.getLogger(__name__)
 
@@ -213,7 +221,7 @@ class YamuxStream:
 
     async def wait_closed(self) -> None:
         """Kept for StreamWriter-like callers: nothing to wait for after :meth:`close`."""
-        return None
+        return
 
 
 class YamuxSession:
@@ -247,9 +255,7 @@ class YamuxSession:
         self._write_event = asyncio.Event()
         self._shutdown_task: asyncio.Task[None] | None = None
         self._reader = self._loop.create_task(self._read_loop(), name=f"yamux-{role.value}-read")
-        self._writer = self._loop.create_task(
-            self._write_loop(), name=f"yamux-{role.value}-write"
-        )
+        self._writer = self._loop.create_task(self._write_loop(), name=f"yamux-{role.value}-write")
         self._rearm_timer()  # the first keepalive
 
     # --- public API ------------------------------------------------------------------------
@@ -332,7 +338,7 @@ class YamuxSession:
         """Wait until the session ended and the pipe is closed."""
         await asyncio.shield(self._closed)
 
-    async def __aenter__(self) -> YamuxSession:
+    async def __aenter__(self) -> Self:
         return self
 
     async def __aexit__(
@@ -369,7 +375,7 @@ class YamuxSession:
                     await self._pipe.write(data)
                 except asyncio.CancelledError:
                     raise
-                except Exception as exc:  # OSError, web ConnectionClosed…: the pipe is gone
+                except Exception as exc:  # noqa: BLE001 - OSError, ConnectionClosed…: pipe gone
                     log.debug("yamux %s: pipe write failed: %r", self.role.value, exc)
                     self._fatal(exc)
                     return
@@ -396,7 +402,7 @@ class YamuxSession:
                     pass
             try:
                 await self._pipe.close()
-            except Exception as exc:  # closing a broken transport: nothing left to do
+            except Exception as exc:  # noqa: BLE001 - closing a broken transport
                 log.debug("yamux %s: pipe close: %r", self.role.value, exc)
         finally:
             if not self._closed.done():
@@ -475,7 +481,9 @@ class YamuxSession:
 
     def _closed_error(self, what: str) -> YamuxSessionClosed:
         reason = self._error
-        err = YamuxSessionClosed(f"{what}: yamux session closed" + (f" ({reason})" if reason else ""))
+        err = YamuxSessionClosed(
+            f"{what}: yamux session closed" + (f" ({reason})" if reason else "")
+        )
         err.__cause__ = reason
         return err
 

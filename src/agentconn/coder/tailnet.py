@@ -1,0 +1,477 @@
+"""A node of ours on a Coder tailnet: DERP relays and the coordinator, joined to a Tunnel.
+
+Theory of operation (coder-control-plane.md §1.7, §4.8–§4.10, §5.9, §6.4)
+--------------------------------------------------------------------------
+A :class:`TailnetNode` owns, for one :class:`~agentconn.aio.tunnel.Tunnel` whose WireGuard key
+is our node key:
+
+* **DERP.** A :class:`~agentconn.coder.derp.DerpPool` keeps our home region connected (the
+  ``preferred_derp`` we announce) and opens a peer's region on demand. Every peer is reached
+  through a *relay path* of the tunnel (``Tunnel.set_relay``): path number ↔ (region, peer node
+  key). Sealed WireGuard datagrams for a path go to one sender task that writes them to the
+  region's DERP connection; DERP packets that are not disco enter the tunnel with
+  ``receive_relayed``; disco pings are answered by a :class:`~agentconn.coder.disco.DiscoResponder`.
+* **Coordinator.** A session task dials the coordinate websocket (``version=2.0``), runs yamux
+  and the DRPC ``Coordinate`` and ``StreamDERPMaps`` calls, sends ``UpdateSelf`` with our node
+  (fresh node and disco keys, home region, our /128 as address and allowed IP, no endpoints)
+  and — in the client role — ``AddTunnel`` for each agent we want. Peer updates configure
+  WireGuard: a client programs an agent after ``READY_FOR_HANDSHAKE`` or 5 s after its NODE;
+  an agent programs a client as soon as its NODE arrives and answers ``ReadyForHandshake``.
+  ``DISCONNECTED`` removes the peer; ``LOST`` keeps it (live TCP connections keep working if
+  the peer comes back). When the websocket drops, the task reconnects with backoff, with the
+  same keys, and re-announces; the tunnel and its TCP connections are not touched. A DERP
+  reconnect (a new generation) re-announces too.
+* **Close.** ``Disconnect{}`` and a wait for the coordinator to close the stream, so the peer
+  sees a graceful ``DISCONNECTED`` rather than ``LOST``; then DERP and the websocket close.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import logging
+import ssl
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..aio.tunnel import Tunnel
+from ..errors import AgentConnError, ConfigError
+from ..proto.ports import agent_addresses
+from ..web.websocket import websocket_connect
+from ..wg.config import PeerConfig
+from .derp import Connected, DerpMap, DerpPool, PacketReceived
+from .disco import DiscoResponder
+from .keys import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic, random_node_id
+from .pipe import WebSocketPipe
+from .tailnet_pb import (
+    CoordinateRequest,
+    Node,
+    PeerUpdate,
+    PeerUpdateKind,
+    ReadyForHandshake,
+    Timestamp,
+    Tunnel as TunnelMsg,
+    UpdateSelf,
+)
+from .tailnet_rpc import CoordinateCall, TailnetClient
+from .yamux_aio import Role, yamux_over_websocket
+
+__all__ = ["CoordinateTarget", "TailnetNode", "TailnetError", "READY_FOR_HANDSHAKE_TIMEOUT"]
+
+log = logging.getLogger("agentconn.coder.tailnet")
+
+READY_FOR_HANDSHAKE_TIMEOUT = 5.0     # readyForHandshakeTimeout (§4.10)
+RECONNECT_BACKOFF = (0.1, 10.0)       # first and largest wait between coordinator dials
+Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class TailnetError(AgentConnError):
+    """The coordinator or the relays could not be used (what was tried is in the message)."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoordinateTarget:
+    """Where and how to dial the coordinate websocket."""
+
+    host: str
+    port: int
+    path: str
+    headers: dict[str, str]
+    ssl_context: ssl.SSLContext | None = None
+
+    async def open(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        if self.ssl_context is not None:
+            return await asyncio.open_connection(self.host, self.port, ssl=self.ssl_context,
+                                                 server_hostname=self.host)
+        return await asyncio.open_connection(self.host, self.port)
+
+
+@dataclass
+class _Peer:
+    """What we know of a peer from the coordinator."""
+
+    id: uuid.UUID
+    key: NodePublic | None = None
+    disco: DiscoPublic | None = None
+    region: int = 0
+    allowed: list[ipaddress.IPv6Network] = field(default_factory=list)
+    ready: bool = False                  # READY_FOR_HANDSHAKE seen (client role)
+    configured: NodePublic | None = None  # the key programmed into WireGuard
+    timer: asyncio.TimerHandle | None = None
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+
+
+class TailnetNode:
+    """Our node on a Coder tailnet (see module doc).
+
+    `tunnel`: a started Tunnel whose private key is `node_key`'s; `derp_map`: the map from the
+    connection info; `coordinate`: the websocket target; `role`: ``"client"`` (sends AddTunnel,
+    waits for READY_FOR_HANDSHAKE) or ``"agent"`` (answers ReadyForHandshake); `addresses`: the
+    /128s we announce (default: the tunnel's IPv6 addresses); `rewrite_derp_map`: applied to
+    streamed maps (Go JSON form).
+    """
+
+    def __init__(self, tunnel: Tunnel, node_key: NodePrivate, derp_map: DerpMap,
+                 coordinate: CoordinateTarget, *, role: str = "client",
+                 force_websockets: bool = False, addresses: Iterable[ipaddress.IPv6Address] = (),
+                 node_id: int | None = None,
+                 rewrite_derp_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                 ) -> None:
+        if role not in ("client", "agent"):
+            raise ValueError(f"role must be 'client' or 'agent', not {role!r}")
+        self.tunnel = tunnel
+        self.node_key = node_key
+        self.disco_key = DiscoPrivate.generate()
+        self.role = role
+        self.coordinate = coordinate
+        self.addresses = list(addresses) or [a for a in tunnel.addresses if a.version == 6]
+        self.node_id = node_id if node_id is not None else random_node_id()
+        #: Applied to every streamed DERP map (the client points the embedded relay at the
+        #: URL it uses, as Go's RewriteDERPMapDefaultRelay does).
+        self.rewrite_derp_map = rewrite_derp_map
+        self.pool = DerpPool(node_key, derp_map, force_websockets=force_websockets)
+        self.disco = DiscoResponder(self.disco_key, node_key.public)
+        self.peers: dict[uuid.UUID, _Peer] = {}
+        self.wanted: set[uuid.UUID] = set()           # agents we AddTunnel to (client role)
+        self.counters = {"coordinator_connects": 0, "coordinator_drops": 0, "derp_in": 0,
+                         "derp_out": 0, "derp_send_dropped": 0, "disco_in": 0,
+                         "node_updates": 0}
+        self._paths: dict[tuple[int, bytes], int] = {}
+        self._path_of: dict[int, tuple[int, NodePublic]] = {}
+        self._out: deque[tuple[int, bytes]] = deque()
+        self._out_ready = asyncio.Event()
+        self._call: CoordinateCall | None = None
+        self._connected = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._first_error: BaseException | None = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def home_region(self) -> int:
+        return self.pool.home_region
+
+    async def start(self, timeout: float = 30.0) -> None:
+        """Connect the home DERP region and the coordinator. Raises TailnetError naming the
+        relay or the coordinator that could not be reached within `timeout` seconds."""
+        try:
+            async with asyncio.timeout(timeout):
+                await self.pool.start()
+        except TimeoutError:
+            raise TailnetError(f"DERP region {self.home_region} not reachable within "
+                               f"{timeout:g} s") from None
+        except OSError as exc:
+            raise TailnetError(f"DERP region {self.home_region} not reachable: {exc}") from None
+        self.tunnel.set_relay(self._relay_send)
+        self._tasks = [asyncio.create_task(self._derp_reader(), name="tailnet-derp-in"),
+                       asyncio.create_task(self._derp_sender(), name="tailnet-derp-out"),
+                       asyncio.create_task(self._coordinate_loop(), name="tailnet-coordinate")]
+        try:
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
+        except TimeoutError:
+            error = self._first_error
+            await self.close()
+            raise TailnetError(f"coordinator at {self.coordinate.host}:{self.coordinate.port} "
+                               f"not usable within {timeout:g} s"
+                               + (f": {error}" if error else "")) from None
+
+    async def close(self) -> None:
+        """Leave gracefully (Disconnect), then close the coordinator session and DERP."""
+        if self._closing:
+            return
+        self._closing = True
+        call = self._call
+        if call is not None:
+            with contextlib.suppress(Exception):
+                await call.disconnect(timeout=2.0)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for peer in self.peers.values():
+            if peer.timer is not None:
+                peer.timer.cancel()
+            for waiter in peer.waiters:
+                if not waiter.done():
+                    waiter.set_exception(TailnetError("tailnet node closed"))
+        self.tunnel.set_relay(None)
+        await self.pool.close()
+
+    # -- peers ----------------------------------------------------------------------------------
+
+    async def add_agent(self, agent_id: uuid.UUID, timeout: float = 30.0) -> None:
+        """Open a tunnel to an agent (client role) and wait until WireGuard knows it. Raises
+        TailnetError when the coordinator gives no node for it within `timeout` seconds."""
+        peer = self.peers.setdefault(agent_id, _Peer(agent_id))
+        if agent_id not in self.wanted:
+            self.wanted.add(agent_id)
+            await self._send(CoordinateRequest(add_tunnel=TunnelMsg.to(agent_id)))
+        if peer.configured is not None:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        peer.waiters.append(waiter)
+        try:
+            async with asyncio.timeout(timeout):
+                await waiter
+        except TimeoutError:
+            raise TailnetError(f"the coordinator sent no node for agent {agent_id} within "
+                               f"{timeout:g} s: is the agent connected?") from None
+
+    async def remove_agent(self, agent_id: uuid.UUID) -> None:
+        """Close the tunnel to an agent (RemoveTunnel) and forget its peer."""
+        if agent_id in self.wanted:
+            self.wanted.discard(agent_id)
+            await self._send(CoordinateRequest(remove_tunnel=TunnelMsg.to(agent_id)))
+        self._forget(agent_id)
+
+    def _node(self) -> Node:
+        prefixes = tuple(f"{a}/128" for a in self.addresses)
+        return Node(id=self.node_id, as_of=Timestamp.from_time(time.time()),
+                    key=self.node_key.public.to_binary(), disco=str(self.disco_key.public),
+                    preferred_derp=self.home_region, addresses=prefixes, allowed_ips=prefixes)
+
+    async def _send(self, request: CoordinateRequest) -> None:
+        call = self._call
+        if call is not None:
+            try:
+                await call.send(request)
+            except Exception as exc:       # the session loop notices and reconnects
+                log.debug("coordinator send failed: %s", exc)
+
+    def _on_update(self, update: PeerUpdate) -> None:
+        peer_id = update.uuid
+        kind = update.kind
+        if kind == PeerUpdateKind.NODE and update.node is not None:
+            self.counters["node_updates"] += 1
+            self._on_node(peer_id, update.node)
+        elif kind == PeerUpdateKind.READY_FOR_HANDSHAKE:
+            peer = self.peers.setdefault(peer_id, _Peer(peer_id))
+            peer.ready = True
+            if peer.key is not None:
+                self._configure(peer)
+        elif kind == PeerUpdateKind.DISCONNECTED:
+            log.info("peer %s disconnected (%s)", peer_id, update.reason)
+            self._forget(peer_id)
+        elif kind == PeerUpdateKind.LOST:
+            log.info("peer %s lost (%s); keeping it", peer_id, update.reason)
+
+    def _on_node(self, peer_id: uuid.UUID, node: Node) -> None:
+        try:
+            key = NodePublic.from_binary(node.key)
+            disco = DiscoPublic.parse(node.disco)
+            allowed = [ipaddress.ip_network(p) for p in node.allowed_ips or node.addresses]
+        except (ValueError, AgentConnError) as exc:
+            log.warning("ignoring node of peer %s: %s", peer_id, exc)
+            return
+        if node.preferred_derp == 0:
+            log.warning("ignoring node of peer %s: no preferred DERP region", peer_id)
+            return
+        peer = self.peers.setdefault(peer_id, _Peer(peer_id))
+        if peer.key is not None and peer.key != key:
+            peer.ready = False                     # a restarted peer: new key, new handshake
+        peer.key, peer.disco, peer.region = key, disco, node.preferred_derp
+        peer.allowed = [n for n in allowed if isinstance(n, ipaddress.IPv6Network)]
+        self.disco.add_peer(disco, key)
+        if self.role == "agent":
+            self._configure(peer)
+            asyncio.get_running_loop().create_task(self._send(CoordinateRequest(
+                ready_for_handshake=(ReadyForHandshake(id=peer_id.bytes),))))
+        elif peer.ready:
+            self._configure(peer)
+        elif peer.timer is None:
+            peer.timer = asyncio.get_running_loop().call_later(
+                READY_FOR_HANDSHAKE_TIMEOUT, self._configure, peer)
+
+    def _configure(self, peer: _Peer) -> None:
+        """Program the peer into WireGuard, reached through its DERP region."""
+        if peer.timer is not None:
+            peer.timer.cancel()
+            peer.timer = None
+        if peer.key is None:
+            return
+        tunnel = self.tunnel
+        if peer.configured is not None and peer.configured != peer.key:
+            with contextlib.suppress(ConfigError):
+                tunnel.remove_peer(bytes(peer.configured))
+            peer.configured = None
+        if peer.configured is None:
+            tunnel.add_peer(PeerConfig(public_key=bytes(peer.key), allowed_ips=peer.allowed))
+            peer.configured = peer.key
+        tunnel.set_peer_relay(bytes(peer.key), self._path(peer.region, peer.key))
+        for waiter in peer.waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        peer.waiters.clear()
+
+    def _forget(self, peer_id: uuid.UUID) -> None:
+        peer = self.peers.pop(peer_id, None)
+        if peer is None:
+            return
+        if peer.timer is not None:
+            peer.timer.cancel()
+        if peer.disco is not None:
+            self.disco.remove_peer(peer.disco)
+        if peer.configured is not None:
+            with contextlib.suppress(ConfigError):
+                self.tunnel.remove_peer(bytes(peer.configured))
+
+    # -- DERP -----------------------------------------------------------------------------------
+
+    def _path(self, region: int, key: NodePublic) -> int:
+        path = self._paths.get((region, bytes(key)))
+        if path is None:
+            path = len(self._path_of) + 1
+            self._paths[(region, bytes(key))] = path
+            self._path_of[path] = (region, key)
+        return path
+
+    def _relay_send(self, items: list[tuple[int, bytes]]) -> None:
+        self._out.extend(items)
+        self._out_ready.set()
+
+    async def _derp_sender(self) -> None:
+        out, pool = self._out, self.pool
+        while True:
+            await self._out_ready.wait()
+            self._out_ready.clear()
+            while out:
+                path, datagram = out.popleft()
+                target = self._path_of.get(path)
+                if target is None:
+                    continue
+                try:
+                    if await pool.send(target[0], bytes(target[1]), datagram):
+                        self.counters["derp_out"] += 1
+                    else:
+                        self.counters["derp_send_dropped"] += 1
+                except (AgentConnError, OSError) as exc:
+                    self.counters["derp_send_dropped"] += 1
+                    log.debug("DERP send to region %d failed: %s", target[0], exc)
+
+    async def _derp_reader(self) -> None:
+        pool, tunnel, disco = self.pool, self.tunnel, self.disco
+        loop = asyncio.get_running_loop()
+        while True:
+            region, event = await pool.next_event()
+            if isinstance(event, PacketReceived):
+                src = NodePublic(event.src)
+                if disco.receive_derp_packet(src, event.data, region, loop.time()):
+                    self.counters["disco_in"] += 1
+                    for to_region, dst, packet in disco.packets_to_send():
+                        await pool.send(to_region, bytes(dst), packet)
+                    continue
+                self.counters["derp_in"] += 1
+                tunnel.receive_relayed(self._path(region, src), event.data)
+            elif isinstance(event, Connected) and event.generation > 1:
+                log.info("DERP region %d reconnected; announcing our node again", region)
+                loop.create_task(self._send(CoordinateRequest(
+                    update_self=UpdateSelf(node=self._node()))))
+
+    # -- coordinator ----------------------------------------------------------------------------
+
+    async def _coordinate_loop(self) -> None:
+        delay = RECONNECT_BACKOFF[0]
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._coordinate_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                if self._first_error is None:
+                    self._first_error = exc
+                log.info("coordinator session ended: %s", exc)
+            self._call = None
+            if self._closing:
+                return
+            self.counters["coordinator_drops"] += 1
+            if time.monotonic() - started > 30:
+                delay = RECONNECT_BACKOFF[0]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_BACKOFF[1])
+
+    async def _coordinate_once(self) -> None:
+        target = self.coordinate
+        reader, writer = await target.open()
+        default = target.port == (443 if target.ssl_context is not None else 80)
+        host = target.host if default else f"{target.host}:{target.port}"
+        ws = await websocket_connect(reader, writer, host, target.path,
+                                     headers=target.headers, compression=False,
+                                     max_message_size=1 << 30)
+        session = yamux_over_websocket(ws, Role.CLIENT)
+        try:
+            tailnet = TailnetClient(session)
+            call = await tailnet.coordinate()
+            maps = await tailnet.stream_derp_maps()
+            self._call = call
+            self.counters["coordinator_connects"] += 1
+            await call.send(CoordinateRequest(update_self=UpdateSelf(node=self._node())))
+            for agent_id in sorted(self.wanted):
+                await call.send(CoordinateRequest(add_tunnel=TunnelMsg.to(agent_id)))
+            self._connected.set()
+            map_task = asyncio.create_task(self._derp_maps(maps), name="tailnet-derp-maps")
+            try:
+                while (response := await call.recv()) is not None:
+                    if response.error:
+                        log.warning("coordinator: %s", response.error)
+                    for update in response.peer_updates:
+                        self._on_update(update)
+            finally:
+                map_task.cancel()
+                await asyncio.gather(map_task, return_exceptions=True)
+            if not self._closing:
+                raise TailnetError("the coordinator closed the Coordinate stream")
+        finally:
+            with contextlib.suppress(Exception):
+                await session.close()
+
+    async def _derp_maps(self, maps: Any) -> None:
+        while (derp_map := await maps.recv()) is not None:
+            log.debug("new DERP map with %d regions", len(derp_map.regions))
+            data = derp_map_json(derp_map)
+            if self.rewrite_derp_map is not None:
+                data = self.rewrite_derp_map(data)
+            try:
+                self.pool.update_map(DerpMap.from_json(data))
+            except (AgentConnError, ValueError, KeyError) as exc:
+                log.warning("ignoring a DERP map from the coordinator: %s", exc)
+
+    def stats(self) -> dict[str, Any]:
+        """Counters, the home region and the peers with their regions and states."""
+        return {**self.counters, "home_region": self.home_region,
+                "peers": {str(p.id): {"region": p.region, "ready": p.ready,
+                                      "configured": p.configured is not None}
+                          for p in self.peers.values()}}
+
+
+def agent_node_addresses(agent_id: uuid.UUID) -> list[ipaddress.IPv6Address]:
+    """The /128s an agent announces (its Tailscale and Coder service addresses)."""
+    return list(agent_addresses(agent_id))
+
+
+_NODE_FIELDS = (("name", "Name"), ("region_id", "RegionID"), ("host_name", "HostName"),
+                ("cert_name", "CertName"), ("ipv4", "IPv4"), ("ipv6", "IPv6"),
+                ("stun_port", "STUNPort"), ("stun_only", "STUNOnly"), ("derp_port", "DERPPort"),
+                ("insecure_for_tests", "InsecureForTests"), ("force_http", "ForceHTTP"),
+                ("stun_test_ip", "STUNTestIP"), ("can_port_80", "CanPort80"))
+
+
+def derp_map_json(derp_map: Any) -> dict[str, Any]:
+    """A streamed DERPMap message in the Go JSON form of the connection info (§4.5 mirrors
+    §1.5 field for field, ``tailnet/convert.go``)."""
+    regions: dict[str, Any] = {}
+    for region_id, region in derp_map.regions.items():
+        regions[str(region_id)] = {
+            "RegionID": region.region_id, "EmbeddedRelay": region.embedded_relay,
+            "RegionCode": region.region_code, "RegionName": region.region_name,
+            "Avoid": region.avoid,
+            "Nodes": [{json: getattr(node, attr) for attr, json in _NODE_FIELDS
+                       if hasattr(node, attr)} for node in region.nodes]}
+    scores = derp_map.home_params.region_score if derp_map.home_params is not None else {}
+    return {"HomeParams": {"RegionScore": {str(k): v for k, v in scores.items()}},
+            "Regions": regions}
