@@ -919,9 +919,18 @@ class ControlPlane:
             return await self._coordinate_endpoint(
                 request, me, peer_id=me.id, name=me.name, kind="agent",
                 authorize=agent_authorizer(me.id), resume=False)
+        if path == "/api/v2/workspaceagents/connection" and self._authorized(request):
+            # the deployment-wide connection info (§1.5), for agents too (their manifest
+            # carries the DERP map in coderd; our Agent fetches it here with its token)
+            me = self._agent_by_token(request)
+            if isinstance(me, ServerResponse):
+                return me
+            return self._connection_info()
         denied = self._authorized(request)
         if denied is not None:
             return denied
+        if path == "/api/v2/workspaceagents/connection":
+            return self._connection_info()
         if m := re.fullmatch(r"/api/v2/users/([^/]+)/workspace/([^/]+)", path):
             owner = self.user if m[1] == "me" else m[1]
             for ws in self.workspaces:
@@ -937,15 +946,17 @@ class ControlPlane:
             if agent is None:
                 return coder_error(404, NOT_FOUND)
             if m[2] == "/connection":
-                return {"derp_map": self.derp_map(),
-                        "derp_force_websockets": self.derp_force_websockets,
-                        "disable_direct_connections": False, "hostname_suffix": "coder"}
+                return self._connection_info()
             if m[2] == "/coordinate":
                 return await self._coordinate_endpoint(
                     request, agent, peer_id=uuid.uuid4(), name="client", kind="client",
                     authorize=client_authorizer(agent.id), resume=True)
             return agent.json()
         return coder_error(404, "Route not found.")
+
+    def _connection_info(self) -> dict[str, Any]:
+        return {"derp_map": self.derp_map(), "derp_force_websockets": self.derp_force_websockets,
+                "disable_direct_connections": False, "hostname_suffix": "coder"}
 
     async def _coordinate_endpoint(self, request: Request, agent: FakeAgent, *,
                                    peer_id: uuid.UUID, name: str, kind: str,

@@ -17,7 +17,7 @@ import pytest
 
 import agentconn.coder
 from agentconn.agent import Agent, AgentOptions
-from agentconn.coder.dial import _deployments, close_all
+from agentconn.coder.deployment import _deployments, close_all
 from agentconn.coder.keys import NodePrivate
 from agentconn.wg.config import InterfaceConfig
 from controlplane import TOKEN, ControlPlane
@@ -154,7 +154,7 @@ async def test_agent_restart_with_a_new_key_is_followed(tmp_path: Path) -> None:
 
 
 async def test_many_dials_share_one_deployment(tmp_path: Path) -> None:
-    names = [f"ws{i}" for i in range(10)]
+    names = [f"ws{i}" for i in range(20)]
     async with plane_with_agents(tmp_path, *names) as (plane, agents):
         conns = await asyncio.gather(*(agentconn.coder.dial(n, url=plane.url, token=TOKEN)
                                        for n in names))
@@ -163,8 +163,11 @@ async def test_many_dials_share_one_deployment(tmp_path: Path) -> None:
             assert len(results) == len(names)
             assert len(_deployments) == 1
             deployment = next(iter(_deployments.values()))
-            assert deployment.node.counters["coordinator_connects"] == 1
+            # one tunnel and one DERP connection for all; one coordinator session per agent,
+            # because coderd authorizes a client's session for the agent in its URL
+            assert deployment.node.counters["coordinator_connects"] == len(names)
             assert list(deployment.node.pool.clients) == [deployment.node.home_region]
+            assert all(c._tunnel is deployment.tunnel for c in conns)
             assert deployment.leases == len(names)
         finally:
             for c in conns:

@@ -41,6 +41,7 @@ from typing import Any
 from ..aio.tunnel import Tunnel
 from ..errors import AgentConnError, ConfigError
 from ..proto.ports import agent_addresses
+from ..web.errors import WebSocketRejected
 from ..web.websocket import websocket_connect
 from ..wg.config import PeerConfig
 from .derp import Connected, DerpMap, DerpPool, PacketReceived
@@ -128,6 +129,8 @@ class TailnetNode:
         self.disco_key = DiscoPrivate.generate()
         self.role = role
         self.coordinate = coordinate
+        #: Coordinator sessions: the node's own (agent role) or one per agent (client role).
+        self.sessions: dict[uuid.UUID | None, CoordinatorSession] = {}
         self.addresses = list(addresses) or [a for a in tunnel.addresses if a.version == 6]
         self.node_id = node_id if node_id is not None else random_node_id()
         #: Applied to every streamed DERP map (the client points the embedded relay at the
@@ -136,7 +139,6 @@ class TailnetNode:
         self.pool = DerpPool(node_key, derp_map, force_websockets=force_websockets)
         self.disco = DiscoResponder(self.disco_key, node_key.public)
         self.peers: dict[uuid.UUID, _Peer] = {}
-        self.wanted: set[uuid.UUID] = set()           # agents we AddTunnel to (client role)
         self.counters = {"coordinator_connects": 0, "coordinator_drops": 0, "derp_in": 0,
                          "derp_out": 0, "derp_send_dropped": 0, "disco_in": 0,
                          "node_updates": 0}
@@ -144,11 +146,8 @@ class TailnetNode:
         self._path_of: dict[int, tuple[int, NodePublic]] = {}
         self._out: deque[tuple[int, bytes]] = deque()
         self._out_ready = asyncio.Event()
-        self._call: CoordinateCall | None = None
-        self._connected = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
-        self._first_error: BaseException | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -169,27 +168,34 @@ class TailnetNode:
             raise TailnetError(f"DERP region {self.home_region} not reachable: {exc}") from None
         self.tunnel.set_relay(self._relay_send)
         self._tasks = [asyncio.create_task(self._derp_reader(), name="tailnet-derp-in"),
-                       asyncio.create_task(self._derp_sender(), name="tailnet-derp-out"),
-                       asyncio.create_task(self._coordinate_loop(), name="tailnet-coordinate")]
-        try:
-            async with asyncio.timeout(timeout):
-                await self._connected.wait()
-        except TimeoutError:
-            error = self._first_error
-            await self.close()
-            raise TailnetError(f"coordinator at {self.coordinate.host}:{self.coordinate.port} "
-                               f"not usable within {timeout:g} s"
-                               + (f": {error}" if error else "")) from None
+                       asyncio.create_task(self._derp_sender(), name="tailnet-derp-out")]
+        if self.role == "agent":
+            try:
+                await self._session(None, self.coordinate, timeout)
+            except BaseException:
+                await self.close()
+                raise
+
+    async def _session(self, key: uuid.UUID | None, target: CoordinateTarget,
+                       timeout: float) -> CoordinatorSession:
+        session = self.sessions.get(key)
+        if session is None:
+            session = CoordinatorSession(self, target, key)
+            self.sessions[key] = session
+            try:
+                await session.start(timeout)
+            except BaseException:
+                self.sessions.pop(key, None)
+                raise
+        return session
 
     async def close(self) -> None:
         """Leave gracefully (Disconnect), then close the coordinator session and DERP."""
         if self._closing:
             return
         self._closing = True
-        call = self._call
-        if call is not None:
-            with contextlib.suppress(Exception):
-                await call.disconnect(timeout=2.0)
+        await asyncio.gather(*(session.close() for session in self.sessions.values()),
+                             return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -204,13 +210,13 @@ class TailnetNode:
 
     # -- peers ----------------------------------------------------------------------------------
 
-    async def add_agent(self, agent_id: uuid.UUID, timeout: float = 30.0) -> None:
-        """Open a tunnel to an agent (client role) and wait until WireGuard knows it. Raises
-        TailnetError when the coordinator gives no node for it within `timeout` seconds."""
+    async def add_agent(self, agent_id: uuid.UUID, target: CoordinateTarget | None = None,
+                        timeout: float = 30.0) -> None:
+        """Open a tunnel to an agent (client role) through the coordinator session for it
+        (`target`, default the node's) and wait until WireGuard knows it. Raises TailnetError
+        when the coordinator refuses or gives no node for it within `timeout` seconds."""
         peer = self.peers.setdefault(agent_id, _Peer(agent_id))
-        if agent_id not in self.wanted:
-            self.wanted.add(agent_id)
-            await self._send(CoordinateRequest(add_tunnel=TunnelMsg.to(agent_id)))
+        await self._session(agent_id, target or self.coordinate, timeout)
         if peer.configured is not None:
             return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -224,31 +230,26 @@ class TailnetNode:
 
     async def remove_agent(self, agent_id: uuid.UUID) -> None:
         """Close the tunnel to an agent (RemoveTunnel) and forget its peer."""
-        if agent_id in self.wanted:
-            self.wanted.discard(agent_id)
-            await self._send(CoordinateRequest(remove_tunnel=TunnelMsg.to(agent_id)))
+        session = self.sessions.pop(agent_id, None)
+        if session is not None:
+            await session.send(CoordinateRequest(remove_tunnel=TunnelMsg.to(agent_id)))
+            await session.close()
         self._forget(agent_id)
 
-    def _node(self) -> Node:
+    def node(self) -> Node:
+        """Our node as we announce it (UpdateSelf)."""
         prefixes = tuple(f"{a}/128" for a in self.addresses)
         return Node(id=self.node_id, as_of=Timestamp.from_time(time.time()),
                     key=self.node_key.public.to_binary(), disco=str(self.disco_key.public),
                     preferred_derp=self.home_region, addresses=prefixes, allowed_ips=prefixes)
 
-    async def _send(self, request: CoordinateRequest) -> None:
-        call = self._call
-        if call is not None:
-            try:
-                await call.send(request)
-            except Exception as exc:       # the session loop notices and reconnects
-                log.debug("coordinator send failed: %s", exc)
-
-    def _on_update(self, update: PeerUpdate) -> None:
+    def on_update(self, session: CoordinatorSession, update: PeerUpdate) -> None:
+        """A PeerUpdate from one of our coordinator sessions."""
         peer_id = update.uuid
         kind = update.kind
         if kind == PeerUpdateKind.NODE and update.node is not None:
             self.counters["node_updates"] += 1
-            self._on_node(peer_id, update.node)
+            self._on_node(session, peer_id, update.node)
         elif kind == PeerUpdateKind.READY_FOR_HANDSHAKE:
             peer = self.peers.setdefault(peer_id, _Peer(peer_id))
             peer.ready = True
@@ -260,7 +261,7 @@ class TailnetNode:
         elif kind == PeerUpdateKind.LOST:
             log.info("peer %s lost (%s); keeping it", peer_id, update.reason)
 
-    def _on_node(self, peer_id: uuid.UUID, node: Node) -> None:
+    def _on_node(self, session: CoordinatorSession, peer_id: uuid.UUID, node: Node) -> None:
         try:
             key = NodePublic.from_binary(node.key)
             disco = DiscoPublic.parse(node.disco)
@@ -279,7 +280,7 @@ class TailnetNode:
         self.disco.add_peer(disco, key)
         if self.role == "agent":
             self._configure(peer)
-            asyncio.get_running_loop().create_task(self._send(CoordinateRequest(
+            asyncio.get_running_loop().create_task(session.send(CoordinateRequest(
                 ready_for_handshake=(ReadyForHandshake(id=peer_id.bytes),))))
         elif peer.ready:
             self._configure(peer)
@@ -369,68 +370,12 @@ class TailnetNode:
                 tunnel.receive_relayed(self._path(region, src), event.data)
             elif isinstance(event, Connected) and event.generation > 1:
                 log.info("DERP region %d reconnected; announcing our node again", region)
-                loop.create_task(self._send(CoordinateRequest(
-                    update_self=UpdateSelf(node=self._node()))))
+                for session in list(self.sessions.values()):
+                    loop.create_task(session.send(CoordinateRequest(
+                        update_self=UpdateSelf(node=self.node()))))
 
-    # -- coordinator ----------------------------------------------------------------------------
-
-    async def _coordinate_loop(self) -> None:
-        delay = RECONNECT_BACKOFF[0]
-        while not self._closing:
-            started = time.monotonic()
-            try:
-                await self._coordinate_once()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
-                if self._first_error is None:
-                    self._first_error = exc
-                log.info("coordinator session ended: %s", exc)
-            self._call = None
-            if self._closing:
-                return
-            self.counters["coordinator_drops"] += 1
-            if time.monotonic() - started > 30:
-                delay = RECONNECT_BACKOFF[0]
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_BACKOFF[1])
-
-    async def _coordinate_once(self) -> None:
-        target = self.coordinate
-        reader, writer = await target.open()
-        default = target.port == (443 if target.ssl_context is not None else 80)
-        host = target.host if default else f"{target.host}:{target.port}"
-        ws = await websocket_connect(reader, writer, host, target.path,
-                                     headers=target.headers, compression=False,
-                                     max_message_size=1 << 30)
-        session = yamux_over_websocket(ws, Role.CLIENT)
-        try:
-            tailnet = TailnetClient(session)
-            call = await tailnet.coordinate()
-            maps = await tailnet.stream_derp_maps()
-            self._call = call
-            self.counters["coordinator_connects"] += 1
-            await call.send(CoordinateRequest(update_self=UpdateSelf(node=self._node())))
-            for agent_id in sorted(self.wanted):
-                await call.send(CoordinateRequest(add_tunnel=TunnelMsg.to(agent_id)))
-            self._connected.set()
-            map_task = asyncio.create_task(self._derp_maps(maps), name="tailnet-derp-maps")
-            try:
-                while (response := await call.recv()) is not None:
-                    if response.error:
-                        log.warning("coordinator: %s", response.error)
-                    for update in response.peer_updates:
-                        self._on_update(update)
-            finally:
-                map_task.cancel()
-                await asyncio.gather(map_task, return_exceptions=True)
-            if not self._closing:
-                raise TailnetError("the coordinator closed the Coordinate stream")
-        finally:
-            with contextlib.suppress(Exception):
-                await session.close()
-
-    async def _derp_maps(self, maps: Any) -> None:
+    async def follow_derp_maps(self, maps: Any) -> None:
+        """Apply every map a StreamDERPMaps call sends."""
         while (derp_map := await maps.recv()) is not None:
             log.debug("new DERP map with %d regions", len(derp_map.regions))
             data = derp_map_json(derp_map)
@@ -444,9 +389,138 @@ class TailnetNode:
     def stats(self) -> dict[str, Any]:
         """Counters, the home region and the peers with their regions and states."""
         return {**self.counters, "home_region": self.home_region,
+                "coordinator_sessions": len(self.sessions),
                 "peers": {str(p.id): {"region": p.region, "ready": p.ready,
                                       "configured": p.configured is not None}
                           for p in self.peers.values()}}
+
+
+class CoordinatorSession:
+    """One coordinate websocket (yamux → DRPC ``Coordinate`` + ``StreamDERPMaps``) of a node,
+    reconnected with backoff until closed. coderd authorizes a client's session for the one
+    agent in its URL, so a client holds one session per agent; an agent holds one."""
+
+    def __init__(self, node: TailnetNode, target: CoordinateTarget,
+                 agent_id: uuid.UUID | None) -> None:
+        self.node = node
+        self.target = target
+        self.agent_id = agent_id                 # the agent we AddTunnel to (client role)
+        self.connects = 0
+        self._call: CoordinateCall | None = None
+        self._send_lock = asyncio.Lock()
+        self._connected = asyncio.Event()
+        self._failed = asyncio.Event()           # a permanent refusal before the first session
+        self._first_error: str | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, timeout: float) -> None:
+        """Dial until the first session is up. Raises TailnetError (refused, or not within
+        `timeout` seconds) naming the coordinator and what it answered."""
+        self._task = asyncio.create_task(self._loop(), name="tailnet-coordinate")
+        where = f"coordinator at {self.target.host}:{self.target.port}"
+        waits = [asyncio.ensure_future(self._connected.wait()),
+                 asyncio.ensure_future(self._failed.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+        if not self._connected.is_set():
+            error = self._first_error
+            await self.close(graceful=False)
+            if self._failed.is_set():
+                raise TailnetError(f"{where} refused us: {error}")
+            raise TailnetError(f"{where} not usable within {timeout:g} s"
+                               + (f": {error}" if error else ""))
+
+    async def send(self, request: CoordinateRequest) -> None:
+        """Send one request on the live session (dropped while reconnecting: the next session
+        starts with UpdateSelf and AddTunnel again)."""
+        call = self._call
+        if call is not None:
+            try:
+                async with self._send_lock:      # one message at a time on the stream
+                    await call.send(request)
+            except Exception as exc:       # the session loop notices and reconnects
+                log.debug("coordinator send failed: %s", exc)
+
+    async def close(self, *, graceful: bool = True) -> None:
+        """Disconnect (graceful: the peer sees DISCONNECTED, not LOST) and stop."""
+        self._closing = True
+        call = self._call
+        if graceful and call is not None:
+            with contextlib.suppress(Exception):
+                await call.disconnect(timeout=2.0)
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        delay = RECONNECT_BACKOFF[0]
+        node = self.node
+        while not self._closing:
+            started = time.monotonic()
+            try:
+                await self._once()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - any failure means: reconnect
+                if self._first_error is None:
+                    self._first_error = _describe(exc)
+                log.info("coordinator session ended: %s", _describe(exc))
+                # 400/401/403/404/409 on the first dial are permanent (dialer.go)
+                if (not self._connected.is_set() and isinstance(exc, WebSocketRejected)
+                        and exc.status in (400, 401, 403, 404, 409)):
+                    self._failed.set()
+                    return
+            self._call = None
+            if self._closing:
+                return
+            node.counters["coordinator_drops"] += 1
+            if time.monotonic() - started > 30:
+                delay = RECONNECT_BACKOFF[0]
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_BACKOFF[1])
+
+    async def _once(self) -> None:
+        target, node = self.target, self.node
+        reader, writer = await target.open()
+        default = target.port == (443 if target.ssl_context is not None else 80)
+        host = target.host if default else f"{target.host}:{target.port}"
+        headers = {k: v for k, v in target.headers.items() if k.lower() != "host"}
+        ws = await websocket_connect(reader, writer, host, target.path,
+                                     headers=headers, compression=False,
+                                     max_message_size=1 << 30)
+        session = yamux_over_websocket(ws, Role.CLIENT)
+        try:
+            tailnet = TailnetClient(session)
+            call = await tailnet.coordinate()
+            maps = await tailnet.stream_derp_maps()
+            self._call = call
+            self.connects += 1
+            node.counters["coordinator_connects"] += 1
+            async with self._send_lock:
+                await call.send(CoordinateRequest(update_self=UpdateSelf(node=node.node())))
+                if self.agent_id is not None:
+                    await call.send(CoordinateRequest(add_tunnel=TunnelMsg.to(self.agent_id)))
+            self._connected.set()
+            map_task = asyncio.create_task(node.follow_derp_maps(maps),
+                                           name="tailnet-derp-maps")
+            try:
+                while (response := await call.recv()) is not None:
+                    if response.error:
+                        log.warning("coordinator: %s", response.error)
+                    for update in response.peer_updates:
+                        node.on_update(self, update)
+            finally:
+                map_task.cancel()
+                await asyncio.gather(map_task, return_exceptions=True)
+            if not self._closing:
+                raise TailnetError("the coordinator closed the Coordinate stream")
+        finally:
+            with contextlib.suppress(Exception):
+                await session.close()
 
 
 def agent_node_addresses(agent_id: uuid.UUID) -> list[ipaddress.IPv6Address]:
@@ -475,3 +549,19 @@ def derp_map_json(derp_map: Any) -> dict[str, Any]:
     scores = derp_map.home_params.region_score if derp_map.home_params is not None else {}
     return {"HomeParams": {"RegionScore": {str(k): v for k, v in scores.items()}},
             "Regions": regions}
+
+
+def _describe(exc: BaseException) -> str:
+    """An exception in one line; a refused websocket with coderd's message and detail."""
+    if isinstance(exc, WebSocketRejected):
+        try:
+            import orjson
+
+            body = orjson.loads(exc.body)
+            text = str(body.get("message", ""))
+            if body.get("detail"):
+                text += f": {body['detail']}"
+            return f"HTTP {exc.status}: {text}"
+        except Exception:  # noqa: BLE001 - any body: fall back to the status
+            return f"HTTP {exc.status}"
+    return str(exc) or type(exc).__name__

@@ -76,8 +76,11 @@ class Deployment:
         return cls(api, tunnel, node)
 
     async def connect(self, agent: AgentInfo, *, timeout: float = 30.0) -> AgentConn:
-        """An AgentConn lease to `agent` over this deployment's tunnel."""
-        await self.node.add_agent(agent.id, timeout)
+        """An AgentConn lease to `agent` over this deployment's tunnel (a coordinator session
+        for it: coderd authorizes each client session for the agent in its URL)."""
+        host, port, path, headers = self.api.coordinate_target(agent.id)
+        target = CoordinateTarget(host, port, path, headers, self.api.ssl_context)
+        await self.node.add_agent(agent.id, target, timeout)
         self.leases += 1
 
         async def release() -> None:
