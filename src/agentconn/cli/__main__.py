@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import sys
 from collections.abc import Sequence
 
@@ -15,6 +16,7 @@ from . import speedtest as speedtest_cli
 from . import ssh as ssh_cli
 from . import vnc as vnc_cli
 from ._runner import run_async
+from .target import EXIT_USAGE, add_target_arguments, agent_id_type, open_conn
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +31,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--megabytes", type=int, default=64,
                       help="size of the TCP bulk transfer (default 64)")
 
-    ping = sub.add_parser("ping", help="ping an address through a tunnel")
-    ping.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
+    ping = sub.add_parser(
+        "ping", help="ping a workspace agent (as `coder ping`), or an address through a tunnel",
+        description="agentconn ping WORKSPACE: TSMP pings to the workspace's agent, as `coder "
+                    "ping`. agentconn ping --config FILE --agent-id UUID: the same to an agent "
+                    "reached through a wg-quick file. agentconn ping --config FILE ADDRESS: "
+                    "ICMP (or --tsmp) pings to an address inside that tunnel.")
+    add_target_arguments(ping, positional=False)
     ping.add_argument("--count", "-n", type=int, default=4, help="number of pings (default 4)")
     ping.add_argument("--interval", "-i", type=float, default=1.0,
                       help="seconds between pings (default 1)")
@@ -39,15 +46,16 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--tsmp", action="store_true",
                       help="send TSMP pings (IP protocol 99, as Coder clients do) instead of ICMP")
     ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
-    ping.add_argument("--agent-id",
-                      help="ping this agent (TSMP, as `coder ping`: pong lines, then the peer "
-                           "diagnostics) instead of an address")
-    ping.add_argument("address", nargs="?", help="IPv4 or IPv6 address inside the tunnel")
+    ping.add_argument("address", nargs="?", metavar="WORKSPACE|ADDRESS",
+                      help="[owner/]workspace[.agent] or an agent UUID on the Coder deployment "
+                           "of CODER_URL and CODER_SESSION_TOKEN (or of 'coder login'); with "
+                           "--config and no --agent-id, an IPv4 or IPv6 address inside the "
+                           "tunnel")
 
     agent = sub.add_parser("agent", help="run a workspace agent serving the agent API on port 4")
     agent.add_argument("--config", "-c", required=True,
                        help="wg-quick configuration: the agent's key and its client peers")
-    agent.add_argument("--agent-id", required=True,
+    agent.add_argument("--agent-id", required=True, type=agent_id_type, metavar="UUID",
                        help="the agent UUID (its tunnel addresses derive from it)")
     agent.add_argument("--directory", help="the workspace working directory")
     agent.add_argument("--log-dir", help="where coder-agent.log goes (default ~/.agentconn)")
@@ -61,7 +69,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the desktop's size in pixels (default 1920x1080, depth 24)")
 
     pair = sub.add_parser("pair", help="write agent.conf and client.conf that reach each other")
-    pair.add_argument("--agent-id", required=True, help="the agent UUID")
+    pair.add_argument("--agent-id", required=True, type=agent_id_type, metavar="UUID",
+                      help="the agent UUID")
     pair.add_argument("--out", default=".", help="directory to write into (default .)")
     pair.add_argument("--port", type=int, default=51820, help="agent UDP port (default 51820)")
     pair.add_argument("--host", default="127.0.0.1",
@@ -80,18 +89,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+async def _ping_agent(args: argparse.Namespace) -> int:
+    """``agentconn ping WORKSPACE`` or ``--config FILE --agent-id UUID``: pongs as `coder ping`."""
+    conn = await open_conn(args)
+    try:
+        return await commands.ping_agent(
+            conn, name=args.workspace or f"agent {conn.agent_id}", quote=bool(args.workspace),
+            count=args.count, interval=args.interval, timeout=args.timeout)
+    finally:
+        await conn.close()
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "demo":
             return run_async(commands.demo(count=args.count, as_json=args.json,
                                            megabytes=args.megabytes))
-        if args.command == "ping" and args.agent_id:
-            return run_async(commands.ping_agent(
-                config=args.config, agent_id=args.agent_id, count=args.count,
-                interval=args.interval, timeout=args.timeout))
+        if args.command == "ping" and (args.config is None or args.agent_id is not None):
+            args.workspace = args.address
+            return run_async(_ping_agent(args))
         if args.command == "ping" and not args.address:
             print("agentconn ping: give an address or --agent-id", file=sys.stderr)
+            return 2
+        if args.command == "ping" and not _is_ip_address(args.address):
+            print(f"agentconn ping: {args.address!r} is not an IP address (with --config, "
+                  f"give an address inside the tunnel, or --agent-id UUID to ping the agent)",
+                  file=sys.stderr)
             return 2
         if args.command == "ping":
             return run_async(commands.ping(
@@ -104,7 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config,
                 desktop=args.desktop, desktop_geometry=args.desktop_geometry))
         if args.command == "pair":
-            return commands.pair(agent_id=args.agent_id, out_dir=args.out, port=args.port,
+            return commands.pair(agent_id=str(args.agent_id), out_dir=args.out, port=args.port,
                                  host=args.host)
         if args.command == "speedtest":
             return run_async(speedtest_cli.run(args))
@@ -127,8 +159,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(commands.pubkey(sys.stdin.read()))
             return 0
     except AgentConnError as exc:
+        # one line, no traceback; a TargetError (the target could not be named or reached)
+        # carries its own status: 2 for bad arguments, 1 for a failed connection
         print(f"agentconn {args.command}: {exc}", file=sys.stderr)
-        return 2
+        return int(getattr(exc, "exit_status", EXIT_USAGE))
     except KeyboardInterrupt:
         return 130
     return 2

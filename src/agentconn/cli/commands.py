@@ -299,42 +299,64 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     return 0
 
 
-async def ping_agent(*, config: str, agent_id: str, count: int, interval: float,
-                     timeout: float) -> int:
-    """``coder ping``-style: one ``pong from …`` line per reply, then the peer diagnostics.
-    Exit 0 if any pong came back."""
-    from ..aio.tunnel import Tunnel
-    from ..client.conn import AgentConn
+def format_rtt(seconds: float) -> str:
+    """A round-trip time as `coder ping` shows it (rounded to the millisecond: ``42ms``), with
+    three decimals below a millisecond, where rounding would print ``0ms``."""
+    ms = seconds * 1000
+    return f"{ms:.0f}ms" if ms >= 1 else f"{ms:.3f}ms"
 
-    async with Tunnel.from_config(config) as tunnel:
-        conn = AgentConn(tunnel, agent_id)
-        replies = 0
-        for seq in range(count):
-            started = time.monotonic()
-            try:
-                rtt, direct, _ = await conn.ping(timeout=timeout)
-            except PingTimeoutError:
-                print(f"ping to agent {agent_id} timed out after {timeout:g}s", flush=True)
-            except NoRouteError as exc:
-                print(f"agentconn ping: {exc}", file=sys.stderr)
-                return 2
-            else:
-                replies += 1
-                diag = conn.get_peer_diagnostics()
-                endpoint = (diag.get("peer") or {}).get("endpoint") or "?"
-                path = f"p2p via {endpoint}" if direct else "proxied"
-                print(f"pong from agent {agent_id} {path} in {rtt * 1000:.3f}ms", flush=True)
-            if seq + 1 < count:
-                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
-        diag = conn.get_peer_diagnostics()
-        peer = diag.get("peer") or {}
-        last = peer.get("last_handshake_unix") or 0
-        age = f"{time.time() - last:.1f}s ago" if last else "never"
-        print(f"✔ agent address [{conn.agent_address}] is routed to peer "
-              f"{peer.get('public_key', '?')}")
-        print(f"✔ last WireGuard handshake {age}; endpoint {peer.get('endpoint') or 'unknown'};"
-              f" direct UDP (no DERP relay)")
-        print(f"  rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B; "
-              f"{replies}/{count} pongs")
-        await conn.close()
+
+def _agent_peer(conn: Any) -> dict[str, Any]:
+    return dict(conn.get_peer_diagnostics().get("peer") or {})
+
+
+def _path(conn: Any, endpoint: str) -> str:
+    """``p2p via <endpoint>``, or ``proxied via DERP(<region>)`` for a relay path (as
+    `coder ping`)."""
+    from .target import relay_region
+
+    if not endpoint.startswith("relay:"):
+        return f"p2p via {endpoint or '?'}"
+    region = relay_region(conn, endpoint)
+    return f"proxied via DERP({region})" if region else "proxied via DERP"
+
+
+async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, interval: float,
+                     timeout: float) -> int:
+    """``coder ping``-style pings of the agent behind ``conn`` (an open AgentConn): one
+    ``pong from <name> p2p via <endpoint> | proxied via DERP(<region>) in <rtt>`` line per
+    reply, then the peer diagnostics. ``quote`` puts ``name`` in double quotes in the timeout
+    line (`coder ping` does for a workspace name). Exit 0 if any pong came back."""
+    shown = f'"{name}"' if quote else name
+    replies = 0
+    for seq in range(count):
+        started = time.monotonic()
+        try:
+            rtt, _, _ = await conn.ping(timeout=timeout)
+        except PingTimeoutError:
+            print(f"ping to {shown} timed out after {timeout:g}s", flush=True)
+        except NoRouteError as exc:
+            print(f"agentconn ping: {exc}", file=sys.stderr)
+            return 2
+        else:
+            replies += 1
+            endpoint = _agent_peer(conn).get("endpoint") or ""
+            print(f"pong from {name} {_path(conn, endpoint)} in {format_rtt(rtt)}", flush=True)
+        if seq + 1 < count:
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+    peer = _agent_peer(conn)
+    last = peer.get("last_handshake_unix") or 0
+    age = f"{time.time() - last:.1f}s ago" if last else "never"
+    endpoint = peer.get("endpoint") or ""
+    print(f"✔ agent address [{conn.agent_address}] is routed to peer "
+          f"{peer.get('public_key', '?')}")
+    if endpoint.startswith("relay:"):
+        print(f"✔ last WireGuard handshake {age}; {_path(conn, endpoint)} (endpoint "
+              f"{endpoint})")
+        print("❗ You are connected via a DERP relay, not directly (p2p)")
+    else:
+        print(f"✔ last WireGuard handshake {age}; endpoint {endpoint or 'unknown'}; "
+              f"direct UDP (no DERP relay)")
+    print(f"  rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B; "
+          f"{replies}/{count} pongs")
     return 0 if replies else 1

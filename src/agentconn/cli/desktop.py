@@ -1,9 +1,12 @@
 """``agentconn desktop``: screenshots, actions and recordings of the agent's desktop (§11).
 
-    agentconn desktop screenshot -c F --agent-id ID -o shot.png [--size WxH]
-    agentconn desktop action -c F --agent-id ID ACTION [--coordinate X,Y] [--text T] ...
-    agentconn desktop record start -c F --agent-id ID [--id UUID]       (prints the id)
-    agentconn desktop record stop -c F --agent-id ID UUID -o out.mp4 [--thumbnail t.jpg]
+    agentconn desktop screenshot WORKSPACE -o shot.png [--size WxH]
+    agentconn desktop action WORKSPACE ACTION [--coordinate X,Y] [--text T] ...
+    agentconn desktop record start WORKSPACE [--id UUID]       (prints the id)
+    agentconn desktop record stop WORKSPACE UUID -o out.mp4 [--thumbnail t.jpg]
+
+``-c FILE --agent-id ID`` instead of ``WORKSPACE`` reaches the agent through a wg-quick file
+(see :mod:`~agentconn.cli.target`).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+from agentconn.cli.target import add_target_arguments, open_conn
 from agentconn.proto.desktop import DesktopAction, ScrollDirection, split_recording
 
 __all__ = ["add_parser", "arg_type", "parse_point", "parse_size", "run"]
@@ -52,24 +56,19 @@ def arg_type(parse: Callable[[str], T]) -> Callable[[str], T]:
     return convert
 
 
-def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
-
-
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     desktop = sub.add_parser("desktop", help="screenshots, actions and recordings of the "
                                              "agent's desktop")
     what = desktop.add_subparsers(dest="desktop_command", required=True)
 
     shot = what.add_parser("screenshot", help="save a PNG screenshot")
-    _common(shot)
+    add_target_arguments(shot)
     shot.add_argument("-o", "--output", required=True, help="PNG file to write")
     shot.add_argument("--size", type=arg_type(parse_size), metavar="WxH",
                       help="scale to this size (default: the desktop's own)")
 
     action = what.add_parser("action", help="perform one action (agent-api.md §11.2)")
-    _common(action)
+    add_target_arguments(action)
     action.add_argument("action", choices=[a.value for a in DesktopAction])
     action.add_argument("--coordinate", type=arg_type(parse_point), metavar="X,Y")
     action.add_argument("--start-coordinate", type=arg_type(parse_point), metavar="X,Y",
@@ -85,19 +84,17 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     record = what.add_parser("record", help="record the desktop to MP4")
     step = record.add_subparsers(dest="record_command", required=True)
     start = step.add_parser("start", help="start recording; prints the recording id")
-    _common(start)
+    add_target_arguments(start)
     start.add_argument("--id", type=uuid.UUID, help="recording id (default: a new one)")
     stop = step.add_parser("stop", help="stop a recording and save it")
-    _common(stop)
+    add_target_arguments(stop)
     stop.add_argument("id", type=uuid.UUID, help="the recording id")
     stop.add_argument("-o", "--output", required=True, help="MP4 file to write")
     stop.add_argument("--thumbnail", help="JPEG file for the thumbnail (if the agent sent one)")
 
 
 async def run(args: argparse.Namespace) -> int:
-    import agentconn
-
-    async with await agentconn.connect(args.config, args.agent_id) as conn:
+    async with await open_conn(args) as conn:
         if args.desktop_command == "screenshot":
             width, height = args.size or (None, None)
             resp = await conn.execute_desktop_action(

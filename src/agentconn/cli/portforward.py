@@ -1,5 +1,8 @@
 """``agentconn port-forward``: local TCP ports forwarded to ports on the agent (coder syntax).
 
+``agentconn port-forward WORKSPACE -p SPEC [-u SPEC]...`` (or ``--config CLIENT_CONF --agent-id
+UUID`` instead of the workspace, see :mod:`~agentconn.cli.target`).
+
 Each ``-p``/``--tcp`` spec is ``PORT`` (same number both sides) or ``LOCAL:REMOTE``, optionally
 ``BIND:LOCAL:REMOTE`` (default bind 127.0.0.1). Every accepted local connection becomes one
 tunnel TCP connection to the agent's port (``AgentConn.dial``); on the agent, ports it does not
@@ -17,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentconn.aio.relay import join
+from agentconn.cli.target import add_target_arguments, open_conn
 
 __all__ = ["Spec", "add_parser", "parse_spec", "run"]
 
@@ -48,8 +52,7 @@ def parse_spec(text: str) -> Spec:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("port-forward", help="forward local TCP ports to ports on an agent")
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    add_target_arguments(p)
     p.add_argument("-p", "--tcp", dest="specs", action="append", type=parse_spec, default=[],
                    metavar="[BIND:]LOCAL[:REMOTE]", help="a TCP port to forward (repeatable)")
     p.add_argument("-u", "--udp", dest="udp_specs", action="append", type=parse_spec,
@@ -121,7 +124,7 @@ async def run(args: argparse.Namespace) -> int:
     if not args.specs and not args.udp_specs:
         print("agentconn port-forward: give at least one -p/--tcp or -u/--udp", file=sys.stderr)
         return 2
-    conn = await agentconn.connect(args.config, args.agent_id)
+    conn = await open_conn(args)
     servers: list[asyncio.Server] = []
     udps: list[_LocalUdp] = []
     try:

@@ -1,6 +1,7 @@
 """``agentconn pty``: an interactive terminal on an agent's reconnecting PTY (agent-api.md §5).
 
-``agentconn pty --config CLIENT_CONF --agent-id UUID [--id UUID] [--command CMD]`` attaches to
+``agentconn pty WORKSPACE [--id UUID] [--command CMD]`` (or ``--config CLIENT_CONF --agent-id
+UUID`` instead of the workspace, see :mod:`~agentconn.cli.target`) attaches to
 the session ``--id`` (a new random one by default, printed on stderr so it can be re-attached
 later), creating it with ``--command`` (default: the login shell). The local terminal is put in
 raw mode; keystrokes go to the agent as ``{"data": ...}`` objects and SIGWINCH sends the new
@@ -26,6 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentconn.cli._runner import standalone_main
+from agentconn.cli.target import add_target_arguments, open_conn
 from agentconn.cli.terminal import on_resize, raw_mode, read_stdin, terminal_size, write_all
 from agentconn.errors import AgentConnError
 
@@ -49,8 +51,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                        description="Attach to (or create) a reconnecting PTY session on a "
                                    "workspace agent (tailnet port 2); re-attaches by ID when "
                                    "the connection drops.")
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    add_target_arguments(p)
     p.add_argument("--id", type=uuid.UUID, default=None, dest="session_id", metavar="UUID",
                    help="session ID to attach to (default: a new random one)")
     # not dest="command": the top-level parser keeps the subcommand's name there
@@ -198,13 +199,11 @@ class _Terminal:
 
 async def run(args: argparse.Namespace) -> int:
     """Connect, attach and relay the terminal; returns the exit status."""
-    import agentconn
-
+    conn = await open_conn(args)
     session_id: uuid.UUID = args.session_id or uuid.uuid4()
     if args.session_id is None:
         print(f"agentconn pty: session {session_id} (re-attach with --id {session_id})",
               file=sys.stderr)
-    conn = await agentconn.connect(args.config, args.agent_id)
     try:
         return await _Terminal(conn, session_id, args.pty_command, args.reconnect_timeout).run()
     finally:

@@ -1,7 +1,8 @@
-"""``agentconn speedtest``: Coder's ``coder speedtest`` against an agent reached by config.
+"""``agentconn speedtest``: Coder's ``coder speedtest`` against an agent.
 
-``agentconn speedtest --config CLIENT_CONF --agent-id UUID [--direction up|down] [--time 5s]
-[--output table|json]``. The table is the one ``coder speedtest`` prints (go-pretty with
+``agentconn speedtest WORKSPACE [--direction up|down] [--time 5s] [--output table|json]`` (or
+``--config CLIENT_CONF --agent-id UUID`` instead of the workspace, see
+:mod:`~agentconn.cli.target`). The table is the one ``coder speedtest`` prints (go-pretty with
 ``cliui.Table()`` styling: upper-case headers, no borders, two spaces after every cell, a
 dash separator before the total row). A progress line goes to stderr while the test runs.
 ``python -m agentconn.cli.speedtest ...`` runs it alone too (see ``_runner``).
@@ -16,6 +17,7 @@ from collections.abc import Sequence
 from typing import TextIO
 
 from agentconn.cli._runner import standalone_main
+from agentconn.cli.target import add_target_arguments, open_conn
 from agentconn.errors import AgentConnError
 from agentconn.proto.speedtest import (
     DEFAULT_DURATION,
@@ -59,8 +61,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("speedtest", help="run an upload or download test against an agent",
                        description="Run upload and download tests from your machine to a "
                                    "workspace agent (Tailscale speedtest v2 on port 3).")
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    add_target_arguments(p)
     p.add_argument("--direction", choices=("up", "down"), default="down",
                    help="down: the agent sends, we receive (default); up: we send")
     p.add_argument("--time", "-t", type=parse_duration, default=DEFAULT_DURATION,
@@ -130,13 +131,12 @@ class _Progress:
 
 async def run(args: argparse.Namespace) -> int:
     """Connect, run the test, print the table or JSON. 0 on success, 1 if the test failed."""
-    import agentconn
     from agentconn.client.speedtest import clamp_duration, speedtest
 
     direction = Direction.from_name(args.direction)
     seconds = clamp_duration(args.time, min(args.min_time, MIN_DURATION), MAX_DURATION)
     as_json = args.output == "json"
-    conn = await agentconn.connect(args.config, args.agent_id)
+    conn = await open_conn(args)
     try:
         # coder prints this with cliui.Infof on stdout; keep stdout pure JSON with --output json
         print(f"Starting a {int(seconds)}s {direction.label} test...",

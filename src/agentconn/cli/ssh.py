@@ -1,7 +1,9 @@
 """``agentconn ssh``: a shell or command on an agent, or a raw SSH stream for OpenSSH.
 
-``agentconn ssh --config CLIENT_CONF --agent-id UUID [--port 1] [-t|-T] [-- command...]``
-logs in with our asyncssh client ("none" auth, host key ignored, agent-api.md §6). Without a
+``agentconn ssh [--port 1] [-t|-T] WORKSPACE [command...]`` (as ``coder ssh``) or
+``agentconn ssh --config CLIENT_CONF --agent-id UUID [...] [--] [command...]`` (see
+:mod:`~agentconn.cli.target`; with ``--config`` every positional word is the command) logs in
+with our asyncssh client ("none" auth, host key ignored, agent-api.md §6). Without a
 command it starts the agent user's shell, on a PTY when stdin is a terminal (raw mode here,
 the remote terminal resized on SIGWINCH); with one it runs it (PTY only with ``-t``). The
 exit status is the remote one (255 when the remote side reported a signal or none at all,
@@ -10,6 +12,7 @@ as OpenSSH's ``ssh``).
 ``--stdio`` instead pipes stdin/stdout to the agent's SSH port unchanged, which makes it an
 OpenSSH ``ProxyCommand``::
 
+    ssh -o ProxyCommand="agentconn ssh --stdio WORKSPACE" user@workspace
     ssh -o ProxyCommand="agentconn ssh --stdio --config C --agent-id U" user@workspace
 
 ``python -m agentconn.cli.ssh ...`` runs it alone too (see ``_runner``).
@@ -25,6 +28,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from agentconn.cli._runner import standalone_main
+from agentconn.cli.target import add_target_arguments, open_conn
 from agentconn.cli.terminal import on_resize, raw_mode, read_stdin, terminal_size, write_all
 from agentconn.errors import AgentConnError
 from agentconn.proto.ports import AGENT_SSH_PORT
@@ -32,7 +36,7 @@ from agentconn.proto.ports import AGENT_SSH_PORT
 if TYPE_CHECKING:
     import asyncssh
 
-__all__ = ["add_parser", "main", "run"]
+__all__ = ["add_parser", "main", "run", "split_workspace_command"]
 
 READ_SIZE = 65536
 EXIT_NO_STATUS = 255  #: OpenSSH's exit status when the remote reported a signal or nothing
@@ -43,8 +47,7 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p = sub.add_parser("ssh", help="open a shell or run a command on an agent over SSH",
                        description="SSH into a workspace agent (its built-in server on tailnet "
                                    "port 1), or with --stdio act as an OpenSSH ProxyCommand.")
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    add_target_arguments(p)
     p.add_argument("--port", "-p", type=int, default=AGENT_SSH_PORT,
                    help=f"the agent's SSH port (default {AGENT_SSH_PORT}; 22 is the same server)")
     p.add_argument("--stdio", action="store_true",
@@ -57,7 +60,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     mode.add_argument("-T", "--no-tty", action="store_true", help="never request a PTY")
     # not dest="command": the top-level parser keeps the subcommand's name there
     p.add_argument("remote_command", nargs=argparse.REMAINDER, metavar="command",
-                   help="command to run instead of a shell (after --)")
+                   help="command to run instead of a shell (after the workspace, or after -- "
+                        "with --config)")
+
+
+def split_workspace_command(args: argparse.Namespace) -> tuple[str | None, list[str]]:
+    """(workspace, command words) of parsed ``ssh`` arguments. With ``--config`` there is no
+    workspace, so the first positional argparse gave ``workspace`` starts the command
+    (``ssh --config C --agent-id U -- uname -a``); otherwise it names the workspace
+    (``ssh ws uname -a``, as ``coder ssh``)."""
+    workspace: str | None = args.workspace
+    words = list(args.remote_command)
+    if args.config is not None and workspace is not None:
+        return None, [workspace, *words]
+    return workspace, words
 
 
 def _command(words: Sequence[str]) -> str | None:
@@ -159,14 +175,14 @@ async def _session(client: asyncssh.SSHClientConnection, command: str | None,
 
 async def run(args: argparse.Namespace) -> int:
     """Connect, then run ``--stdio`` piping or an SSH session; returns the exit status."""
-    import agentconn
     from agentconn.client.ssh import ssh_client
 
-    command = _command(args.remote_command)
+    args.workspace, words = split_workspace_command(args)
+    command = _command(words)
     if args.stdio and command is not None:
         print("agentconn ssh: --stdio takes no command", file=sys.stderr)
         return 2
-    conn = await agentconn.connect(args.config, args.agent_id)
+    conn = await open_conn(args)
     try:
         if args.stdio:
             return await _stdio(conn, args.port)

@@ -4,6 +4,9 @@ Listens on ``[BIND:]PORT`` (default 127.0.0.1:5900) and bridges every accepted c
 its own ``/api/v0/desktop/vnc`` websocket through the tunnel, so any VNC viewer pointed at the
 local port sees (and drives) the agent's desktop; several viewers may connect at once.
 Runs until interrupted (Ctrl-C ends it quietly).
+
+``agentconn vnc WORKSPACE [-p [BIND:]PORT]`` (or ``--config CLIENT_CONF --agent-id UUID``
+instead of the workspace, see :mod:`~agentconn.cli.target`).
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ import contextlib
 import signal
 import sys
 from typing import Any
+
+from agentconn.cli.target import add_target_arguments, open_conn
 
 __all__ = ["DEFAULT_BIND", "DEFAULT_PORT", "add_parser", "parse_listen", "run"]
 
@@ -44,8 +49,7 @@ def _listen_arg(text: str) -> tuple[str, int]:
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("vnc", help="serve the agent's desktop on a local VNC port")
-    p.add_argument("--config", "-c", required=True, help="wg-quick configuration file")
-    p.add_argument("--agent-id", required=True, help="the agent UUID")
+    add_target_arguments(p)
     p.add_argument("-p", "--port", dest="listen", type=_listen_arg,
                    default=(DEFAULT_BIND, DEFAULT_PORT), metavar="[BIND:]PORT",
                    help=f"where to listen (default {DEFAULT_BIND}:{DEFAULT_PORT})")
@@ -80,7 +84,7 @@ async def run(args: argparse.Namespace) -> int:
     import agentconn
 
     bind, port = args.listen
-    conn = await agentconn.connect(args.config, args.agent_id)
+    conn = await open_conn(args)
     server: asyncio.Server | None = None
     viewers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
     stop = asyncio.Event()
