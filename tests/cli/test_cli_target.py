@@ -274,7 +274,7 @@ async def test_relay_region_names_the_derp_region(monkeypatch: pytest.MonkeyPatc
     from agentconn.cli.commands import _path
     from agentconn.cli.target import relay_region
     from agentconn.client.conn import AgentConn
-    from agentconn.coder import dial
+    from agentconn.coder import deployment as dial
     from agentconn.coder.api import CoderApi, Credentials
     from agentconn.coder.derp import DerpMap
     from agentconn.coder.keys import NodePrivate, random_client_address

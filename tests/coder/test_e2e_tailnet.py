@@ -173,3 +173,37 @@ async def test_many_dials_share_one_deployment(tmp_path: Path) -> None:
             for c in conns:
                 await c.close()
         assert deployment.leases == 0
+
+
+async def test_cli_by_workspace_name(tmp_path: Path) -> None:
+    """`agentconn ssh dev …`, `agentconn ping dev` and `agentconn speedtest dev` with only
+    CODER_URL and CODER_SESSION_TOKEN set: coder's shapes, over DERP."""
+    import os
+    import sys
+
+    import agentconn as pkg
+
+    src = str(Path(pkg.__file__).resolve().parents[1])
+    async with plane_with_agents(tmp_path, "dev") as (plane, _):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+               "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN}
+
+        async def run(*args: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentconn.cli", *args, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 90)
+            assert proc.returncode is not None
+            return proc.returncode, out.decode(), err.decode()
+
+        code, out, err = await run("ssh", "dev", "echo", "hello-from-ssh")
+        assert (code, out.strip()) == (0, "hello-from-ssh"), err
+        assert "Traceback" not in err
+        code, out, err = await run("ping", "dev", "-n", "2")
+        assert code == 0, err
+        assert "pong from dev proxied via DERP(test server) in" in out, out
+        code, out, err = await run("speedtest", "dev", "--time", "1s", "--direction", "up")
+        assert code == 0 and "Mbits/sec" in out + err, (out, err)
+        code, out, err = await run("ssh", "nope", "true")
+        assert code == 1 and 'workspace "me/nope" not found' in err and "Traceback" not in err

@@ -30,7 +30,7 @@ async def _leaving_tailnets(coro: Coroutine[Any, Any, int]) -> int:
     try:
         return await coro
     finally:
-        dial = sys.modules.get("agentconn.coder.dial")
+        dial = sys.modules.get("agentconn.coder.deployment")
         if dial is not None:
             with contextlib.suppress(AgentConnError, OSError):  # best effort: we are exiting
                 await asyncio.wait_for(dial.close_all(), LEAVE_TIMEOUT)

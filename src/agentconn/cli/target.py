@@ -5,7 +5,7 @@ and opens its connection with :func:`open_conn`:
 
 * ``agentconn <cmd> [owner/]workspace[.agent]`` (or an agent UUID) dials it on the Coder
   deployment of ``CODER_URL``/``CODER_SESSION_TOKEN`` or of ``coder login``
-  (:func:`agentconn.coder.dial.dial`), saying so on stderr when that takes a moment;
+  (:func:`agentconn.coder.deployment.dial`), saying so on stderr when that takes a moment;
 * ``agentconn <cmd> --config FILE --agent-id UUID`` brings up a tunnel from the wg-quick file
   (:func:`agentconn.connect`).
 
@@ -135,7 +135,7 @@ async def _dial(workspace: str) -> AgentConn:
     from agentconn.coder.api import Credentials
 
     credentials = Credentials.load()  # NotLoggedInError before anything else
-    from agentconn.coder.dial import dial  # the tailnet stack, only when it is used
+    from agentconn.coder.deployment import dial  # the tailnet stack, only when it is used
 
     what = f"agent {workspace}" if _is_uuid(workspace) else f'workspace "{workspace}"'
     notice = asyncio.get_running_loop().call_later(
@@ -161,14 +161,14 @@ def relay_region(conn: AgentConn, endpoint: str) -> str | None:
     for a workspace; None when it is not one or the region is unknown."""
     if not endpoint.startswith("relay:"):
         return None
-    dial_module = sys.modules.get("agentconn.coder.dial")
+    dial_module = sys.modules.get("agentconn.coder.deployment")
     if dial_module is None:
         return None
     try:
         path = int(endpoint.removeprefix("relay:"))
     except ValueError:
         return None
-    # Read-only look at the shared deployment that owns this tunnel (coder/dial.py): the
+    # Read-only look at the shared deployment that owns this tunnel (coder/deployment.py): the
     # tailnet node maps relay paths to (region, peer key) and holds the current DERP map.
     for deployment in list(dial_module._deployments.values()):
         if deployment.tunnel is not conn.tunnel:
