@@ -76,6 +76,15 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         if rows[0].get("kind") == "api":
             _write_api(write, rows)
             continue
+        if rows[0].get("kind") == "relay":
+            for row in rows:
+                if "mbit_per_s" in row:
+                    write(f"  {row['name']:<36} {row['mbit_per_s']:8.0f} Mbit/s  "
+                          f"{row['cpu_s_per_gb']:6.2f} CPU s/GB")
+                else:
+                    write(f"  {row['name']:<36} p50 {row['p50'] * 1e3:.3f} ms  "
+                          f"p99 {row['p99'] * 1e3:.3f} ms")
+            continue
         if str(rows[0].get("kind", "")).startswith("desktop"):
             _write_desktop(write, rows)
             continue
