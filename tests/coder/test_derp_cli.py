@@ -9,11 +9,13 @@ import signal
 import sys
 from pathlib import Path
 
+import agentconn
 from agentconn.cli.derp import load_or_create_key, parse_addr
 from agentconn.coder.derp import DerpClient, DerpMap, PacketReceived
 from agentconn.coder.keys import NodePrivate
 
-SRC = str(Path(__file__).resolve().parents[2] / "src")
+# where agentconn is imported from (the installed wheel under scripts/test.sh, src/ otherwise)
+SRC = str(Path(agentconn.__file__).resolve().parents[1])
 
 
 def test_parse_addr_and_key_file(tmp_path: Path) -> None:
