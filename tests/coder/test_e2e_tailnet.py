@@ -154,7 +154,7 @@ async def test_agent_restart_with_a_new_key_is_followed(tmp_path: Path) -> None:
 
 
 async def test_many_dials_share_one_deployment(tmp_path: Path) -> None:
-    names = [f"ws{i}" for i in range(20)]
+    names = [f"ws{i}" for i in range(50)]
     async with plane_with_agents(tmp_path, *names) as (plane, agents):
         conns = await asyncio.gather(*(agentconn.coder.dial(n, url=plane.url, token=TOKEN)
                                        for n in names))
