@@ -29,17 +29,17 @@ __all__ = [
     "Agent",
     "AgentApiError",
     "AgentConn",
-    "AgentOptions",
-    "Tunnel",
-    "connect",
     "AgentConnError",
+    "AgentOptions",
     "ConfigError",
     "HandshakeError",
     "InvalidKeyError",
     "NoRouteError",
     "PingTimeoutError",
+    "Tunnel",
     "TunnelClosedError",
     "TunnelError",
+    "connect",
 ]
 
 

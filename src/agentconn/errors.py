@@ -8,13 +8,13 @@ from __future__ import annotations
 __all__ = [
     "AgentConnError",
     "ConfigError",
-    "KeyError_",
+    "HandshakeError",
     "InvalidKeyError",
-    "TunnelError",
-    "TunnelClosedError",
+    "KeyError_",
     "NoRouteError",
     "PingTimeoutError",
-    "HandshakeError",
+    "TunnelClosedError",
+    "TunnelError",
 ]
 
 

@@ -32,7 +32,7 @@ from .wg.device import Device
 from .wg.keys import encode_key, parse_key
 from .wg.peer import Peer
 
-__all__ = ["Node", "DEFAULT_MTU"]
+__all__ = ["DEFAULT_MTU", "Node"]
 
 DEFAULT_MTU = 1280   # Coder's tailnet MTU (tailnet.md §3); set MTU in the config to change it
 DROP_TOO_BIG = RESULT["DROP_TOO_BIG"]

@@ -20,7 +20,7 @@ from .host import StackHost
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
-__all__ = ["TunnelDatagramTransport", "DatagramEndpoints"]
+__all__ = ["DatagramEndpoints", "TunnelDatagramTransport"]
 
 
 class TunnelDatagramTransport(asyncio.DatagramTransport):

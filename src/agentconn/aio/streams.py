@@ -38,8 +38,13 @@ from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener, TcpState
 from ..errors import TunnelClosedError
 from .host import StackHost
 
-__all__ = ["TcpTransport", "TunnelServer", "StreamEndpoints", "address_tuple",
-           "connection_error"]
+__all__ = [
+    "StreamEndpoints",
+    "TcpTransport",
+    "TunnelServer",
+    "address_tuple",
+    "connection_error",
+]
 
 log = logging.getLogger("agentconn.tcp")
 

@@ -343,7 +343,8 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
                     if handler is not None:
                         handler(event.flags)
                 elif isinstance(event, DatagramReceived):
-                    event.owner(event.payload, event.src, event.src_port)
+                    deliver: Callable[..., None] = event.owner  # type: ignore[assignment]
+                    deliver(event.payload, event.src, event.src_port)
                 elif isinstance(event, PingReplied):
                     waiter = self._ping_waiters.pop(event.token, None)
                     if waiter is not None and not waiter.done():
@@ -538,7 +539,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         self.schedule_flush()
         try:
             return await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise PingTimeoutError(f"no reply from {address} within {timeout:g} s") from None
         finally:
             self._ping_waiters.pop(token, None)

@@ -16,8 +16,8 @@ or an async iterator.
 
 from __future__ import annotations
 
-import dataclasses
 import asyncio
+import dataclasses
 import ipaddress
 import os
 import time

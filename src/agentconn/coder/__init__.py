@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["dial", "close_all"]
+__all__ = ["close_all", "dial"]
 
 
 async def dial(target: Any, **kwargs: Any) -> Any:

@@ -124,7 +124,7 @@ def rewrite_derp_map(derp_map: dict[str, Any], url: str) -> dict[str, Any]:
     unless explicit, ForceHTTP for http), as ``RewriteDERPMapDefaultRelay`` does (§1.5)."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
-    out = orjson.loads(orjson.dumps(derp_map))
+    out: dict[str, Any] = orjson.loads(orjson.dumps(derp_map))
     for region in (out.get("Regions") or {}).values():
         if not region.get("EmbeddedRelay"):
             continue

@@ -27,7 +27,7 @@ from .derp import DerpMap
 from .keys import NodePrivate, random_client_address
 from .tailnet import CoordinateTarget, TailnetNode
 
-__all__ = ["Deployment", "dial", "close_all"]
+__all__ = ["Deployment", "close_all", "dial"]
 
 _deployments: dict[tuple[str, str, int], Deployment] = {}
 

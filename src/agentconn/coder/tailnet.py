@@ -47,7 +47,6 @@ from ..wg.config import PeerConfig
 from .derp import Connected, DerpMap, DerpPool, PacketReceived
 from .disco import DiscoResponder
 from .keys import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic, random_node_id
-from .pipe import WebSocketPipe
 from .tailnet_pb import (
     CoordinateRequest,
     Node,
@@ -55,13 +54,15 @@ from .tailnet_pb import (
     PeerUpdateKind,
     ReadyForHandshake,
     Timestamp,
-    Tunnel as TunnelMsg,
     UpdateSelf,
+)
+from .tailnet_pb import (
+    Tunnel as TunnelMsg,
 )
 from .tailnet_rpc import CoordinateCall, TailnetClient
 from .yamux_aio import Role, yamux_over_websocket
 
-__all__ = ["CoordinateTarget", "TailnetNode", "TailnetError", "READY_FOR_HANDSHAKE_TIMEOUT"]
+__all__ = ["READY_FOR_HANDSHAKE_TIMEOUT", "CoordinateTarget", "TailnetError", "TailnetNode"]
 
 log = logging.getLogger("agentconn.coder.tailnet")
 
@@ -99,7 +100,7 @@ class _Peer:
     key: NodePublic | None = None
     disco: DiscoPublic | None = None
     region: int = 0
-    allowed: list[ipaddress.IPv6Network] = field(default_factory=list)
+    allowed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = field(default_factory=list)
     ready: bool = False                  # READY_FOR_HANDSHAKE seen (client role)
     configured: NodePublic | None = None  # the key programmed into WireGuard
     timer: asyncio.TimerHandle | None = None

@@ -14,7 +14,7 @@ from _wgcore.tcpip import TcpConn, TcpEvent, TcpListener
 
 from .udp import Datagram
 
-__all__ = ["Event", "TcpActivity", "DatagramReceived", "DatagramUnclaimed", "PingReplied"]
+__all__ = ["DatagramReceived", "DatagramUnclaimed", "Event", "PingReplied", "TcpActivity"]
 
 Address = IPv4Address | IPv6Address
 S = TypeVar("S")

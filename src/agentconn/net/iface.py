@@ -51,7 +51,7 @@ from .icmp import Pinger, answer
 from .udp import EPHEMERAL_PORTS, PortTable, emit_datagram, parse_datagram
 from .wire import WireError
 
-__all__ = ["Interface", "Address"]
+__all__ = ["Address", "Interface"]
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 

@@ -19,7 +19,7 @@ from .wire.ipv4 import Ipv4Repr
 from .wire.ipv6 import Ipv6Repr
 from .wire.udp import PROTOCOL_UDP, UdpRepr
 
-__all__ = ["Datagram", "PortTable", "parse_datagram", "emit_datagram", "EPHEMERAL_PORTS"]
+__all__ = ["EPHEMERAL_PORTS", "Datagram", "PortTable", "emit_datagram", "parse_datagram"]
 
 Address = IPv4Address | IPv6Address
 S = TypeVar("S")

@@ -62,7 +62,7 @@ class Device:
 
     def __init__(self, private_key: bytes, *, mtu: int = 1420,
                  rng: random.Random | None = None,
-                 random_bytes: "collections.abc.Callable[[int], bytes]" = os.urandom) -> None:
+                 random_bytes: collections.abc.Callable[[int], bytes] = os.urandom) -> None:
         self.identity = StaticIdentity(private_key)
         self.rng = rng or random.SystemRandom()
         self.datapath = Datapath(mtu)

@@ -18,8 +18,14 @@ import struct
 
 from ..errors import ConfigError
 
-__all__ = ["sockaddr", "parse_sockaddr", "source_bytes", "format_sockaddr", "relay_sockaddr",
-           "relay_path"]
+__all__ = [
+    "format_sockaddr",
+    "parse_sockaddr",
+    "relay_path",
+    "relay_sockaddr",
+    "sockaddr",
+    "source_bytes",
+]
 
 _FAMILY = struct.Struct("=H")        # sa_family_t, host byte order
 _PORT = struct.Struct("!H")

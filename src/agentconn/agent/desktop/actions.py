@@ -22,11 +22,11 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from agentconn.agent.api.router import ApiError
 from agentconn.agent.desktop.display import XDisplay, XError
 from agentconn.agent.desktop.geometry import declared_size, to_declared, to_native
 from agentconn.agent.desktop.keys import KeyNameError, parse_key_sequence, text_keysyms
 from agentconn.agent.desktop.session import DesktopSession, DesktopUnavailable
-from agentconn.agent.api.router import ApiError
 from agentconn.proto.desktop import (
     DesktopAction,
     DesktopActionRequest,

@@ -24,11 +24,11 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import IO
 
+from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.desktop.actions import check_action, run_action
 from agentconn.agent.desktop.bridge import VncBridge, open_vnc
 from agentconn.agent.desktop.recording import Artifact, RecordingManager
 from agentconn.agent.desktop.session import DesktopSession, DesktopUnavailable
-from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.options import AgentOptions
 from agentconn.proto.common import Response
 from agentconn.proto.desktop import (

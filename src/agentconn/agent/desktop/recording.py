@@ -44,9 +44,9 @@ from dataclasses import dataclass, field
 
 from PIL import Image
 
+from agentconn.agent.api.router import ApiError
 from agentconn.agent.desktop.display import XDisplay, XError
 from agentconn.agent.desktop.session import DesktopSession, DesktopUnavailable
-from agentconn.agent.api.router import ApiError
 from agentconn.proto.desktop import MAX_RECORDING_SIZE, MAX_THUMBNAIL_SIZE
 
 __all__ = ["FRAME_RATE", "IDLE_TIMEOUT", "MAX_DURATION", "MAX_RECORDINGS", "RETENTION",

@@ -220,6 +220,7 @@ class UdpLoopbackForwarder:
             _log.debug("cannot bind tunnel UDP %s:%d: %s", where[0], where[1], e)
             self._opening.pop(where, None)
             return
+        assert isinstance(port, _TunnelPort)
         self._ports[where] = port
         for client, payload in self._opening.pop(where, []):
             port.forward(client, payload)
