@@ -10,10 +10,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 import uuid
@@ -428,3 +430,103 @@ def test_ping_ticks_a_handshake(cli: Cli, agent: RunningAgent) -> None:
     marks = [line for line in result.out.splitlines() if "last WireGuard handshake" in line]
     assert len(marks) == 1 and marks[0].startswith("✔ last WireGuard handshake "), result.out
     assert "never" not in marks[0]
+
+
+# -- 6. the README's commands and snippets run as written ------------------------------------
+
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def _readme_block(after: str, lang: str) -> str:
+    text = README.read_text()
+    start = text.index(f"```{lang}\n", text.index(after)) + len(f"```{lang}\n")
+    return text[start:text.index("```", start)]
+
+
+def test_readme_tunnel_snippet_runs_with_the_pair_files(home: Path, tmp_path: Path,
+                                                        cli: Cli) -> None:
+    """"Using the tunnel directly" against ``agentconn agent`` on the files ``agentconn pair``
+    wrote for the README's AGENT_ID, at the address it printed."""
+    agent_id = "12345678-1234-1234-1234-123456789abc"
+    assert f"AGENT_ID={agent_id}" in README.read_text()
+    paired = cli("pair", "--agent-id", agent_id, "--out", str(tmp_path / "keys"), "--port",
+                 str(_free_port(socket.SOCK_DGRAM)))
+    assert paired.code == 0, paired
+    snippet = _readme_block("## Using the tunnel directly", "python")
+    address = paired.out.splitlines()[-1].split("[", 1)[1].split("]", 1)[0]
+    assert f'AGENT = "{address}"' in snippet
+    (tmp_path / "snippet.py").write_text(snippet)
+    running = Watched(home, "agent", "--config", str(tmp_path / "keys" / "agent.conf"),
+                      "--agent-id", agent_id)
+    try:
+        running.until("stdout", f"agentconn agent {agent_id}: API on ")
+        proc = subprocess.run([sys.executable, "snippet.py"], cwd=tmp_path, env=_env(home),
+                              capture_output=True, text=True, timeout=60, check=False)
+        assert proc.returncode == 0, proc.stderr
+        assert '"Hello from the agent!"' in proc.stdout
+        ping = _readme_block("## Using the tunnel directly", "sh").splitlines()[0].split()
+        assert ping[:3] == ["agentconn", "ping", "--config"]
+        pinged = subprocess.run(
+            [sys.executable, "-m", "agentconn.cli", *ping[1:]], cwd=tmp_path, env=_env(home),
+            capture_output=True, text=True, timeout=60, check=False)
+        assert pinged.returncode == 0, pinged
+        assert pinged.stdout.startswith(f"icmp reply from {address}: seq=0 ")
+    finally:
+        running.proc.send_signal(signal.SIGINT)
+        running.finish()
+
+
+def test_readme_commands_run_non_interactively() -> None:
+    text = README.read_text()
+    assert "uuidgen" not in text and "10.0.0.1" not in text
+    for line in text.splitlines():
+        if line.lstrip().startswith("ssh "):   # the ProxyCommand examples
+            assert "StrictHostKeyChecking=accept-new" in line, line
+
+
+# -- 7. scripts/demo.sh: progress while installing, no rebuild when nothing changed ----------
+
+_FAKE_PYTHON = """#!/bin/sh
+echo "python $*" >> "$(dirname "$0")/../calls"
+case "$*" in
+  *"pip install"*" ."*) echo "Building wheel for agentconn (pyproject.toml) ... done" ;;
+esac
+"""
+_FAKE_AGENTCONN = """#!/bin/sh
+echo "agentconn $*"
+"""
+
+
+def test_demo_sh_shows_the_build_and_skips_it_when_nothing_changed(tmp_path: Path) -> None:
+    """The real script with a stand-in venv (its python records the pip calls, its agentconn
+    prints its arguments), so no network and no compiler run."""
+    if not (Path(sysconfig.get_paths()["include"]) / "Python.h").exists() or \
+            shutil.which("gcc") is None:
+        pytest.skip("demo.sh would install gcc / python3-dev first")
+    repo = README.parent
+    venv = tmp_path / "venv"
+    (venv / "bin").mkdir(parents=True)
+    for name, text in (("python", _FAKE_PYTHON), ("agentconn", _FAKE_AGENTCONN)):
+        (venv / "bin" / name).write_text(text)
+        (venv / "bin" / name).chmod(0o755)
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "AGENTCONN_VENV": str(venv), "PYTHON": sys.executable, "LANG": "C.UTF-8"}
+
+    def demo() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(["bash", str(repo / "scripts" / "demo.sh"), "--json"], env=env,
+                              capture_output=True, text=True, timeout=120, check=False)
+
+    first = demo()
+    assert (first.returncode, first.stdout) == (0, "agentconn demo --json\n"), first
+    assert first.stderr.startswith(f"demo.sh: building and installing agentconn into {venv} "),\
+        first.stderr
+    assert "Building wheel for agentconn" in first.stderr      # pip's own progress, on stderr
+    calls = (venv / "calls").read_text().splitlines()
+    assert calls == ["python -m pip install --upgrade pip",
+                     "python -m pip install --progress-bar on ."]
+
+    again = demo()
+    assert (again.returncode, again.stdout) == (0, "agentconn demo --json\n"), again
+    assert again.stderr == (f"demo.sh: agentconn in {venv} is up to date with the sources "
+                            f"(no rebuild)\n")
+    assert (venv / "calls").read_text().splitlines() == calls     # pip did not run again
