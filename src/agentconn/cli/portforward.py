@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import re
 import signal
@@ -345,7 +346,7 @@ async def run(args: argparse.Namespace) -> int:
                             udps.append(udp)
                         else:
                             servers.append(await asyncio.start_server(
-                                lambda r, w, spec=spec: forward(r, w, spec), bind, spec.local))
+                                functools.partial(forward, spec=spec), bind, spec.local))
                     except OSError as e:
                         if bind != spec.bind:   # the opportunistic [::1]: 127.0.0.1 suffices
                             continue
