@@ -25,6 +25,24 @@ fi
 
 VENV=${AGENTCONN_VENV:-.venv}
 [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q .
+
+# Rebuild only when the sources changed: a hash of the source files under src/ (not the
+# generated .c and .so), setup.py and pyproject.toml is kept next to the install in the venv.
+STAMP="$VENV/.agentconn-demo-stamp"
+sources_hash() {
+    { find src -type f \( -name '*.py' -o -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' \
+           -o -name 'py.typed' \) -print0 | LC_ALL=C sort -z \
+        | xargs -0 sha256sum; sha256sum setup.py pyproject.toml; } | sha256sum | cut -d' ' -f1
+}
+hash=$(sources_hash)
+if [ -x "$VENV/bin/agentconn" ] && [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$hash" ]; then
+    echo "demo.sh: agentconn in $VENV is up to date with the sources (no rebuild)" >&2
+else
+    echo "demo.sh: building and installing agentconn into $VENV (compiles the C extensions;" \
+         "a minute or two the first time)..." >&2
+    "$VENV/bin/python" -m pip install --upgrade pip 2>&1 | tail -n 1 >&2
+    rm -f "$STAMP"
+    "$VENV/bin/python" -m pip install --progress-bar on . >&2
+    echo "$hash" > "$STAMP"
+fi
 exec "$VENV/bin/agentconn" demo "$@"

@@ -6,6 +6,7 @@ import ipaddress
 import sys
 from collections.abc import Sequence
 
+from .._version import __version__
 from ..errors import AgentConnError
 from . import commands
 from . import derp as derp_cli
@@ -23,11 +24,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentconn",
         description="Userspace WireGuard tunnels to Coder-style workspace agents.")
+    parser.add_argument("--version", action="version", version=f"agentconn {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="two userspace WireGuard peers in one process, pinging")
     demo.add_argument("--count", type=int, default=5, help="pings each way (default 5)")
-    demo.add_argument("--json", action="store_true", help="print the final state as JSON")
+    demo.add_argument("--json", action="store_true",
+                      help="print the final state as JSON on stdout (progress on stderr)")
     demo.add_argument("--megabytes", type=int, default=64,
                       help="size of the TCP bulk transfer (default 64)")
 
@@ -75,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--port", type=int, default=51820, help="agent UDP port (default 51820)")
     pair.add_argument("--host", default="127.0.0.1",
                       help="agent host as the client reaches it (default 127.0.0.1)")
+    pair.add_argument("--force", action="store_true",
+                      help="overwrite existing agent.conf and client.conf (new keys)")
 
     speedtest_cli.add_parser(sub)
     ssh_cli.add_parser(sub)
@@ -137,7 +142,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 desktop=args.desktop, desktop_geometry=args.desktop_geometry))
         if args.command == "pair":
             return commands.pair(agent_id=str(args.agent_id), out_dir=args.out, port=args.port,
-                                 host=args.host)
+                                 host=args.host, force=args.force)
         if args.command == "speedtest":
             return run_async(speedtest_cli.run(args))
         if args.command == "port-forward":

@@ -4,6 +4,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import sys
 import time
 from typing import Any, Literal
@@ -70,7 +71,7 @@ def _demo_config(private: bytes, peer_public: bytes, own: str, own6: str, peer: 
             f"AllowedIPs = {peer}/32, {peer6}/128\nPersistentKeepalive = 25\n")
 
 
-async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
+async def _demo_tcp(a: Any, b: Any, megabytes: int, stream: Any = sys.stdout) -> None:
     """B listens on TCP port 4 (the agent's HTTP port in Coder); A sends a line and gets it
     echoed, then streams `megabytes` MB that B hashes; prints the throughput."""
     import hashlib
@@ -95,7 +96,7 @@ async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
         writer.write(b"hello over userspace TCP\n")
         echo = await reader.readline()
         rtt = time.perf_counter() - start
-        print(f"A -> B TCP     [fd7a:115c:a1e0::2]:4: connect + echo {rtt * 1e3:.1f} ms: {echo!r}")
+        print(f"A -> B TCP     [fd7a:115c:a1e0::2]:4: connect + echo {rtt * 1e3:.1f} ms: {echo!r}", file=stream)
         block = os.urandom(1 << 20)
         digest = hashlib.sha256()
         start = time.perf_counter()
@@ -110,7 +111,7 @@ async def _demo_tcp(a: Any, b: Any, megabytes: int) -> None:
         ok = "sha256 ok" if their == digest.hexdigest() else "SHA256 MISMATCH"
         print(f"A -> B TCP bulk: {int(total) / 1e6:.0f} MB in {elapsed:.2f} s = "
               f"{int(total) * 8 / elapsed / 1e9:.2f} Gbit/s, {ok}; cwnd {conn['cwnd']} B, "
-              f"srtt {conn['srtt'] * 1e3:.2f} ms, retransmits {conn['retransmits']}")
+              f"srtt {conn['srtt'] * 1e3:.2f} ms, retransmits {conn['retransmits']}", file=stream)
         writer.close()
         await writer.wait_closed()
     finally:
@@ -145,7 +146,7 @@ def pair_configs(agent_id: Any, *, listen_port: int | None = None,
     return agent_conf, client_conf, str(client_ip)
 
 
-async def _demo_agent_api() -> None:
+async def _demo_agent_api(stream: Any = sys.stdout) -> None:
     """An Agent and an AgentConn in this process over their own tunnel: the README snippet
     (list a directory, write, edit and read a file, run a process) against real files."""
     import tempfile
@@ -174,16 +175,16 @@ async def _demo_agent_api() -> None:
                 await conn.write_file(f"{work}/hello.py", b"print('hello from the agent')\n")
                 listing = await conn.ls(work)
                 names = [e.name for e in listing.contents]
-                print(f"agent {agent_id} at [{conn.agent_address}]:4")
-                print(f"API ls {work}: {names}")
+                print(f"agent {agent_id} at [{conn.agent_address}]:4", file=stream)
+                print(f"API ls {work}: {names}", file=stream)
                 res = await conn.edit_files({f"{work}/hello.py": [("hello from", "hi from")]},
                                             include_diff=True)
-                print("API edit_files diff:\n  " + res.files[0].diff.strip().replace("\n", "\n  "))
+                print("API edit_files diff:\n  " + res.files[0].diff.strip().replace("\n", "\n  "), file=stream)
                 text = await conn.read_file_bytes(f"{work}/hello.py")
-                print(f"API read_file: {text!r}")
+                print(f"API read_file: {text!r}", file=stream)
                 proc = await conn.start_process(f"python3 {work}/hello.py || python {work}/hello.py")
                 out = await conn.process_output(proc.id, wait=True)
-                print(f"API process {proc.id}: exit {out.exit_code}, output {out.output!r}")
+                print(f"API process {proc.id}: exit {out.exit_code}, output {out.output!r}", file=stream)
                 calls = 200
                 t0 = time.perf_counter()
                 for _ in range(calls):
@@ -191,13 +192,16 @@ async def _demo_agent_api() -> None:
                 each = (time.perf_counter() - t0) / calls
                 print(f"API {calls} keep-alive calls: {each * 1e3:.2f} ms each over "
                       f"{conn.connections_opened} TCP connection(s); whole API demo "
-                      f"{time.perf_counter() - start:.2f} s")
+                      f"{time.perf_counter() - start:.2f} s", file=stream)
 
 
 async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
     """Two userspace WireGuard peers in this process, over loopback UDP: pings both ways, then
     TCP (an echo and a bulk transfer) through the userspace TCP/IP stack."""
     from ..aio.tunnel import Tunnel
+
+    # with --json, stdout carries only the JSON document: progress goes to stderr
+    stream = sys.stderr if as_json else sys.stdout
 
     key_a, key_b = dh_generate(), dh_generate()
     conf_a = _demo_config(key_a, public_key(key_b), "100.64.0.1", "fd7a:115c:a1e0::1",
@@ -207,8 +211,8 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
     async with Tunnel.from_config(conf_a) as a, Tunnel.from_config(conf_b) as b:
         a.set_peer_endpoint(b.public_key, "127.0.0.1", b.listen_port)
         b.set_peer_endpoint(a.public_key, "127.0.0.1", a.listen_port)
-        print(f"peer A {a.public_key} on udp/{a.listen_port}, 100.64.0.1 fd7a:115c:a1e0::1")
-        print(f"peer B {b.public_key} on udp/{b.listen_port}, 100.64.0.2 fd7a:115c:a1e0::2")
+        print(f"peer A {a.public_key} on udp/{a.listen_port}, 100.64.0.1 fd7a:115c:a1e0::1", file=stream)
+        print(f"peer B {b.public_key} on udp/{b.listen_port}, 100.64.0.2 fd7a:115c:a1e0::2", file=stream)
         for label, src, dst, kind in (("A -> B ICMPv4", a, "100.64.0.2", "icmp"),
                                       ("B -> A ICMPv6", b, "fd7a:115c:a1e0::1", "icmp"),
                                       ("A -> B TSMP  ", a, "fd7a:115c:a1e0::2", "tsmp")):
@@ -216,9 +220,9 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
             for _ in range(count):
                 rtts.append(await src.ping(dst, timeout=5.0, kind=kind))  # type: ignore[arg-type]
             shown = " ".join(f"{r * 1e6:.0f}" for r in rtts)
-            print(f"{label} {dst:>18}: rtt µs {shown}")
-        await _demo_tcp(a, b, megabytes)
-        await _demo_agent_api()
+            print(f"{label} {dst:>18}: rtt µs {shown}", file=stream)
+        await _demo_tcp(a, b, megabytes, stream)
+        await _demo_agent_api(stream)
         state: dict[str, Any] = {"A": a.stats(), "B": b.stats()}
         if as_json:
             print(json.dumps(state, indent=2, default=str))
@@ -239,7 +243,7 @@ async def demo(*, count: int, as_json: bool, megabytes: int = 64) -> int:
     return 0
 
 
-def pair(*, agent_id: str, out_dir: str, port: int, host: str) -> int:
+def pair(*, agent_id: str, out_dir: str, port: int, host: str, force: bool = False) -> int:
     """Write ``agent.conf`` and ``client.conf`` (see :func:`pair_configs`); the agent listens
     on UDP ``port`` and the client reaches it at ``host:port``."""
     import os
@@ -254,6 +258,13 @@ def pair(*, agent_id: str, out_dir: str, port: int, host: str) -> int:
                   f"--agent-id {aid}\n" + agent_conf)
     client_conf = f"# agentconn client for agent {aid}\n" + client_conf
     a_ts, a_coder = agent_addresses(aid)
+    if not force:
+        for name in ("agent.conf", "client.conf"):
+            path = os.path.join(out_dir, name)
+            if os.path.lexists(path):
+                print(f"agentconn pair: {path} exists (it holds keys); --force overwrites it",
+                      file=sys.stderr)
+                return 1
     os.makedirs(out_dir, exist_ok=True)
     for name, text in (("agent.conf", agent_conf), ("client.conf", client_conf)):
         path = os.path.join(out_dir, name)
@@ -273,6 +284,9 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
 
     from ..agent import Agent, AgentOptions
 
+    if directory is not None and not os.path.isdir(directory):
+        print(f"agentconn agent: --directory {directory}: no such directory", file=sys.stderr)
+        return 1
     options = AgentOptions(directory=directory, desktop=desktop,
                            desktop_geometry=desktop_geometry)
     if log_dir:
@@ -350,12 +364,13 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
     endpoint = peer.get("endpoint") or ""
     print(f"✔ agent address [{conn.agent_address}] is routed to peer "
           f"{peer.get('public_key', '?')}")
+    mark = "✔" if last else "⚠"  # no handshake yet: nothing to tick
     if endpoint.startswith("relay:"):
-        print(f"✔ last WireGuard handshake {age}; {_path(conn, endpoint)} (endpoint "
+        print(f"{mark} last WireGuard handshake {age}; {_path(conn, endpoint)} (endpoint "
               f"{endpoint})")
         print("❗ You are connected via a DERP relay, not directly (p2p)")
     else:
-        print(f"✔ last WireGuard handshake {age}; endpoint {endpoint or 'unknown'}; "
+        print(f"{mark} last WireGuard handshake {age}; endpoint {endpoint or 'unknown'}; "
               f"direct UDP (no DERP relay)")
     print(f"  rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B; "
           f"{replies}/{count} pongs")

@@ -14,7 +14,7 @@ import json
 import re
 import sys
 from collections.abc import Sequence
-from typing import TextIO
+from typing import Any, TextIO
 
 from agentconn.cli._runner import standalone_main
 from agentconn.cli.target import add_target_arguments, open_conn
@@ -22,13 +22,17 @@ from agentconn.errors import AgentConnError
 from agentconn.proto.speedtest import (
     DEFAULT_DURATION,
     MAX_DURATION,
-    MIN_DURATION,
     Direction,
     SpeedtestInterval,
     SpeedtestResult,
 )
 
-__all__ = ["add_parser", "format_table", "main", "parse_duration", "run"]
+__all__ = ["add_parser", "format_table", "main", "parse_duration", "run", "to_coder_json"]
+
+#: the shortest test the CLI asks for: ``--time`` is honoured down to here (the library's
+#: default floor is Tailscale's 5 s; coder passes the user's duration through unclamped, and
+#: agentconn's agent runs tests down to 1 s)
+CLI_MIN_DURATION = 1.0
 
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "μs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0,
           "h": 3600.0}
@@ -67,11 +71,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     p.add_argument("--time", "-t", type=parse_duration, default=DEFAULT_DURATION,
                    metavar="DURATION",
                    help=f"test duration, e.g. 5s (default 5s; clamped to "
-                        f"{MIN_DURATION:g}-{MAX_DURATION:g} s)")
+                        f"{CLI_MIN_DURATION:g}-{MAX_DURATION:g} s)")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table",
                    help="table (as coder speedtest) or json")
     # Lower bound of the clamp; only tests lower it.
-    p.add_argument("--min-time", type=parse_duration, default=MIN_DURATION,
+    p.add_argument("--min-time", type=parse_duration, default=CLI_MIN_DURATION,
                    help=argparse.SUPPRESS)
 
 
@@ -99,6 +103,23 @@ def format_table(result: SpeedtestResult) -> str:
     for row in rows:
         out.append("-" * sum(w + 2 for w in widths) if row is None else line(row))
     return "\n".join(out)
+
+
+def to_coder_json(result: SpeedtestResult) -> dict[str, Any]:
+    """``coder speedtest --output json``: ``{"overall": {...}, "intervals": [{...}]}``, each
+    ``start_time_seconds``/``end_time_seconds`` relative to the first interval's start and
+    ``throughput_mbits`` (decimal Mbit/s); the overall row starts at 0."""
+    results = result.results
+    origin = results[0].start if results else 0.0
+
+    def row(r: SpeedtestInterval, start: float) -> dict[str, float]:
+        return {"start_time_seconds": start, "end_time_seconds": r.end - origin,
+                "throughput_mbits": r.mbits_per_second()}
+
+    total = result.total
+    return {"overall": row(total, 0.0) if total is not None else
+            {"start_time_seconds": 0.0, "end_time_seconds": 0.0, "throughput_mbits": 0.0},
+            "intervals": [row(r, r.start - origin) for r in result.intervals]}
 
 
 class _Progress:
@@ -134,23 +155,24 @@ async def run(args: argparse.Namespace) -> int:
     from agentconn.client.speedtest import clamp_duration, speedtest
 
     direction = Direction.from_name(args.direction)
-    seconds = clamp_duration(args.time, min(args.min_time, MIN_DURATION), MAX_DURATION)
+    floor = min(args.min_time, CLI_MIN_DURATION)
+    seconds = clamp_duration(args.time, floor, MAX_DURATION)
     as_json = args.output == "json"
     conn = await open_conn(args)
     try:
-        # coder prints this with cliui.Infof on stdout; keep stdout pure JSON with --output json
-        print(f"Starting a {int(seconds)}s {direction.label} test...",
-              file=sys.stderr if as_json else sys.stdout, flush=True)
+        # coder prints this with cliui.Infof on stderr, in both output modes
+        print(f"Starting a {int(seconds)}s {direction.label} test...", file=sys.stderr,
+              flush=True)
         progress = _Progress(sys.stderr, direction.label)
         try:
             result = await speedtest(conn, direction, seconds, on_interval=progress,
-                                     min_duration=min(args.min_time, MIN_DURATION))
+                                     min_duration=floor)
         finally:
             progress.clear()
     finally:
         await conn.close()
     if as_json:
-        print(json.dumps(result.to_json(), indent=2))
+        print(json.dumps(to_coder_json(result), indent=2))
     else:
         print(format_table(result))
     return 0
