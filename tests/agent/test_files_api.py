@@ -766,3 +766,47 @@ async def test_edit_files_keeps_arbitrary_bytes(files: Files, tmp_path: Path) ->
     assert p.read_bytes() == b"\xff\xfe head \x80\n bye \xe2\x82\n"
     diff = r.json()["files"][0]["diff"]
     assert "- hello \ufffd\ufffd\n+ bye \ufffd\ufffd\n" in diff
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+async def test_endless_devices_are_refused_with_bounded_memory(files: Files, device: str) -> None:
+    """A character device reports size 0 and never ends: read-file-lines and edit-files refuse
+    it instead of reading it to EOF (which grew the agent by GBs); read-file stays bounded."""
+    before = _vm_rss()
+    r = await files.lines(device)
+    assert (r.status, r.json()) == (200, {"success": False,
+                                          "error": f"not a regular file: {device}"})
+    r = await files.edit({"files": [{"path": device,
+                                     "edits": [{"search": "a", "replace": "b"}]}]})
+    assert (r.status, r.json()) == (400, {"message": f"open {device}: not a regular file"})
+    # read-file is bounded by the reported size (0), as in Go: an empty 200, like a FIFO
+    for query in ({}, {"limit": 1 << 20}):
+        r = await files.read(device, **query)
+        assert (r.status, r.body) == (200, b"")
+    assert _vm_rss() - before < 50 << 20
+
+
+async def test_nul_byte_in_a_path_is_400_without_traceback(
+        files: Files, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = f"{tmp_path}/a\x00b"
+    expected = (400, {"message": "path must not contain a NUL byte"})
+    for r in [
+        await files.read(bad),
+        await files.lines(bad),
+        await files.resolve(bad),
+        await files.write(bad, b"data"),
+        await files.ls({}, path=bad),
+        await files.ls({"path": ["tmp", "a\x00b"], "relativity": "root"}),
+        await files.edit({"files": [{"path": bad, "edits": [{"search": "a", "replace": "b"}]}]}),
+    ]:
+        assert (r.status, r.json()) == expected
+    assert not (tmp_path / "a").exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.exc_info]
