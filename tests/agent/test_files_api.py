@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -810,3 +811,49 @@ async def test_nul_byte_in_a_path_is_400_without_traceback(
         assert (r.status, r.json()) == expected
     assert not (tmp_path / "a").exists()
     assert not [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.exc_info]
+
+
+async def test_killed_upload_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upload whose client vanished mid-body, then a shutdown that cancels its handler: the
+    server is the start_server callback itself (as in the agent), and neither asyncio's
+    "Exception in callback … CancelledError" nor any traceback is logged; no file is left."""
+    from agentconn.web import HttpServer
+
+    caplog.set_level(logging.DEBUG)
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, Any]] = []
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    router = Router()
+    FilesApi(AgentOptions(home=str(tmp_path))).register(router)
+    http = HttpServer(router)
+    server = await asyncio.start_server(http.serve_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = build_target(route("WriteFile"), query={"path": str(tmp_path / "up.bin")})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+                     .encode() + b"x" * 100_000)
+        await writer.drain()
+        serving = set()
+        for _ in range(500):
+            serving = {t for t in asyncio.all_tasks()
+                       if t.get_coro().__qualname__ == "HttpServer.serve_connection"}
+            if serving and any(tmp_path.iterdir()):  # the handler is writing the temp file
+                break
+            await asyncio.sleep(0.01)
+        assert len(serving) == 1
+        for t in serving:
+            t.cancel()
+        await asyncio.wait(serving, timeout=5)
+        await asyncio.sleep(0.05)  # the start_server done-callback runs
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+        loop.set_exception_handler(old_handler)
+    assert not loop_errors, loop_errors
+    assert http.connections_aborted == 1
+    assert list(tmp_path.iterdir()) == []
+    assert not [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR or (r.levelno >= logging.WARNING and r.exc_info)]

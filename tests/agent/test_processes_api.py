@@ -562,3 +562,11 @@ async def test_start_nul_byte_is_400_without_traceback(
         assert (r.status, r.json()) == (400, {"message": f"{field} must not contain a NUL byte"})
     assert await h.list() == []
     assert not [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.exc_info]
+
+
+async def test_start_deeply_nested_body_is_invalid_json(make_procs: MakeHarness) -> None:
+    h = await make_procs()
+    for body in (b"[" * 3000 + b"]" * 3000, b'{"command":' + b"[" * 3000 + b"]" * 3000 + b"}"):
+        r = await h.api.call("POST", "/api/v0/processes/start", body=body)
+        assert (r.status, r.json()["message"]) == (400, "Request body must be valid JSON.")
+    assert await h.list() == []
