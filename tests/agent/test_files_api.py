@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
 import shutil
 import stat
@@ -766,3 +767,93 @@ async def test_edit_files_keeps_arbitrary_bytes(files: Files, tmp_path: Path) ->
     assert p.read_bytes() == b"\xff\xfe head \x80\n bye \xe2\x82\n"
     diff = r.json()["files"][0]["diff"]
     assert "- hello \ufffd\ufffd\n+ bye \ufffd\ufffd\n" in diff
+
+
+def _vm_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS")
+
+
+@pytest.mark.parametrize("device", ["/dev/zero", "/dev/urandom"])
+async def test_endless_devices_are_refused_with_bounded_memory(files: Files, device: str) -> None:
+    """A character device reports size 0 and never ends: read-file-lines and edit-files refuse
+    it instead of reading it to EOF (which grew the agent by GBs); read-file stays bounded."""
+    before = _vm_rss()
+    r = await files.lines(device)
+    assert (r.status, r.json()) == (200, {"success": False,
+                                          "error": f"not a regular file: {device}"})
+    r = await files.edit({"files": [{"path": device,
+                                     "edits": [{"search": "a", "replace": "b"}]}]})
+    assert (r.status, r.json()) == (400, {"message": f"open {device}: not a regular file"})
+    # read-file is bounded by the reported size (0), as in Go: an empty 200, like a FIFO
+    for query in ({}, {"limit": 1 << 20}):
+        r = await files.read(device, **query)
+        assert (r.status, r.body) == (200, b"")
+    assert _vm_rss() - before < 50 << 20
+
+
+async def test_nul_byte_in_a_path_is_400_without_traceback(
+        files: Files, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    bad = f"{tmp_path}/a\x00b"
+    expected = (400, {"message": "path must not contain a NUL byte"})
+    for r in [
+        await files.read(bad),
+        await files.lines(bad),
+        await files.resolve(bad),
+        await files.write(bad, b"data"),
+        await files.ls({}, path=bad),
+        await files.ls({"path": ["tmp", "a\x00b"], "relativity": "root"}),
+        await files.edit({"files": [{"path": bad, "edits": [{"search": "a", "replace": "b"}]}]}),
+    ]:
+        assert (r.status, r.json()) == expected
+    assert not (tmp_path / "a").exists()
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.exc_info]
+
+
+async def test_killed_upload_logs_no_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An upload whose client vanished mid-body, then a shutdown that cancels its handler: the
+    server is the start_server callback itself (as in the agent), and neither asyncio's
+    "Exception in callback … CancelledError" nor any traceback is logged; no file is left."""
+    from agentconn.web import HttpServer
+
+    caplog.set_level(logging.DEBUG)
+    loop = asyncio.get_running_loop()
+    loop_errors: list[dict[str, Any]] = []
+    old_handler = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _loop, context: loop_errors.append(context))
+    router = Router()
+    FilesApi(AgentOptions(home=str(tmp_path))).register(router)
+    http = HttpServer(router)
+    server = await asyncio.start_server(http.serve_connection, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    target = build_target(route("WriteFile"), query={"path": str(tmp_path / "up.bin")})
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(f"POST {target} HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000\r\n\r\n"
+                     .encode() + b"x" * 100_000)
+        await writer.drain()
+        serving = set()
+        for _ in range(500):
+            serving = {t for t in asyncio.all_tasks()
+                       if t.get_coro().__qualname__ == "HttpServer.serve_connection"}
+            if serving and any(tmp_path.iterdir()):  # the handler is writing the temp file
+                break
+            await asyncio.sleep(0.01)
+        assert len(serving) == 1
+        for t in serving:
+            t.cancel()
+        await asyncio.wait(serving, timeout=5)
+        await asyncio.sleep(0.05)  # the start_server done-callback runs
+        writer.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+        loop.set_exception_handler(old_handler)
+    assert not loop_errors, loop_errors
+    assert http.connections_aborted == 1
+    assert list(tmp_path.iterdir()) == []
+    assert not [r.getMessage() for r in caplog.records
+                if r.levelno >= logging.ERROR or (r.levelno >= logging.WARNING and r.exc_info)]

@@ -549,3 +549,24 @@ async def test_wait_ends_when_the_client_goes_away(make_procs: MakeHarness) -> N
 
 async def _ready(flag: list[int]) -> bool:
     return bool(flag)
+
+
+async def test_start_nul_byte_is_400_without_traceback(
+        make_procs: MakeHarness, caplog: pytest.LogCaptureFixture) -> None:
+    """A NUL in the command, workdir or env is a bad request (the OS refuses it), not a 500."""
+    h = await make_procs()
+    for body, field in (({"command": "echo a\x00b"}, "command"),
+                        ({"command": "true", "workdir": "/tmp\x00"}, "workdir"),
+                        ({"command": "true", "env": {"A": "b\x00"}}, "env")):
+        r = await h.api.call("POST", "/api/v0/processes/start", body=body)
+        assert (r.status, r.json()) == (400, {"message": f"{field} must not contain a NUL byte"})
+    assert await h.list() == []
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 30 and r.exc_info]
+
+
+async def test_start_deeply_nested_body_is_invalid_json(make_procs: MakeHarness) -> None:
+    h = await make_procs()
+    for body in (b"[" * 3000 + b"]" * 3000, b'{"command":' + b"[" * 3000 + b"]" * 3000 + b"}"):
+        r = await h.api.call("POST", "/api/v0/processes/start", body=body)
+        assert (r.status, r.json()["message"]) == (400, "Request body must be valid JSON.")
+    assert await h.list() == []

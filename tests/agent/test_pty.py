@@ -479,3 +479,33 @@ async def test_cli_interactive_resize_and_reattach(tmp_path: Path) -> None:
             os.close(master)
         await server.close()
         await agent.close()
+
+
+def _no_tracebacks(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.levelno >= 30 and (r.exc_info or r.levelno >= 40)]
+    assert not bad, [r.getMessage() for r in bad]
+
+
+@pytest.mark.parametrize("depth", [1000, 3000])
+def test_deeply_nested_json_is_a_protocol_error(depth: int) -> None:
+    nested = b"[" * depth + b"]" * depth
+    with pytest.raises(ProtocolError):
+        ReconnectingPtyInit.parse(b'{"ID":' + nested + b"}")
+    decoder = RequestDecoder()
+    decoder.receive_data(b'{"data":' + nested + b"}")
+    with pytest.raises(ProtocolError):
+        decoder.next_request()
+
+
+async def test_deeply_nested_init_and_request_are_refused_cleanly(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
+    nested = b"[" * 3000 + b"]" * 3000
+    async with served(tmp_path) as (p, server):
+        body = b'{"ID":' + nested + b"}"
+        assert await raw_attempt(p, len(body).to_bytes(2, "little") + body) == b""
+        assert server.bad_frames == 1
+        init = ReconnectingPtyInit(id=uuid.uuid4(), height=24, width=80).emit()
+        out = await raw_attempt(p, init + b'{"data":' + nested + b"}")
+        assert server.bad_frames == 2, out
+    _no_tracebacks(caplog)

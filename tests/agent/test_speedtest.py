@@ -125,10 +125,15 @@ BAD_CONFIGS = [
      "json: cannot unmarshal number 1.5 into Go struct field config.time of type time.Duration"),
     (b'{"version":2,"time":1000000000,"direction":2}\n',
      "invalid direction 2: expected 0 (download) or 1 (upload)"),
+    # hostile nesting (6 kB): a clean error line, not a RecursionError out of the handler
+    (b"[" * 3000 + b"]" * 3000 + b"\n", "exceeded max depth"),
+    (b'{"version":' + b"[" * 3000 + b"]" * 3000 + b"}\n", "exceeded max depth"),
 ]
 
 
-async def test_bad_configs_get_the_error_line_then_close(tmp_path: Path) -> None:
+async def test_bad_configs_get_the_error_line_then_close(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level("DEBUG")
     async with agent_pair(tmp_path) as p:
         server = SpeedtestServer(p.agent.options, min_duration=FAST)
         await server.start(p.agent.tunnel)
@@ -153,6 +158,7 @@ async def test_bad_configs_get_the_error_line_then_close(tmp_path: Path) -> None
             await server.close()
     assert len(server.sessions) == len(BAD_CONFIGS) + 2
     assert all(s.error and s.direction is None and s.bytes == 0 for s in server.sessions)
+    assert not [r.getMessage() for r in caplog.records if r.levelno >= 40 or r.exc_info]
 
 
 async def test_upload_that_never_ends_hits_the_deadline(tmp_path: Path) -> None:

@@ -227,3 +227,37 @@ async def test_head_request_has_no_body(start_server, client: HttpClient) -> Non
     resp = await client.request("GET", "/", host=s.host, port=s.port)
     assert await resp.read() == b"12345"
     assert s.accepted[0] == 1
+
+
+def _tracebacks(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING and r.exc_info]
+
+
+@pytest.mark.parametrize("target", [b"//[x", b"http://[::1/", b"/a?b=http://[::1"])
+async def test_bad_request_target_gets_400(start_server, caplog, target: bytes) -> None:
+    """urlsplit's ``ValueError: Invalid IPv6 URL`` is the client's fault: a 400, no traceback."""
+    caplog.set_level(logging.DEBUG)
+    s = await start_server(echo_info)
+    out = await _raw(s.port, b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    if target.startswith(b"/a?"):  # only the path and query are split: not an IPv6 netloc
+        assert out.startswith(b"HTTP/1.1 200 ")
+        return
+    assert out.startswith(b"HTTP/1.1 400 ")
+    body = orjson.loads(out.split(b"\r\n\r\n", 1)[1])
+    assert body["message"] == "Bad Request"
+    assert body["detail"].startswith("invalid request target: ")
+    assert s.server.bad_requests == 1
+    assert not _tracebacks(caplog)
+
+
+async def test_deeply_nested_json_body_is_400(start_server, client: HttpClient, caplog) -> None:
+    async def handler(request: Request) -> ServerResponse:
+        return json_response({"type": type(await request.json()).__name__})
+
+    s = await start_server(handler)
+    for depth, status in ((1000, 200), (3000, 400), (100_000, 400)):
+        body = b"[" * depth + b"]" * depth
+        resp = await client.request("POST", "/", host=s.host, port=s.port, body=body)
+        assert resp.status == status, depth
+        await resp.read()
+    assert not _tracebacks(caplog)

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import socket
+import struct
 
 import pytest
 
@@ -200,3 +203,94 @@ async def test_compressed_bomb_is_refused_with_1009(start_server) -> None:
     assert handler.seen[0].close_code == 1009
     # refused while inflating (wsproto's frame parser), not after a 20 MiB chunk existed
     assert handler.seen[0].close_reason != "message too big"
+
+
+def _errors(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Records that would alarm an operator: ERROR or worse, or anything with a traceback."""
+    return [r.getMessage() for r in caplog.records
+            if r.levelno >= logging.ERROR or (r.levelno >= logging.WARNING and r.exc_info)]
+
+
+async def _raw_upgrade(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer
+
+
+def _masked(opcode: int, payload: bytes) -> bytes:
+    """A final client frame with an all-zero mask (so the payload is sent as is)."""
+    assert len(payload) < 126
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + b"\0\0\0\0" + payload
+
+
+async def test_ping_then_close_in_one_write(start_server, caplog) -> None:
+    """wsproto refuses a pong once the peer's close is in: no LocalProtocolError, the close
+    handshake completes (our close frame echoes the code) and the handler sees the close."""
+    caplog.set_level(logging.DEBUG)
+    codes: asyncio.Queue[int] = asyncio.Queue()
+
+    async def handler(request: Request) -> None:
+        ws = await request.accept_websocket()
+        try:
+            await ws.receive()
+        except ConnectionClosed as exc:
+            await codes.put(exc.code)
+
+    s = await start_server(handler)
+    reader, writer = await _raw_upgrade(s.port)
+    writer.write(_masked(0x9, b"hi") + _masked(0x8, (1000).to_bytes(2, "big") + b"bye"))
+    try:
+        assert await asyncio.wait_for(codes.get(), 5) == 1000
+        reply = await asyncio.wait_for(reader.read(), 5)  # then EOF
+    finally:
+        writer.close()
+    assert reply.startswith(b"\x88") and reply[2:4] == (1000).to_bytes(2, "big"), reply
+    assert b"\x8a" not in reply[:1]  # no pong after the close
+    assert not _errors(caplog)
+
+
+@pytest.mark.parametrize("how", ["reset", "bad-frame"])
+async def test_client_breaking_a_session_is_not_an_error(start_server, caplog, how: str) -> None:
+    """A client that drops mid-session or sends a frame the protocol forbids ends the session:
+    handlers that let ConnectionClosed escape (through the agent's Router too) log no error."""
+    from agentconn.agent.api.router import Router
+
+    caplog.set_level(logging.DEBUG)
+    started = asyncio.Event()
+
+    async def sender(request: Request, ctx: object) -> None:
+        ws = await request.accept_websocket()
+        started.set()
+        while True:  # until the client is gone: ConnectionClosed escapes the handler
+            await ws.send(b"x" * 4096)
+            await asyncio.sleep(0.001)
+
+    async def receiver(request: Request, ctx: object) -> None:
+        ws = await request.accept_websocket()
+        started.set()
+        while True:
+            await ws.receive()
+
+    router = Router()
+    router.add("GET", "/ws", sender if how == "reset" else receiver)
+    s = await start_server(router)
+    reader, writer = await _raw_upgrade(s.port)
+    await asyncio.wait_for(started.wait(), 5)
+    if how == "reset":
+        await reader.read(1000)
+        sock = writer.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        writer.transport.abort()
+    else:
+        writer.write(b"\x82\x03abc")  # unmasked client frame: a protocol error (1002)
+        await asyncio.wait_for(reader.read(), 5)
+        writer.close()
+    for _ in range(500):
+        if s.server.connections_aborted:
+            break
+        await asyncio.sleep(0.01)
+    assert s.server.connections_aborted == 1
+    assert not _errors(caplog)

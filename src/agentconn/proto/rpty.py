@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
@@ -89,17 +90,28 @@ def _loads(raw: bytes) -> Any:
         return json.loads(raw.decode("utf-8", "replace"))
     except ValueError as exc:
         raise ProtocolError(f"invalid JSON {raw[:80]!r}: {exc}") from None
+    except RecursionError:  # deeper than orjson's 1024 levels and Python's stack
+        raise ProtocolError(f"invalid JSON {raw[:80]!r}: nested too deeply") from None
+
+
+_BRIEF = reprlib.Repr()
+_BRIEF.maxlevel, _BRIEF.maxstring, _BRIEF.maxother = 3, 80, 80
+
+
+def _brief(value: object) -> str:
+    """A bounded repr for error texts: a deeply nested value must not recurse (hostile JSON)."""
+    return _BRIEF.repr(value)
 
 
 def _uint16(value: object, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= UINT16_MAX:
-        raise ProtocolError(f"{key}: expected an integer 0-{UINT16_MAX}, got {value!r}")
+        raise ProtocolError(f"{key}: expected an integer 0-{UINT16_MAX}, got {_brief(value)}")
     return value
 
 
 def _string(value: object, key: str) -> str:
     if not isinstance(value, str):
-        raise ProtocolError(f"{key}: expected a string, got {value!r}")
+        raise ProtocolError(f"{key}: expected a string, got {_brief(value)}")
     return _go_string(value)
 
 
@@ -110,7 +122,7 @@ _UUID36 = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{
 def _uuid(value: object, key: str) -> uuid.UUID:
     """google/uuid ``Parse``: canonical, ``{canonical}``, ``urn:uuid:canonical`` or 32 hex."""
     if not isinstance(value, str):
-        raise ProtocolError(f"{key}: expected a UUID string, got {value!r}")
+        raise ProtocolError(f"{key}: expected a UUID string, got {_brief(value)}")
     text = value
     if len(text) == 45 and text[:9].lower() == "urn:uuid:":
         text = text[9:]

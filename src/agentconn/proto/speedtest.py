@@ -279,6 +279,8 @@ def parse_config_prefix(data: bytes, eof: bool) -> tuple[SpeedtestConfig, int] |
                     raise SpeedtestConfigError("config too long") from None
                 return None
             raise _syntax_error(msg, ord(text[pos])) from None
+        except RecursionError:      # deep nesting: Go's decoder stops at 10000 levels
+            raise SpeedtestConfigError("exceeded max depth") from None
         except ValueError as exc:     # NaN / Infinity / -Infinity, refused by _reject_constant
             name = str(exc)
             context = ("in numeric literal" if name.startswith("-")

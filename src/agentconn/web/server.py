@@ -36,13 +36,16 @@ import orjson
 from h11._state import MIGHT_SWITCH_PROTOCOL  # not in h11.__all__
 
 from ._stream import READ_SIZE, H11Stream
-from .errors import HttpTimeoutError, LocalProtocolError, RemoteProtocolError
+from .errors import ConnectionClosed, HttpTimeoutError, LocalProtocolError, RemoteProtocolError
 from .headers import Headers
 
 if TYPE_CHECKING:
     from .websocket import WebSocket
 
-__all__ = ["Handler", "HttpServer", "Request", "ResponseLike", "ServerResponse", "json_response"]
+__all__ = [
+    "Handler", "HttpServer", "Request", "ResponseLike", "ServerResponse", "is_client_fault",
+    "json_response",
+]
 
 _log = logging.getLogger(__name__)
 
@@ -85,6 +88,16 @@ def json_response(
     """A JSON response (orjson) with ``Content-Type: application/json``."""
     return ServerResponse(
         status, [("Content-Type", "application/json"), *headers], orjson.dumps(obj)
+    )
+
+
+def is_client_fault(request: Request, exc: BaseException) -> bool:
+    """True when a handler's exception only means the client went away or broke the protocol
+    (a websocket closed or dropped, a reset mid-session): normal operation, not a bug."""
+    if isinstance(exc, ConnectionClosed):
+        return True
+    return isinstance(exc, (ConnectionError, RemoteProtocolError)) and (
+        request.websocket is not None or request.upgraded or request.client_gone
     )
 
 
@@ -296,6 +309,11 @@ class HttpServer:
         self.read_size = read_size
         self.connections_served = 0
         """How many connections :meth:`serve_connection` has taken (for tests and stats)."""
+        self.bad_requests = 0
+        """Requests refused as malformed before reaching the handler (for tests and stats)."""
+        self.connections_aborted = 0
+        """Connections ended by the client's going away or breaking the protocol mid-request,
+        or cancelled by a shutdown (normal operation: logged at debug level only)."""
 
     async def serve_connection(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
@@ -312,19 +330,29 @@ class HttpServer:
             h11.Connection(h11.SERVER, max_incomplete_event_size=self.max_header_size),
             read_size=self.read_size,
         )
+        cancelled = False
         try:
             while await self._serve_one(stream):
                 stream.conn.start_next_cycle()
         except (ConnectionError, HttpTimeoutError, RemoteProtocolError) as exc:
             _log.debug("connection %s ended: %s", stream.peer(), exc)
+        except asyncio.CancelledError:
+            # A shutdown with this client mid-request (e.g. an upload whose sender vanished).
+            # The task ends either way; re-raising would only make asyncio.start_server's
+            # callback log "Exception in callback … CancelledError" (Python 3.11).
+            cancelled = True
         except Exception:  # noqa: BLE001 - one bad connection must not stop the server
             _log.exception("HTTP connection %s failed", stream.peer())
-        finally:
-            if stream.conn.their_state is h11.DONE or stream.conn.their_state is h11.CLOSED:
-                stream.close()
-            else:
-                # Input may be left unread (e.g. after a 431): linger so the answer survives.
+        if not cancelled and stream.conn.their_state not in (h11.DONE, h11.CLOSED):
+            # Input may be left unread (e.g. after a 431): linger so the answer survives.
+            try:
                 await stream.close_lingering()
+            except asyncio.CancelledError:
+                cancelled = True
+        stream.close()
+        if cancelled:
+            self.connections_aborted += 1
+            _log.debug("connection %s cancelled", stream.peer())
 
     async def _read_head(self, stream: H11Stream) -> h11.Request | None:
         loop = asyncio.get_running_loop()
@@ -366,11 +394,18 @@ class HttpServer:
             _log.debug("request head from %s too slow; closing", stream.peer())
             return False
         except RemoteProtocolError as exc:
+            self.bad_requests += 1
             await self._send_error(stream, exc.status_hint, "bad request", str(exc))
             return False
         if head is None:
             return False
-        request = Request(self, stream, head)
+        try:
+            request = Request(self, stream, head)
+        except ValueError as exc:  # urlsplit: "//[x", "http://[::1/" (Invalid IPv6 URL)
+            self.bad_requests += 1
+            _log.debug("bad request target from %s: %s", stream.peer(), exc)
+            await self._send_error(stream, 400, "bad request", f"invalid request target: {exc}")
+            return False
         try:
             response = _to_response(await self.handler(request))
         except RemoteProtocolError as exc:  # the handler found the request malformed
@@ -379,6 +414,10 @@ class HttpServer:
             await self._send_error(stream, exc.status_hint, "bad request", str(exc))
             return False
         except Exception as exc:  # noqa: BLE001 - any handler bug becomes a 500
+            if is_client_fault(request, exc):
+                self.connections_aborted += 1
+                _log.debug("client of %r went away or broke the protocol: %r", request, exc)
+                return False
             _log.exception("handler failed on %r", request)
             if (
                 request.websocket is not None

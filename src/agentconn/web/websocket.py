@@ -232,10 +232,7 @@ class WebSocket:
                 if event.data:
                     return event.data
             elif isinstance(event, Ping):
-                try:
-                    await self._write(event.response())
-                except (ConnectionError, OSError):
-                    self._mark_closed(CLOSE_ABNORMAL, "")
+                await self._pong(event)
             elif isinstance(event, CloseConnection):
                 await self._on_close(event)
 
@@ -282,13 +279,20 @@ class WebSocket:
                         return "".join(p for p in parts if isinstance(p, str))
                     return b"".join(p for p in parts if isinstance(p, bytes))
             elif isinstance(event, Ping):
-                try:
-                    await self._write(event.response())
-                except (ConnectionError, OSError):
-                    self._mark_closed(CLOSE_ABNORMAL, "")
+                await self._pong(event)
             elif isinstance(event, CloseConnection):
                 await self._on_close(event)
             # Pong and anything else: nothing to do.
+
+    async def _pong(self, event: Ping) -> None:
+        """Answer a ping, unless a close was already received or sent (a Ping and a Close in
+        one read: wsproto is then REMOTE_CLOSING and refuses a pong; the close is answered)."""
+        if self._conn.state is not ConnectionState.OPEN:
+            return
+        try:
+            await self._write(event.response())
+        except (ConnectionError, OSError):
+            self._mark_closed(CLOSE_ABNORMAL, "")
 
     async def _on_close(self, event: CloseConnection) -> None:
         if self._conn.state is ConnectionState.OPEN:

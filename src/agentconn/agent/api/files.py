@@ -7,7 +7,9 @@ Go agent. Blocking file-system calls run in the default executor; file data is s
 bounded pieces in both directions (read-file sends a :class:`~agentconn.agent.api.fsutil.FileRange`,
 write-file pipes the request body into :func:`~agentconn.agent.api.fsutil.atomic_write`), so a
 1 GB file never sits in memory. read-file-lines and edit-files read whole files, as the Go agent
-does, bounded by ``max_file_size`` and by the caller's own request respectively.
+does, bounded by ``max_file_size`` and by the caller's own request respectively; both refuse
+what is not a regular file (a device such as ``/dev/zero`` reports size 0 and never ends). A
+NUL byte in a path is a 400 naming the field.
 
 edit-files runs in phases: literal duplicates are merged and symlink aliases rejected (step 2);
 phase 1 computes every file's new content in memory and collects all errors, answering with the
@@ -69,7 +71,14 @@ def _api_error(e: FileError) -> ApiError:
     return ApiError(e.status, fsutil.json_safe(e.message))
 
 
+def _no_nul(value: str, name: str) -> None:
+    """400 for a NUL byte, which no path or command can hold (the OS would refuse it)."""
+    if "\x00" in value:
+        raise ApiError(400, f"{name} must not contain a NUL byte")
+
+
 def _absolute_or_400(path: str) -> None:
+    _no_nul(path, "path")
     if not path.startswith("/"):
         raise ApiError(400, f"file path must be absolute: {go_quote(path)}")
 
@@ -169,6 +178,9 @@ class FilesApi:
         query = query_params(request, "LS")
         body = await decode_body(request, LSRequest)
         path = _str(query, "path")
+        _no_nul(path, "path")
+        for part in body.path:
+            _no_nul(part, "path")
         try:
             return json_ok(await asyncio.to_thread(self._list, path, body))
         except FileError as e:
@@ -276,6 +288,7 @@ class FilesApi:
 
     async def _read_file_lines(self, request: Request, ctx: RequestContext) -> ResponseLike:
         query = query_params(request, "ReadFileLines")
+        _no_nul(_str(query, "path"), "path")
         response = await asyncio.to_thread(
             _read_file_lines,
             _str(query, "path"),
@@ -308,6 +321,8 @@ class FilesApi:
         req = await decode_body(request, FileEditRequest)
         if not req.files:
             raise ApiError(400, "must specify at least one file")
+        for f in req.files:
+            _no_nul(f.path, "path")
         try:
             entries = await asyncio.to_thread(_merge_duplicates, req)
         except FileError as e:
@@ -394,6 +409,8 @@ def _read_file_lines(
             return fail(f"stat file: {os_error_text('stat', path, e)}")
         if stat.S_ISDIR(st.st_mode):
             return fail(f"not a file: {path}")
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero reports size 0 and never ends
+            return fail(f"not a regular file: {path}")
         file_size = st.st_size
         if file_size > max_file_size:
             return fail(
@@ -522,6 +539,8 @@ def _prepare_edit(entry: _EditEntry) -> _PendingEdit:
             raise FileError(500, os_error_text("stat", resolved, e)) from e
         if stat.S_ISDIR(st.st_mode):
             raise FileError(400, f"open {resolved}: not a file")
+        if not stat.S_ISREG(st.st_mode):  # /dev/zero reports size 0 and never ends
+            raise FileError(400, f"open {resolved}: not a regular file")
         try:
             data = _read_all(fd)
         except OSError as e:

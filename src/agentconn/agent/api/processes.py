@@ -284,6 +284,10 @@ class ProcessManager:
         body = await decode_body(request, StartProcessRequest)
         if body.command == "":
             raise ApiError(400, "Command is required.")
+        for name, value in (("command", body.command), ("workdir", body.workdir),
+                            *(("env", f"{k}={v}") for k, v in body.env.items())):
+            if "\x00" in value:  # the OS refuses it (ValueError): a bad request, not a 500
+                raise ApiError(400, f"{name} must not contain a NUL byte")
         if self._closed:
             raise ApiError(500, "Failed to start process.", "manager is closed")
         workdir = body.workdir or self._options.working_directory() or self._options.home

@@ -31,7 +31,7 @@ from agentconn.proto.common import Response, Validation
 from agentconn.proto.errors import INVALID_JSON_MESSAGE, BadRequest
 from agentconn.proto.routes import QueryError, QueryValue, Route, parse_query, route
 from agentconn.web.errors import HttpTimeoutError, RemoteProtocolError
-from agentconn.web.server import Request, ResponseLike, ServerResponse
+from agentconn.web.server import Request, ResponseLike, ServerResponse, is_client_fault
 
 __all__ = [
     "JSON_CONTENT_TYPE",
@@ -269,5 +269,7 @@ class Router:
                 raise
             return ApiError(e.status_hint, "Bad request.", str(e)).to_response()
         except Exception as e:  # noqa: BLE001 - chi's recoverer: any failure is a 500
+            if is_client_fault(request, e):
+                raise  # the server ends the connection quietly (debug log, counted)
             _log.exception("handler for %s %s failed", request.method, request.target)
             return ApiError(500, "Internal error.", f"{type(e).__name__}: {e}").to_response()

@@ -360,6 +360,8 @@ class ReconnectingPtyServer:
         self._all_sessions: set[PtySession] = set()
         self._handlers: dict[asyncio.Task[Any], asyncio.StreamWriter] = {}
         self._closed = False
+        #: connections closed for a bad init frame or request (hostile or broken clients)
+        self.bad_frames = 0
 
     async def start(self, tunnel: Tunnel) -> None:
         """Listen on TCP ``port`` of the tunnel. Raises OSError if it is taken."""
@@ -457,6 +459,7 @@ class ReconnectingPtyServer:
             _log.info("reconnecting PTY from %s: no init frame within %g s", peer,
                       self.init_timeout)
         except ProtocolError as exc:
+            self.bad_frames += 1
             _log.info("reconnecting PTY from %s: bad init frame: %s", peer, exc)
         return None
 
@@ -534,6 +537,7 @@ class ReconnectingPtyServer:
                     if request.resize is not None:
                         session.resize(*request.resize)
             except ProtocolError as exc:
+                self.bad_frames += 1
                 _log.info("reconnecting PTY %s from %s: bad request: %s", session.id, peer, exc)
                 return
             await session.wait_input_drained()
