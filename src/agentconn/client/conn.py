@@ -410,6 +410,14 @@ class AgentConn:
 
         return await ssh(self, port)
 
+    def http_client(self, port: int, **httpx_kwargs: Any) -> Any:
+        """An ``httpx.AsyncClient`` whose connections go through the tunnel to the web app on
+        the agent's ``port`` (base URL ``http://localhost:<port>``): keep-alive pooled,
+        streaming both ways. Needs ``httpx`` (the ``http`` extra)."""
+        from agentconn.client.http import http_client
+
+        return http_client(self, port, **httpx_kwargs)
+
     async def ssh_client(self, port: int = 1, **asyncssh_kwargs: Any) -> Any:
         """An ``asyncssh.SSHClientConnection`` to the agent, handshake done (host key not
         checked, "none" authentication), over the tunnel."""
