@@ -243,3 +243,57 @@ def test_pcap_file_option_on_every_target_command() -> None:
     assert target_of(args).pcap_file == "x.pcap"
     args = build_parser().parse_args(["ping", "ws", "--pcap-file", "y.pcap"])
     assert args.pcap_file == "y.pcap"
+
+
+@needs_tcpdump
+def test_workspace_target_captures_on_the_dialed_tunnel(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--pcap-file`` with a workspace name: the capture starts on the tunnel of the
+    connection ``coder.dial`` returned (faked here by a loopback pair), and a file that cannot
+    be written is a TargetError that closes the connection."""
+    from agentconn.cli import target as target_mod
+    from agentconn.client.conn import AgentConn
+
+    path = tmp_path / "ws.pcap"
+
+    async def main() -> None:
+        a, b = await pair()
+        conns: list[AgentConn] = []
+
+        async def fake_dial(workspace: str) -> AgentConn:
+            conns.append(AgentConn(a, uuid.uuid4()))
+            return conns[-1]
+
+        monkeypatch.setattr(target_mod, "_dial", fake_dial)
+        try:
+            conn = await target_mod.connect_target(target_mod.Target(workspace="ws",
+                                                                     pcap_file=str(path)))
+            assert conn.tunnel.capture_stats is not None
+            assert await a.ping("10.55.0.2", timeout=5) > 0
+            await conn.close()                    # a lease: the shared tunnel stays up
+            assert a.capture_stats is not None and a.capture_stats["packets"] == 2
+            a.stop_capture()
+            with pytest.raises(target_mod.TargetError, match="cannot write capture file"):
+                await target_mod.connect_target(target_mod.Target(
+                    workspace="ws", pcap_file=str(tmp_path / "missing" / "x.pcap")))
+            assert conns[-1]._closed
+        finally:
+            await a.close()
+            await b.close()
+    run("asyncio", main())
+    lines = tcpdump(path)
+    assert len(lines) == 2 and "echo request" in lines[0] and "echo reply" in lines[1], lines
+
+
+def test_config_target_with_unwritable_pcap_file_is_a_target_error(tmp_path: Path) -> None:
+    from agentconn.cli import target as target_mod
+
+    conf = tmp_path / "c.conf"
+    conf.write_text(configs()[0])
+
+    async def main() -> None:
+        with pytest.raises(target_mod.TargetError, match="cannot write capture file"):
+            await target_mod.connect_target(target_mod.Target(
+                config=str(conf), agent_id=uuid.uuid4(),
+                pcap_file=str(tmp_path / "missing" / "x.pcap")))
+    run("asyncio", main())
