@@ -34,6 +34,8 @@ need_cmd ssh openssh-client
 need_cmd sftp openssh-client
 need_cmd sshd openssh-server
 need_cmd ping iputils-ping
+# tests/aio/test_pcap_capture.py reads the capture files back
+need_cmd tcpdump tcpdump
 need_cmd gcc gcc
 # the desktop tests (agent-api.md §11): the agent's X/VNC server, the recorder and the
 # checker of its MP4s, and an X application to type into

@@ -14,6 +14,11 @@ or a loop, so a whole node can be driven by a test with a fake ``now``:
   keepalives, staged packets) and the interface's packets go into a batch, which is then
   encrypted in C; what had no session is staged by the device until a handshake completes.
 * ``get_timer()``/``handle_timer(now, wall)``: the earliest deadline of both cores.
+* ``capture``: None, or called with ``(wall, [packet, ...])`` for the inner IP packets of each
+  batch, received ones after decryption (before the interface consumes them) and sent ones as
+  they are sealed (a packet staged for a handshake is reported when it is finally sealed, once;
+  keepalives and handshake messages carry no IP packet and are not). Costs one attribute
+  check per batch while None. Used for pcap files (``net/pcap.py``, ``Tunnel.start_capture``).
 
 ``now`` is the monotonic protocol clock, ``wall`` the Unix time for TAI64N timestamps and
 ``ping_now`` a monotonic clock with sub-millisecond resolution for ping RTTs. The asyncio
@@ -21,6 +26,7 @@ adapter (:class:`~agentconn.aio.tunnel.Tunnel`) is the only thing that reads clo
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from _wgcore.datapath import RESULT, PacketBatch
@@ -36,6 +42,12 @@ __all__ = ["DEFAULT_MTU", "Node"]
 
 DEFAULT_MTU = 1280   # Coder's tailnet MTU (tailnet.md §3); set MTU in the config to change it
 DROP_TOO_BIG = RESULT["DROP_TOO_BIG"]
+RES_DATA = RESULT["DATA"]
+RES_PENDING = RESULT["PENDING"]
+RES_SEALED = RESULT["SEALED"]
+
+#: ``capture(wall, packets)``: see the module doc.
+Capture = Callable[[float, list[bytes]], None]
 
 
 class Node:
@@ -53,6 +65,8 @@ class Node:
         route = self.device.datapath.route
         self.iface = Interface([a.ip for a in config.addresses], mtu=mtu,
                                has_route=lambda raw: route(raw) is not None)
+        #: None, or called with (wall, inner IP packets) per batch, both directions
+        self.capture: Capture | None = None
 
     @property
     def public_key(self) -> str:
@@ -103,6 +117,8 @@ class Node:
         (ACKs owed go into `tx`) and run the device's control path on the rest."""
         device = self.device
         if device.datapath.decrypt(rx, now):
+            if self.capture is not None:
+                self.capture(wall, [packet for _, packet, _, _ in rx.collect(RES_DATA)])
             iface = self.iface
             if iface.receive_batch(rx, tx, now):
                 iface.receive_other(rx, ping_now)
@@ -130,7 +146,16 @@ class Node:
 
     def seal(self, tx: PacketBatch, now: float, wall: float) -> None:
         """Encrypt the batch in place; packets without a session are staged by the device."""
-        self.device.datapath.encrypt(tx, now)
+        capture = self.capture
+        if capture is None:
+            self.device.datapath.encrypt(tx, now)
+        else:
+            pending = tx.collect(RES_PENDING)   # the inner packets, before sealing overwrites them
+            self.device.datapath.encrypt(tx, now)
+            results = tx.results()
+            sent = [packet for i, packet, _, _ in pending if packet and results[i] == RES_SEALED]
+            if sent:
+                capture(wall, sent)
         self.device.after_encrypt(tx, now, wall)
 
     # -- timers and status ----------------------------------------------------------------------

@@ -273,3 +273,36 @@ def test_tcp_exact_over_a_lossy_duplicating_link(seed: int) -> None:
     assert bytes(reader.data) == data
     assert pair.dropped > 0 and conn_a.retransmits > 0
     assert pair.b.stats(pair.now)["drops"].get("replay", 0) > 0    # the duplicates
+
+
+# -- capture hook --------------------------------------------------------------------------------
+
+def test_capture_hook_sees_each_inner_packet_once_both_ways() -> None:
+    """Node.capture gets (wall, inner IP packets): the echo request staged for the handshake
+    once, when sealed; the reply after decryption; never handshake messages or keepalives."""
+    pair = NodePair(delay=0.125)
+    a, b = pair.a, pair.b
+    seen: list[tuple[float, bytes]] = []
+    wall0 = pair.wall
+    a.capture = lambda wall, packets: seen.extend((wall, p) for p in packets)
+    for _ in range(2):
+        token = a.iface.ping("10.44.0.2", pair.now)
+        pair.run(lambda: any(isinstance(e, PingReplied) and e.token == token
+                             for _, e in pair.events[a]))
+    # the wall clock of the batch: request sealed once the handshake response is in (2 legs)
+    assert [wall - wall0 for wall, _ in seen] == [0.25, 0.5, 0.5, 0.75]
+    kinds = [(p[0] >> 4, p[9], p[20], p[12:16], p[16:20]) for _, p in seen]
+    request, reply = (4, 1, 8, A4.packed, B4.packed), (4, 1, 0, B4.packed, A4.packed)
+    assert kinds == [request, reply, request, reply]
+    # a keepalive (an empty transport message) is not an IP packet: nothing captured
+    for peer in a.device.iter_peers():
+        peer.send_keepalive()
+    pair._flush(a)
+    pair.advance(15.0)                 # and B's passive keepalive after 10 s
+    assert len(seen) == 4
+    a.capture = None
+    token = a.iface.ping("10.44.0.2", pair.now)
+    pair.run(lambda: any(isinstance(e, PingReplied) and e.token == token
+                         for _, e in pair.events[a]))
+    assert len(seen) == 4
+    assert b.capture is None

@@ -23,6 +23,11 @@ The stream, server and datagram factories live beside their transports (:mod:`.s
 (STYLE §1) through the node and the only one that reads clocks: ``loop.time()`` for protocol timers,
 ``time.monotonic()`` for ping RTTs (uvloop's ``loop.time()`` has millisecond resolution) and
 ``time.time()`` for TAI64N timestamps.
+
+Packet capture (:meth:`Tunnel.start_capture`, or ``pcap=`` at construction) sets the node's
+``capture`` hook to a :class:`~agentconn.net.pcap.PcapWriter` on a file this module opens and
+closes: the inner IP packets of both directions, as ``tcpdump -i wg0 -w FILE`` would record
+them, timestamped with the batch's ``time.time()`` and bounded in size.
 """
 from __future__ import annotations
 
@@ -40,6 +45,7 @@ from _wgcore.udpio import UdpIO
 
 from ..errors import ConfigError, PingTimeoutError, TunnelClosedError, TunnelError
 from ..net.events import DatagramReceived, DatagramUnclaimed, PingReplied, TcpActivity
+from ..net.pcap import PcapWriter
 from ..net.udp import Datagram
 from ..node import Node
 from ..wg.config import InterfaceConfig, PeerConfig, load_config
@@ -58,6 +64,8 @@ MAX_BATCHES_PER_WAKEUP = 16   # stay fair to the rest of the loop
 MAX_TX_BATCHES_PER_FLUSH = 64
 RES_SEALED = RESULT["SEALED"]
 RES_RAW = RESULT["RAW"]
+#: Default bound of a capture file's size (header included).
+PCAP_MAX_BYTES = 64 * 1024 * 1024
 
 #: Sends datagrams over relay paths: called with [(path, datagram), ...] (see :meth:`Tunnel.set_relay`).
 RelaySend = Callable[[list[tuple[int, bytes]]], None]
@@ -78,10 +86,14 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
     """
 
     def __init__(self, config: InterfaceConfig, *, listen_host: str = "",
-                 sock: socket.socket | None = None, gro: bool = True, gso: bool = True) -> None:
+                 sock: socket.socket | None = None, gro: bool = True, gso: bool = True,
+                 pcap: str | os.PathLike[str] | None = None,
+                 pcap_max_bytes: int = PCAP_MAX_BYTES) -> None:
         """`sock`: an unconnected UDP socket to use instead of binding one (it must already be
         bound; the tunnel makes it non-blocking and closes it). `gro`/`gso`: allow UDP receive
-        and send offload where the kernel has it."""
+        and send offload where the kernel has it. `pcap`: capture the tunnel's inner packets
+        to this file from :meth:`start` on (see :meth:`start_capture`), at most
+        `pcap_max_bytes` bytes of it."""
         self.config = config
         #: The sans-IO core: WireGuard device + IP interface.
         self.node = Node(config)
@@ -112,6 +124,9 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         self._relayed_in: list[tuple[int, bytes]] = []
         self._relayed_handle: asyncio.Handle | None = None
         self._rx_relay: PacketBatch | None = None
+        self._pcap_request = (pcap, pcap_max_bytes) if pcap is not None else None
+        self._capture: PcapWriter | None = None
+        self._capture_path: str | None = None
 
     @classmethod
     def from_config(cls, path_or_text: str | os.PathLike[str], **kwargs: Any) -> Tunnel:
@@ -137,6 +152,8 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         if self._closed:
             raise TunnelClosedError("tunnel was closed")
         loop = asyncio.get_running_loop()
+        if self._pcap_request is not None:
+            self.start_capture(*self._pcap_request)
         self._loop = loop
         if self._own_sock is not None:
             self._sock = self._own_sock
@@ -214,6 +231,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         for handle in (self._flush_handle, self._timer_handle, self._relayed_handle):
             if handle is not None:
                 handle.cancel()
+        self.stop_capture()             # after the RSTs: they are in the file
         self.node.zero_key_material()
         for waiter in self._ping_waiters.values():
             if not waiter.done():
@@ -235,6 +253,82 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
                     break
         except Exception:
             log.exception("sending resets at close failed")
+
+    # -- packet capture -------------------------------------------------------------------------
+
+    def start_capture(self, path: str | os.PathLike[str],
+                      max_bytes: int = PCAP_MAX_BYTES) -> None:
+        """Write the inner IP packets of both directions to a new pcap file at `path`
+        (truncated if it exists) until :meth:`stop_capture` or :meth:`close`.
+
+        The file is what ``tcpdump -i wg0 -w path`` would give (``LINKTYPE_RAW``, microsecond
+        timestamps): read it with ``tcpdump -r`` or Wireshark. Once the next packet would take
+        it past `max_bytes` bytes, nothing more is written and packets are counted as
+        dropped (:attr:`capture_stats`). Works before and after :meth:`start`. Raises
+        TunnelError if a capture is running or the file cannot be created,
+        TunnelClosedError after :meth:`close`.
+        """
+        if self._closed:
+            raise TunnelClosedError("tunnel was closed")
+        if self._capture is not None:
+            raise TunnelError(f"already capturing to {self._capture_path}")
+        name = os.fsdecode(path)
+        try:
+            file = open(name, "wb")  # noqa: SIM115 - closed by stop_capture
+        except OSError as exc:
+            raise TunnelError(f"cannot write capture file {name}: {exc.strerror or exc}") from None
+        try:
+            writer = PcapWriter(file, max_bytes=max_bytes)
+        except BaseException:
+            file.close()
+            raise
+        self._capture, self._capture_path = writer, name
+        self.node.capture = self._record
+        log.debug("capturing packets to %s (at most %d bytes)", name, max_bytes)
+
+    def stop_capture(self) -> dict[str, Any] | None:
+        """Stop capturing and close the file. Returns its :attr:`capture_stats`, or None if
+        no capture was running."""
+        writer = self._capture
+        if writer is None:
+            return None
+        self.node.capture = None
+        self._capture = None
+        stats = self._capture_stats(writer)
+        try:
+            writer.close()
+        except OSError as exc:
+            log.warning("closing capture file %s failed: %s", self._capture_path, exc)
+        if writer.dropped:
+            log.warning("capture file %s reached its %d-byte bound: %d packets not written",
+                        self._capture_path, writer.max_bytes, writer.dropped)
+        return stats
+
+    @property
+    def capture_stats(self) -> dict[str, Any] | None:
+        """The running capture's path, packets written and dropped, bytes, full; or None."""
+        return None if self._capture is None else self._capture_stats(self._capture)
+
+    def _capture_stats(self, writer: PcapWriter) -> dict[str, Any]:
+        return {"path": self._capture_path, **writer.stats()}
+
+    def _record(self, wall: float, packets: list[bytes]) -> None:
+        """The node's capture hook: write the packets, or give the capture up on a write error
+        (the data path must not fail because a disk did)."""
+        writer = self._capture
+        if writer is None:
+            return
+        try:
+            writer.write_many(wall, packets)
+        except OSError as exc:
+            log.error("writing capture file %s failed (%s); capture stopped",
+                      self._capture_path, exc)
+            self.node.capture = None
+            self._capture = None
+            try:
+                writer.close()
+            except OSError:
+                pass
 
     # -- properties and the StackHost interface of the transports --------------------------------
 
@@ -553,4 +647,6 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         data = self.node.stats(now)
         data["listen_port"] = self.listen_port if self._sock is not None and not self._closed else None
         data["udp"] = self._io.counters() if self._io is not None else {}
+        if self._capture is not None:
+            data["capture"] = self.capture_stats
         return data

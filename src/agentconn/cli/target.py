@@ -9,6 +9,10 @@ and opens its connection with :func:`open_conn`:
 * ``agentconn <cmd> --config FILE --agent-id UUID`` brings up a tunnel from the wg-quick file
   (:func:`agentconn.connect`).
 
+``--pcap-file FILE`` (either way) writes the tunnel's inner IP packets to FILE in pcap format
+(``tcpdump -r FILE``, Wireshark) until the connection closes: from the tunnel's start with
+``--config``, from the moment the agent answered through a workspace's shared tunnel.
+
 Mistakes in the arguments, and every failure to open the connection, are raised as
 :class:`TargetError`: ``__main__`` prints it as the one line ``agentconn <cmd>: <message>`` and
 exits with its :attr:`~TargetError.exit_status` (2 for bad arguments, 1 when the connection
@@ -80,15 +84,20 @@ def add_target_arguments(parser: argparse.ArgumentParser, *, positional: bool = 
                              "(instead of a workspace; needs --agent-id)")
     parser.add_argument("--agent-id", type=agent_id_type, metavar="UUID",
                         help="the agent UUID (with --config)")
+    parser.add_argument("--pcap-file", metavar="FILE",
+                        help="write the tunnel's packets (inner IP, both directions) to FILE "
+                             "in pcap format, for tcpdump -r or Wireshark (at most 64 MiB)")
 
 
 @dataclass(frozen=True, slots=True)
 class Target:
-    """One agent to reach: ``workspace`` through Coder, or ``config`` and ``agent_id``."""
+    """One agent to reach: ``workspace`` through Coder, or ``config`` and ``agent_id``;
+    ``pcap_file``: capture the tunnel's packets there."""
 
     workspace: str | None = None
     config: str | None = None
     agent_id: uuid.UUID | None = None
+    pcap_file: str | None = None
 
 
 def target_of(args: argparse.Namespace) -> Target:
@@ -97,18 +106,19 @@ def target_of(args: argparse.Namespace) -> Target:
     workspace: str | None = getattr(args, "workspace", None)
     config: str | None = args.config
     agent_id: uuid.UUID | None = args.agent_id
+    pcap_file: str | None = getattr(args, "pcap_file", None)
     if workspace is not None and (config is not None or agent_id is not None):
         other = f"--config {config!r}" if config is not None else f"--agent-id {agent_id}"
         raise TargetError(_BOTH.format(workspace=workspace, other=other), EXIT_USAGE)
     if config is not None:
         if agent_id is None:
             raise TargetError(_CONFIG_WITHOUT_ID.format(config=config), EXIT_USAGE)
-        return Target(config=config, agent_id=agent_id)
+        return Target(config=config, agent_id=agent_id, pcap_file=pcap_file)
     if agent_id is not None:
         raise TargetError(_ID_WITHOUT_CONFIG.format(agent_id=agent_id), EXIT_USAGE)
     if not workspace:
         raise TargetError(NO_TARGET, EXIT_USAGE)
-    return Target(workspace=workspace)
+    return Target(workspace=workspace, pcap_file=pcap_file)
 
 
 async def open_conn(args: argparse.Namespace) -> AgentConn:
@@ -123,8 +133,17 @@ async def connect_target(target: Target) -> AgentConn:
         if target.workspace is None:
             import agentconn
 
-            return await agentconn.connect(str(target.config), str(target.agent_id))
-        return await _dial(target.workspace)
+            tunnel_kwargs = {"pcap": target.pcap_file} if target.pcap_file is not None else None
+            return await agentconn.connect(str(target.config), str(target.agent_id),
+                                           tunnel_kwargs=tunnel_kwargs)
+        conn = await _dial(target.workspace)
+        if target.pcap_file is not None:
+            try:  # the deployment's shared tunnel: closed (capture and all) when we leave
+                conn.tunnel.start_capture(target.pcap_file)
+            except BaseException:
+                await conn.close()
+                raise
+        return conn
     except AgentConnError as exc:
         raise TargetError(str(exc) or type(exc).__name__) from exc
     except OSError as exc:  # the deployment (or a DERP server) cannot be reached

@@ -630,18 +630,25 @@ class AgentConn:
 
 
 async def connect(config: InterfaceConfig | str | os.PathLike[str], agent_id: uuid.UUID | str,
-                  *, reachable_timeout: float = 30.0, **kwargs: Any) -> AgentConn:
+                  *, reachable_timeout: float = 30.0, tunnel_kwargs: dict[str, Any] | None = None,
+                  **kwargs: Any) -> AgentConn:
     """Bring up a tunnel from ``config`` (wg-quick path, text or parsed) and return an
     :class:`AgentConn` to ``agent_id`` that owns it. Waits until the agent answers a ping;
     raises :class:`~agentconn.errors.TunnelError` if it does not within ``reachable_timeout``.
+    ``tunnel_kwargs`` go to the :class:`~agentconn.aio.tunnel.Tunnel` (e.g. ``pcap=path``),
+    the other keyword arguments to :class:`AgentConn`.
     """
     from agentconn.aio.tunnel import Tunnel
     from agentconn.wg.config import InterfaceConfig as _Config
     from agentconn.wg.config import load_config
 
     cfg = config if isinstance(config, _Config) else load_config(config)
-    tunnel = Tunnel(cfg)
-    await tunnel.start()
+    tunnel = Tunnel(cfg, **(tunnel_kwargs or {}))
+    try:
+        await tunnel.start()
+    except BaseException:
+        await tunnel.close()
+        raise
     conn = AgentConn(tunnel, agent_id, owns_tunnel=True, **kwargs)
     try:
         if reachable_timeout and not await conn.await_reachable(reachable_timeout):
