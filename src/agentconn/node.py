@@ -50,9 +50,10 @@ class Node:
         if not 576 <= mtu <= 65535 - 80:
             raise ConfigError(f"MTU {mtu} out of range 576-65455")
         self.device = Device(config.private_key, mtu=mtu)
-        route = self.device.datapath.route
+        device = self.device
+        # Through the property, not a saved bound method: the route table is rebuilt lazily.
         self.iface = Interface([a.ip for a in config.addresses], mtu=mtu,
-                               has_route=lambda raw: route(raw) is not None)
+                               has_route=lambda raw: device.datapath.route(raw) is not None)
 
     @property
     def public_key(self) -> str:
