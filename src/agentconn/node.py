@@ -69,15 +69,14 @@ class Node:
     def peers_by_key(self, public_key: str | bytes | None) -> list[Peer]:
         """The peer with that key (base64 or raw), or every peer for None. Raises ConfigError
         for a key no peer has."""
-        peers = list(self.device.iter_peers())
         if public_key is None:
-            return peers
+            return list(self.device.iter_peers())
         key = parse_key(public_key, what="peer public key") if isinstance(public_key, str) \
             else public_key
-        found = [p for p in peers if p.public_key == key]
-        if not found:
+        peer = self.device.peers.get(key)     # a dict lookup: O(1) with any number of peers
+        if peer is None:
             raise ConfigError(f"no peer with public key {encode_key(key)}")
-        return found
+        return [peer]
 
     def start(self) -> None:
         """Persistent keepalive: wg sends one as soon as the interface comes up."""
