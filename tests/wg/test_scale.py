@@ -1,4 +1,4 @@
-"""Issue 14 item 5: the cost of get_timer/handle_timer and of add_peer must not grow with the
+"""Issue 14 items 3 and 5: the cost of get_timer/handle_timer and of add_peer must not grow with the
 number of peers. The timer heap is checked against a linear scan over every peer (the
 slow-reference idea of wireguard-go's allowed-IPs tests), and route changes against a linear
 longest-prefix scan over the configured networks.
@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import ipaddress
 import random
+import socket
+import struct
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,6 +16,13 @@ from hypothesis import strategies as st
 from agentconn.wg.allowedips import Network
 from agentconn.wg.config import PeerConfig
 from agentconn.wg.device import Device
+from agentconn.wg.endpoint import (
+    parse_sockaddr,
+    relay_sockaddr,
+    sockaddr,
+    source_bytes,
+    source_ip,
+)
 from agentconn.wg.peer import Peer
 
 
@@ -224,3 +233,28 @@ def test_removing_a_peer_keeps_a_network_another_peer_took_over() -> None:
     device.remove_peer(first.public_key)
     assert device.allowed_ips.lookup(ipaddress.ip_address("10.9.1.1")) is second
     assert device.datapath.route(ipaddress.ip_address("10.9.1.1").packed) is second.slot
+
+
+# -- the cookie's source key, computed per handshake message under load --------------------------
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.ip_addresses(v=4).map(lambda a: (a, socket.AF_INET)),
+                 st.ip_addresses(v=4).map(lambda a: (a, socket.AF_INET6)),
+                 st.ip_addresses(v=6).map(lambda a: (a, socket.AF_INET6))),
+       st.integers(0, 65535))
+def test_source_key_matches_the_parsed_address(
+        address: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int], port: int) -> None:
+    """source_bytes/source_ip read the sockaddr bytes directly; they must equal the address
+    as parse_sockaddr shows it (IPv4-mapped IPv6 as IPv4), packed, then the port LE."""
+    ip, family = address
+    raw = sockaddr(str(ip), port, family)
+    host, parsed_port = parse_sockaddr(raw)
+    packed = ipaddress.ip_address(host).packed
+    assert source_ip(raw) == packed
+    assert source_bytes(raw) == packed + struct.pack("<H", parsed_port)
+    assert parsed_port == port
+
+
+def test_source_key_of_a_relay_or_empty_endpoint_is_the_raw_bytes() -> None:
+    for raw in (relay_sockaddr(7), b"", b"\x02\x00"):
+        assert source_bytes(raw) == raw and source_ip(raw) == raw
