@@ -40,6 +40,12 @@ cdef class Datapath:
     cdef uint32_t table_used      # live + tombstones
     cdef Route* routes
     cdef uint32_t route_count
+    cdef uint32_t* route_slots    # open-addressing hash of routes: index + 1, 0 = empty
+    cdef uint32_t route_mask      # route_slots capacity - 1 (power of two)
+    cdef uint8_t v4_lengths[33]   # distinct IPv4 prefix lengths present, longest first
+    cdef uint8_t v4_length_count
+    cdef uint8_t v6_lengths[129]  # distinct IPv6 prefix lengths present, longest first
+    cdef uint8_t v6_length_count
     cdef public uint32_t mtu
     cdef uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes
     cdef uint64_t drops[DROP_REASONS]

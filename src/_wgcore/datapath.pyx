@@ -332,16 +332,35 @@ cdef class PacketBatch:
         return (d.off, d.len, d.inner_off, d.inner_len, d.result)
 
 
-cdef inline bint _prefix_match(const uint8_t* a, const uint8_t* net, uint8_t plen) noexcept nogil:
-    cdef uint8_t full = plen >> 3
-    cdef uint8_t rest = plen & 7
-    cdef uint8_t mask
-    if full and memcmp(a, net, full) != 0:
-        return False
-    if rest:
-        mask = <uint8_t>(0xff << (8 - rest))
-        return (a[full] & mask) == net[full]
-    return True
+cdef inline void _mask_prefix(const uint8_t* src, uint8_t* dst, uint32_t nbytes,
+                              uint8_t plen) noexcept nogil:
+    """dst[:16] := src[:nbytes] with every bit past `plen` cleared (and zeros past nbytes)."""
+    cdef uint32_t k
+    memset(dst, 0, 16)
+    for k in range(nbytes):
+        if k * 8 + 8 <= plen:
+            dst[k] = src[k]
+        elif k * 8 < plen:
+            dst[k] = src[k] & <uint8_t>(0xff << (8 - (plen - k * 8)))
+        else:
+            break
+
+
+cdef inline uint32_t _route_hash(uint8_t family, uint8_t plen, const uint8_t* addr,
+                                 uint32_t nbytes) noexcept nogil:
+    # FNV-1a over (family, prefix length, masked address).
+    cdef uint32_t h = 2166136261u
+    cdef uint32_t k
+    h = (h ^ family) * 16777619u
+    h = (h ^ plen) * 16777619u
+    for k in range(nbytes):
+        h = (h ^ addr[k]) * 16777619u
+    return h ^ (h >> 15)
+
+
+cdef inline bint _route_equal(const Route* a, const Route* b) noexcept nogil:
+    return (a.family == b.family and a.prefix_len == b.prefix_len
+            and memcmp(a.addr, b.addr, 16) == 0)
 
 
 @cython.final
@@ -359,6 +378,10 @@ cdef class Datapath:
             raise MemoryError()
         self.routes = NULL
         self.route_count = 0
+        self.route_slots = NULL
+        self.route_mask = 0
+        self.v4_length_count = 0
+        self.v6_length_count = 0
         self.mtu = mtu
         memset(self.drops, 0, sizeof(self.drops))
 
@@ -366,6 +389,7 @@ cdef class Datapath:
         PyMem_Free(self.table_keys)
         PyMem_Free(self.table_values)
         PyMem_Free(self.routes)
+        PyMem_Free(self.route_slots)
 
     # -- receiver-index table (open addressing, linear probing, tombstones) --------------
 
@@ -458,49 +482,108 @@ cdef class Datapath:
         return index in self._keypairs
 
     # -- allowed-IPs table ----------------------------------------------------------------
+    #
+    # Longest-prefix match as allowedips.py does it: the routes sit in one open-addressing hash
+    # keyed by (family, prefix length, masked address), and a lookup probes the distinct prefix
+    # lengths of the address's family, longest first. A lookup costs one probe per distinct
+    # length (Coder peers own /32s and /128s: one or two), not one comparison per route, so the
+    # per-packet cost does not grow with the number of peers (issue 14 item 5).
 
     def set_routes(self, list entries not None) -> None:
         """Replace the allowed-IPs table with (network_address_bytes, prefix_len, PeerSlot).
 
-        Entries are matched longest prefix first (the caller's order is not relied on).
+        Host bits are masked off. When two entries name the same network, the first one
+        wins. Raises ValueError for an address that is not 4 or 16 bytes or a prefix length
+        out of range.
         """
-        cdef list ordered = sorted(entries, key=lambda e: -e[1])
-        cdef Route* routes = <Route*>PyMem_Calloc(max(1, len(ordered)), sizeof(Route))
-        if routes == NULL:
+        cdef uint32_t n = len(entries)
+        cdef uint32_t capacity = 16
+        while capacity < n * 2:
+            capacity *= 2
+        cdef Route* routes = <Route*>PyMem_Calloc(max(1, n), sizeof(Route))
+        cdef uint32_t* slots = <uint32_t*>PyMem_Calloc(capacity, sizeof(uint32_t))
+        if routes == NULL or slots == NULL:
+            PyMem_Free(routes)
+            PyMem_Free(slots)
             raise MemoryError()
         cdef Route* r
         cdef bytes net
         cdef PeerSlot slot
-        cdef int i, k, plen
+        cdef int plen
+        cdef uint32_t count = 0, h, mask = capacity - 1
+        cdef bint seen4[33]
+        cdef bint seen6[129]
+        memset(seen4, 0, sizeof(seen4))
+        memset(seen6, 0, sizeof(seen6))
         peers = []
-        for i, (net, plen, slot) in enumerate(ordered):
+        for net, plen, slot in entries:
             if len(net) not in (4, 16) or not 0 <= plen <= len(net) * 8:
                 PyMem_Free(routes)
+                PyMem_Free(slots)
                 raise ValueError(f"bad route {net!r}/{plen}")
-            r = &routes[i]
+            r = &routes[count]
             r.family = 4 if len(net) == 4 else 6
             r.prefix_len = plen
-            memcpy(r.addr, <const uint8_t*>net, len(net))
-            # Mask the host bits so _prefix_match can compare whole bytes.
-            for k in range(len(net)):
-                if k * 8 >= plen:
-                    r.addr[k] = 0
-                elif k * 8 + 8 > plen:
-                    r.addr[k] &= <uint8_t>(0xff << (8 - (plen - k * 8)))
+            _mask_prefix(<const uint8_t*>net, r.addr, len(net), plen)
             r.peer = &slot.s
+            h = _route_hash(r.family, r.prefix_len, r.addr, len(net)) & mask
+            while slots[h] != 0 and not _route_equal(&routes[slots[h] - 1], r):
+                h = (h + 1) & mask
+            if slots[h] != 0:
+                continue                     # the same network twice: the first one wins
+            count += 1
+            slots[h] = count
+            if r.family == 4:
+                seen4[plen] = True
+            else:
+                seen6[plen] = True
             peers.append(slot)
         PyMem_Free(self.routes)
+        PyMem_Free(self.route_slots)
         self.routes = routes
-        self.route_count = len(ordered)
+        self.route_slots = slots
+        self.route_mask = mask
+        self.route_count = count
         self._route_peers = peers
+        self.v4_length_count = 0
+        for plen in range(32, -1, -1):
+            if seen4[plen]:
+                self.v4_lengths[self.v4_length_count] = plen
+                self.v4_length_count += 1
+        self.v6_length_count = 0
+        for plen in range(128, -1, -1):
+            if seen6[plen]:
+                self.v6_lengths[self.v6_length_count] = plen
+                self.v6_length_count += 1
 
     cdef PeerState* route_lookup(self, const uint8_t* addr, uint8_t family) noexcept nogil:
-        cdef uint32_t i
+        cdef uint8_t masked[16]
+        cdef uint8_t* lengths
+        cdef uint32_t count, j, h, k
+        cdef uint32_t nbytes = 4 if family == 4 else 16
+        cdef Route probe
         cdef Route* r
-        for i in range(self.route_count):
-            r = &self.routes[i]
-            if r.family == family and _prefix_match(addr, r.addr, r.prefix_len):
-                return r.peer
+        if self.route_slots == NULL:
+            return NULL
+        if family == 4:
+            lengths = self.v4_lengths
+            count = self.v4_length_count
+        else:
+            lengths = self.v6_lengths
+            count = self.v6_length_count
+        probe.family = family
+        for j in range(count):
+            probe.prefix_len = lengths[j]
+            _mask_prefix(addr, probe.addr, nbytes, probe.prefix_len)
+            h = _route_hash(family, probe.prefix_len, probe.addr, nbytes) & self.route_mask
+            while True:
+                k = self.route_slots[h]
+                if k == 0:
+                    break
+                r = &self.routes[k - 1]
+                if _route_equal(r, &probe):
+                    return r.peer
+                h = (h + 1) & self.route_mask
         return NULL
 
     def route(self, bytes address not None):

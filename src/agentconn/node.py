@@ -62,9 +62,10 @@ class Node:
         if not 576 <= mtu <= 65535 - 80:
             raise ConfigError(f"MTU {mtu} out of range 576-65455")
         self.device = Device(config.private_key, mtu=mtu)
-        route = self.device.datapath.route
+        device = self.device
+        # Through the property, not a saved bound method: the route table is rebuilt lazily.
         self.iface = Interface([a.ip for a in config.addresses], mtu=mtu,
-                               has_route=lambda raw: route(raw) is not None)
+                               has_route=lambda raw: device.datapath.route(raw) is not None)
         #: None, or called with (wall, inner IP packets) per batch, both directions
         self.capture: Capture | None = None
 
@@ -82,15 +83,14 @@ class Node:
     def peers_by_key(self, public_key: str | bytes | None) -> list[Peer]:
         """The peer with that key (base64 or raw), or every peer for None. Raises ConfigError
         for a key no peer has."""
-        peers = list(self.device.iter_peers())
         if public_key is None:
-            return peers
+            return list(self.device.iter_peers())
         key = parse_key(public_key, what="peer public key") if isinstance(public_key, str) \
             else public_key
-        found = [p for p in peers if p.public_key == key]
-        if not found:
+        peer = self.device.peers.get(key)     # a dict lookup: O(1) with any number of peers
+        if peer is None:
             raise ConfigError(f"no peer with public key {encode_key(key)}")
-        return found
+        return [peer]
 
     def start(self) -> None:
         """Persistent keepalive: wg sends one as soon as the interface comes up."""

@@ -15,14 +15,19 @@ from collections import Counter
 from collections.abc import Callable
 
 import pytest
-from pair import ADDR_A, ADDR_B, IP_A, IP_B, DevicePair, Side, ipv4_packet
+from pair import ADDR_A, ADDR_B, IP_A, IP_B, RES_DATA, DevicePair, Side, ipv4_packet
 
+from _wgcore.datapath import PacketBatch
 from agentconn.wg import device as device_module
 from agentconn.wg.config import PeerConfig
 from agentconn.wg.constants import (
+    HANDSHAKE_QUEUE_WINDOW,
     MAX_STAGED_PACKETS,
+    RATE_LIMITER_PACKETS_BURSTABLE,
     REJECT_AFTER_MESSAGES,
     REKEY_AFTER_MESSAGES,
+    UNDER_LOAD_AFTER_TIME,
+    UNDER_LOAD_QUEUE_THRESHOLD,
 )
 from agentconn.wg.cookie import CookieGenerator
 from agentconn.wg.endpoint import sockaddr
@@ -1011,8 +1016,9 @@ def test_cookie_both_under_load_from_scratch_b_initiates() -> None:
 
 
 def test_under_load_engages_at_128_handshake_messages_and_lasts_1s() -> None:
-    """§5 "when under load engages": 128 queued handshake messages (wireguard-go 1024 / 8), then
-    sticky for UnderLoadAfterTime = 1 s. Messages with a bad mac1 count: they were queued."""
+    """§5 "when under load engages": 128 queued handshake messages (wireguard-go 1024 / 8; ours:
+    received within HANDSHAKE_QUEUE_WINDOW), then sticky for UnderLoadAfterTime = 1 s. Messages
+    with a bad mac1 count: they were queued."""
     p = DevicePair()
     device = p.b.device
     junk = bytearray(craft_initiation(p, p.wall, index=7)[0])
@@ -1198,3 +1204,115 @@ def test_handshake_completes_over_a_lossy_link() -> None:
     assert len(p.b.received) == len(set(p.b.received)) > 0
     assert set(p.b.received) <= {a2b(i) for i in range(60)}
     exchange(p, 5, start=1000)
+
+
+# -- issue 14 item 3: a handshake flood engages cookies within the flood --------------------------
+
+def forged_initiation(p: DevicePair, rnd: random.Random, generator: CookieGenerator) -> bytes:
+    """Junk shaped like an initiation with a valid mac1 (anyone who knows B's public key can),
+    and mac2 from `generator`'s cookie if it holds one: it passes mac1, fails in the DH."""
+    message = bytearray(rnd.randbytes(148))
+    message[0:4] = bytes([INIT, 0, 0, 0])
+    generator.add_macs(message, p.now)
+    return bytes(message)
+
+
+def deliver_mixed(p: DevicePair, side: Side, datagrams: list[tuple[bytes, bytes]]) -> None:
+    """One receive batch of at most 64 datagrams (udpio's size) from several sources."""
+    assert len(datagrams) <= 64
+    rx = PacketBatch(64, 2048)
+    for datagram, source in datagrams:
+        rx.add_datagram(datagram, source)
+    side.device.datapath.decrypt(rx, p.now)
+    for i in range(rx.count):
+        if rx.result(i) == RES_DATA:
+            side.received.append(rx.inner(i))
+    side.device.after_decrypt(rx, p.now, p.wall)
+
+
+def test_handshake_flood_engages_cookies_within_the_burst_and_spares_the_session() -> None:
+    """10 batches of 48 forged initiations (valid mac1, no cookie) + 16 transport packets of a
+    live session. The 128th handshake message flips B under load in the 3rd batch; every later
+    forged initiation gets a cookie reply without any Diffie-Hellman, and every transport
+    packet is delivered. Under load ends 1 s after the last flood message."""
+    p = DevicePair()
+    establish(p)
+    p.now += HANDSHAKE_QUEUE_WINDOW                        # the handshake above is not queued
+    device = p.b.device
+    rnd = random.Random(7)
+    attacker = CookieGenerator(device.public_key)
+    consumed_before = device.counters["handshakes_consumed"]
+    flipped_in_batch = None
+    sent: list[bytes] = []
+    for batch_no in range(10):
+        packets = [a2b(batch_no * 16 + i) for i in range(16)]
+        sent.extend(packets)
+        p.send(p.a, *packets)
+        transport = [d for d in p.flush(p.a) if kind(d) == DATA]
+        assert len(transport) == 16
+        flood = [(forged_initiation(p, rnd, attacker), OTHER_ADDR) for _ in range(48)]
+        mixed = [item for pair_ in zip(flood[0::3], flood[1::3], flood[2::3],
+                                       [(d, ADDR_A) for d in transport]) for item in pair_]
+        deliver_mixed(p, p.b, mixed)
+        if flipped_in_batch is None and device.under_load(p.now):
+            flipped_in_batch = batch_no
+    threshold = UNDER_LOAD_QUEUE_THRESHOLD
+    assert flipped_in_batch == (threshold - 1) // 48                  # within the burst
+    # Only the messages before the flip reached Diffie-Hellman (and failed there).
+    assert device.counters["handshakes_consumed"] - consumed_before == threshold - 1
+    assert device.counters["drop_handshake_invalid"] == threshold - 1
+    assert device.counters["cookie_replies_sent"] == 480 - (threshold - 1)
+    replies = [d for d in p.flush(p.b) if kind(d) == COOKIE]
+    assert len(replies) == 480 - (threshold - 1)
+    # The live session was never disturbed: every packet arrived, in order, none dropped.
+    assert p.b.received == sent
+    assert drops(p.b, p.now).get("replay", 0) == 0
+    exchange(p, 5, start=1000)
+
+    # The attacker can receive at its address: it takes the cookie and puts it into mac2. Now
+    # the per-source rate limiter decides: the burst of 5 reaches DH, the rest is refused.
+    assert attacker.consume_reply(replies[-1], p.now)
+    consumed_before = device.counters["handshakes_consumed"]
+    deliver_mixed(p, p.b, [(forged_initiation(p, rnd, attacker), OTHER_ADDR) for _ in range(50)])
+    assert device.counters["handshakes_consumed"] - consumed_before == \
+        RATE_LIMITER_PACKETS_BURSTABLE
+    assert device.counters["drop_rate_limited"] == 50 - RATE_LIMITER_PACKETS_BURSTABLE
+
+    burst_end = p.now
+    p.now = burst_end + UNDER_LOAD_AFTER_TIME - 0.001
+    assert device.under_load(p.now)
+    p.now = burst_end + UNDER_LOAD_AFTER_TIME + 0.001
+    assert not device.under_load(p.now)
+    genuine, _ = craft_initiation(p, p.wall + 5, index=0x5EED)
+    p.deliver(p.b, [genuine], ADDR_A)
+    assert [kind(d) for d in p.flush(p.b)] == [RESP]
+
+
+def test_handshakes_spread_over_time_do_not_engage_under_load() -> None:
+    """Fewer than 128 handshake messages per HANDSHAKE_QUEUE_WINDOW never count as a queue."""
+    p = DevicePair()
+    device = p.b.device
+    rnd = random.Random(3)
+    attacker = CookieGenerator(device.public_key)
+    per_window = UNDER_LOAD_QUEUE_THRESHOLD // 2
+    for _ in range(10):
+        deliver_mixed(p, p.b, [(forged_initiation(p, rnd, attacker), OTHER_ADDR)
+                               for _ in range(per_window)])
+        assert not device.under_load(p.now)
+        p.now += HANDSHAKE_QUEUE_WINDOW
+    assert device.counters["cookie_replies_sent"] == 0
+
+
+def test_force_under_load_overrides_the_queue_model() -> None:
+    p = DevicePair()
+    device = p.b.device
+    device.force_under_load = False
+    rnd = random.Random(5)
+    attacker = CookieGenerator(device.public_key)
+    for _ in range(3):
+        deliver_mixed(p, p.b, [(forged_initiation(p, rnd, attacker), OTHER_ADDR)
+                               for _ in range(64)])
+    assert not device.under_load(p.now)
+    assert device.counters["cookie_replies_sent"] == 0
+    device.force_under_load = None
+    assert device.under_load(p.now)                        # the model saw the 192 messages

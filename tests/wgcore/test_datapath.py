@@ -375,6 +375,61 @@ def test_allowed_ips_prefix() -> None:
     assert rx.results() == [RES_DATA, RES_DATA, DROP_SOURCE, DROP_SOURCE]
 
 
+def _linear_route(routes: list[tuple[bytes, int, PeerSlot]], address: bytes) -> PeerSlot | None:
+    """The slow reference: the first of the longest prefixes covering `address`."""
+    value = int.from_bytes(address, "big")
+    bits = len(address) * 8
+    best: tuple[int, PeerSlot] | None = None
+    for net, plen, slot in routes:
+        if len(net) != len(address):
+            continue
+        shift = bits - plen
+        if (int.from_bytes(net, "big") >> shift) == (value >> shift) and (
+                best is None or plen > best[0]):
+            best = (plen, slot)
+    return None if best is None else best[1]
+
+
+_ROUTE = st.one_of(
+    st.tuples(st.binary(min_size=4, max_size=4), st.sampled_from([0, 1, 8, 15, 16, 24, 31, 32])),
+    st.tuples(st.binary(min_size=16, max_size=16),
+              st.sampled_from([0, 7, 48, 64, 100, 127, 128])))
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(_ROUTE, st.integers(0, 3)), max_size=40),
+       st.lists(st.one_of(st.binary(min_size=4, max_size=4), st.binary(min_size=16, max_size=16)),
+                max_size=20),
+       st.randoms(use_true_random=False))
+def test_route_lookup_agrees_with_a_linear_scan(
+        entries: list[tuple[tuple[bytes, int], int]], extra: list[bytes], rnd: random.Random,
+) -> None:
+    """The hashed per-prefix-length table (issue 14 item 5) answers like a linear
+    longest-prefix scan, host bits set or not, duplicates included (the first one wins)."""
+    slots = [PeerSlot(i + 1) for i in range(4)]
+    routes = [(net, plen, slots[k]) for (net, plen), k in entries]
+    dp = Datapath()
+    dp.set_routes(routes)
+    # Probe inside every route (random host bits) and at arbitrary addresses.
+    probes = list(extra)
+    for net, plen, _ in routes:
+        host = rnd.getrandbits(len(net) * 8) & ((1 << (len(net) * 8 - plen)) - 1)
+        value = (int.from_bytes(net, "big") >> (len(net) * 8 - plen) << (len(net) * 8 - plen)
+                 if plen else 0) | host
+        probes.append(value.to_bytes(len(net), "big"))
+    for address in probes:
+        assert dp.route(address) is _linear_route(routes, address)
+
+
+def test_route_table_of_1000_host_routes_finds_each() -> None:
+    dp = Datapath()
+    slots = [PeerSlot(i + 1) for i in range(1000)]
+    dp.set_routes([(struct.pack("!I", 0x64400000 + i), 32, slot) for i, slot in enumerate(slots)])
+    for i in range(1000):
+        assert dp.route(struct.pack("!I", 0x64400000 + i)) is slots[i]
+    assert dp.route(struct.pack("!I", 0x64400000 + 1000)) is None
+
+
 @pytest.mark.parametrize("plaintext", [
     ipv4(IP_A4, IP_B4, b"x" * 20, version_ihl=0x55),            # version 5
     bytes([0x00]) + bytes(47),                                  # version 0

@@ -52,6 +52,13 @@ class _Family(Generic[P]):
             self.lengths = sorted(self.by_length, reverse=True)
         return peer
 
+    def discard(self, prefixlen: int, key: int, peer: P) -> bool:
+        table = self.by_length.get(prefixlen)
+        if table is None or table.get(key) != peer:
+            return False
+        self.remove(prefixlen, key)
+        return True
+
     def remove_by_peer(self, peer: P) -> int:
         removed = 0
         for prefixlen in list(self.by_length):
@@ -109,6 +116,14 @@ class AllowedIPs(Generic[P]):
     def remove(self, network: Network) -> P | None:
         """Remove exactly *network* (not its subnets); return the peer it routed to, if any."""
         return self._family(network).remove(network.prefixlen, self._key(network))
+
+    def discard(self, network: Network, peer: P) -> bool:
+        """Remove *network* only if it routes to *peer*; return whether it was removed.
+
+        O(1) (plus a re-sort of the prefix lengths if it was the last of its length): what
+        removing one peer's own networks needs, without scanning the whole table.
+        """
+        return self._family(network).discard(network.prefixlen, self._key(network), peer)
 
     def remove_by_peer(self, peer: P) -> int:
         """Remove every network routed to *peer*; return how many were removed."""

@@ -29,6 +29,7 @@ __all__ = [
     "ENCRYPTED_TIMESTAMP_SIZE",
     "H0",
     "HANDSHAKE_INITIATION_RATE",
+    "HANDSHAKE_QUEUE_WINDOW",
     "HASH_SIZE",
     "IDENTIFIER",
     "KEEPALIVE_TIMEOUT",
@@ -187,6 +188,9 @@ HANDSHAKE_INITIATION_RATE: Final = 0.020  # s, wg-go HandshakeInitationRate = 1 
 ZERO_KEY_MATERIAL_AFTER: Final = 3 * REJECT_AFTER_TIME  # 540 s, wg-go timers.go / spec §7.1
 UNDER_LOAD_AFTER_TIME: Final = 1.0  # s, wg-go UnderLoadAfterTime
 UNDER_LOAD_QUEUE_THRESHOLD: Final = 128  # wg-go QueueHandshakeSize / 8 = 1024 / 8 (spec §5)
+# Ours, not wg-go's: our control path has no handshake queue, so "queued" is modelled as the
+# handshake messages received within one window of this length (device.py): 128 per 100 ms.
+HANDSHAKE_QUEUE_WINDOW: Final = 0.1  # s
 MAX_STAGED_PACKETS: Final = 128  # kernel MAX_STAGED_PACKETS; wg-go QueueStagedSize (spec §7.1)
 REPLAY_WINDOW: Final = _core.REPLAY_WINDOW  # wg-go replay/replay.go windowSize (spec §10)
 

@@ -13,9 +13,31 @@ session, start handshakes, timer hooks), and sends the batch (udpio).
 
 Handshake input (wireguard.md §9 step 5): mac1 is checked before any Diffie-Hellman; under
 load, mac2 must carry a valid cookie (else a cookie reply is sent) and a per-source rate limit
-applies. "Under load" engages when one wake-up brings UNDER_LOAD_QUEUE_THRESHOLD or more
-handshake messages (our analogue of wireguard-go's handshake queue) and stays for 1 s; tests and
-operators can force it with ``force_under_load``.
+applies, both before any Diffie-Hellman, so a rejected initiation costs two BLAKE2s MACs and at
+most one XChaCha20-Poly1305 seal.
+
+"Under load" follows wireguard-go's ``IsUnderLoad``: the device is under load while its
+handshake queue holds UNDER_LOAD_QUEUE_THRESHOLD (128) or more messages, and for
+UNDER_LOAD_AFTER_TIME (1 s) after. We have no queue (the control path runs synchronously per
+receive batch, and a batch holds at most 64 datagrams), so the queue is modelled as the number of
+handshake-type messages received in the current HANDSHAKE_QUEUE_WINDOW (a fixed window of
+monotonic time): 128 of them within 100 ms, i.e. more than a Python control path can put through
+Diffie-Hellman. The count is checked per message, so a flood flips the device within the burst
+that causes it, not at the next batch. Tests and operators can force it with
+``force_under_load``.
+
+Timers: every peer's deadlines live in its Timers; the device keeps a min-heap of
+``(deadline, peer id, peer)`` with lazy invalidation, so ``get_timer`` and ``handle_timer`` cost
+O(log peers) per due peer instead of a scan of every peer. Invariant: a peer with a pending timer
+has ``peer.heap_at`` <= its earliest deadline and an entry ``(peer.heap_at, _, peer)`` in the
+heap; any entry whose deadline differs from its peer's ``heap_at`` is stale and is discarded when
+it reaches the top. Timers.schedule pushes an entry only when a timer is armed earlier than the
+peer's ``heap_at``; cancelling never pushes (the entry becomes early, and is fixed up when it
+reaches the top).
+
+Routes: ``add_peer``/``remove_peer`` update the allowed-IPs table per network. The C route
+table (``Datapath.set_routes``) is rebuilt lazily, at the first use of :attr:`Device.datapath`
+after a change, so configuring N peers costs one rebuild, not N.
 
 Nothing here reads a clock or touches a socket: ``now`` (monotonic) and ``wall`` (Unix time,
 for TAI64N) come in as arguments.
@@ -23,6 +45,7 @@ for TAI64N) come in as arguments.
 from __future__ import annotations
 
 import collections
+import heapq
 import os
 import random
 from collections.abc import Iterable
@@ -34,6 +57,7 @@ from ..errors import ConfigError
 from .allowedips import AllowedIPs
 from .config import PeerConfig
 from .constants import (
+    HANDSHAKE_QUEUE_WINDOW,
     MESSAGE_COOKIE_REPLY,
     MESSAGE_INITIATION,
     MESSAGE_RESPONSE,
@@ -65,7 +89,9 @@ class Device:
                  random_bytes: collections.abc.Callable[[int], bytes] = os.urandom) -> None:
         self.identity = StaticIdentity(private_key)
         self.rng = rng or random.SystemRandom()
-        self.datapath = Datapath(mtu)
+        self._datapath = Datapath(mtu)
+        self._routes_dirty = False
+        self.route_rebuilds = 0                              # full C route-table rebuilds
         self.peers: dict[bytes, Peer] = {}
         # The data path reports peers by their PeerSlot, which holds no reference up to us.
         self._peer_of_slot: dict[PeerSlot, Peer] = {}
@@ -74,6 +100,9 @@ class Device:
         self.rate_limiter = RateLimiter()
         self.force_under_load: bool | None = None
         self._under_load_until = float("-inf")
+        self._handshake_window_start = float("-inf")
+        self._handshake_window_count = 0                     # the modelled handshake queue
+        self._timer_heap: list[tuple[float, int, Peer]] = []
         self._index_owner: dict[int, Peer] = {}
         self._next_peer_id = 1
         self._out: list[tuple[bytes, bytes]] = []            # (datagram, sockaddr)
@@ -88,7 +117,18 @@ class Device:
 
     @property
     def mtu(self) -> int:
-        return int(self.datapath.mtu)
+        return int(self._datapath.mtu)
+
+    @property
+    def datapath(self) -> Datapath:
+        """The C data path, its route table first brought up to date with the allowed IPs.
+
+        Call this (not a saved reference) before each decrypt/encrypt batch: the route table is
+        rebuilt here, once, after any number of ``add_peer``/``remove_peer`` calls.
+        """
+        if self._routes_dirty:
+            self._sync_routes()
+        return self._datapath
 
     def add_peer(self, config: PeerConfig, endpoint: bytes = b"") -> Peer:
         """Configure a peer. Raises ConfigError for a duplicate key or our own key."""
@@ -102,22 +142,31 @@ class Device:
         self._peer_of_slot[peer.slot] = peer
         for network in config.allowed_ips:
             self.allowed_ips.insert(network, peer)
-        self._sync_routes()
+        self._routes_dirty = True
+        self.schedule_timer(peer)
         if endpoint:
             peer.slot.endpoint = endpoint
         return peer
 
     def remove_peer(self, public_key: bytes) -> None:
+        """Forget a configured peer: its keys, timers, routes and queued output.
+
+        Raises KeyError for a key no peer has.
+        """
         peer = self.peers.pop(public_key)
         del self._peer_of_slot[peer.slot]
         peer.zero_key_material()
         peer.timers.cancel_all()
-        self.allowed_ips.remove_by_peer(peer)
-        self._sync_routes()
+        peer.heap_at = None              # its heap entries are now stale
+        for network in peer.config.allowed_ips:
+            self.allowed_ips.discard(network, peer)
+        self._routes_dirty = True
         self._flush.pop(peer, None)
 
     def _sync_routes(self) -> None:
-        self.datapath.set_routes([
+        self._routes_dirty = False
+        self.route_rebuilds += 1
+        self._datapath.set_routes([
             (network.network_address.packed, network.prefixlen, peer.slot)
             for network, peer in self.allowed_ips.entries()
         ])
@@ -139,11 +188,11 @@ class Device:
 
     def install_keypair(self, peer: Peer, keypair: Keypair) -> None:
         self._index_owner[keypair.local_index] = peer
-        self.datapath.add_keypair(keypair, peer.slot)
+        self._datapath.add_keypair(keypair, peer.slot)
 
     def delete_keypair(self, keypair: Keypair) -> None:
         """wireguard.md §8: remove its index so later packets for it drop; wipe its keys."""
-        self.datapath.remove_keypair(keypair)
+        self._datapath.remove_keypair(keypair)
         if self._index_owner.get(keypair.local_index) is not None:
             del self._index_owner[keypair.local_index]
         keypair.zero()
@@ -159,24 +208,37 @@ class Device:
         self._flush[peer] = self._flush.get(peer, False) or keepalive
 
     def under_load(self, now: float) -> bool:
+        """Whether handshakes must carry a cookie (mac2) and pass the rate limiter at `now`."""
         if self.force_under_load is not None:
             return self.force_under_load
         return now < self._under_load_until
+
+    def _count_handshake(self, now: float) -> None:
+        """One handshake message entered the (modelled) handshake queue at `now`.
+
+        wireguard-go ``IsUnderLoad``: a queue at or past the threshold means under load, and
+        keeps meaning it for UNDER_LOAD_AFTER_TIME after the last time it was that full.
+        """
+        if now - self._handshake_window_start >= HANDSHAKE_QUEUE_WINDOW:
+            self._handshake_window_start = now
+            self._handshake_window_count = 0
+        self._handshake_window_count += 1
+        if self._handshake_window_count >= UNDER_LOAD_QUEUE_THRESHOLD:
+            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
 
     # -- receive --------------------------------------------------------------------------------
 
     def after_decrypt(self, batch: PacketBatch, now: float, wall: float) -> None:
         """Control-path work for a decrypted batch: handshake messages, then per-peer hooks."""
         self._handle_peer_events(batch, now, wall)
-        handshakes = batch.collect(RES_HANDSHAKE)
-        if len(handshakes) >= UNDER_LOAD_QUEUE_THRESHOLD:
-            self._under_load_until = now + UNDER_LOAD_AFTER_TIME
-        for _, datagram, source, _ in handshakes:
+        for _, datagram, source, _ in batch.collect(RES_HANDSHAKE):
             self.receive_handshake(datagram, source, now, wall)
 
     def receive_handshake(self, data: bytes, source: bytes, now: float, wall: float) -> None:
         """Consume one handshake-type datagram from `source` (a sockaddr). Never raises."""
         kind = message_type(data)
+        if kind is not None:
+            self._count_handshake(now)
         if kind == MESSAGE_COOKIE_REPLY:
             self._consume_cookie_reply(data, now)
             return
@@ -197,6 +259,7 @@ class Device:
                 self.counters["drop_rate_limited"] += 1
                 return
         if kind == MESSAGE_INITIATION:
+            self.counters["handshakes_consumed"] += 1        # reaches Diffie-Hellman
             self._consume_initiation(data, source, now, wall)
         else:
             self._consume_response(data, source, now, wall)
@@ -243,6 +306,7 @@ class Device:
         if peer is None or peer.handshake_index != receiver:
             self.counters["drop_response_unknown_index"] += 1
             return
+        self.counters["handshakes_consumed"] += 1            # reaches Diffie-Hellman
         if not peer.handshake.consume_response(data):
             self.counters["drop_handshake_invalid"] += 1
             return
@@ -296,19 +360,72 @@ class Device:
 
     # -- timers ---------------------------------------------------------------------------------
 
+    def schedule_timer(self, peer: Peer, at: float | None = None) -> None:
+        """Make the timer heap cover `peer`'s deadline `at` (default: its earliest one).
+
+        Called by the peer's Timers whenever a timer is armed; O(log peers), and a no-op when
+        the heap already holds an entry for the peer that is at least as early.
+        """
+        if at is None:
+            at = peer.timers.next_deadline()
+            if at is None:
+                return
+        if (peer.heap_at is None or at < peer.heap_at) and self.peers.get(peer.public_key) is peer:
+            peer.heap_at = at
+            heapq.heappush(self._timer_heap, (at, peer.peer_id, peer))
+            if len(self._timer_heap) > 4 * len(self.peers) + 64:
+                self._compact_timer_heap()
+
     def get_timer(self) -> float | None:
-        """The earliest deadline among all peers, or None."""
-        return min((d for p in self.peers.values()
-                    if (d := p.timers.next_deadline()) is not None), default=None)
+        """The earliest deadline among all peers (monotonic seconds), or None.
+
+        Discards stale heap entries on the way; O(1) when the top entry is current.
+        """
+        heap = self._timer_heap
+        while heap:
+            at, _, peer = heap[0]
+            if peer.heap_at != at:
+                heapq.heappop(heap)                  # superseded or its peer was removed
+                continue
+            actual = peer.timers.next_deadline()
+            if actual == at:
+                return at
+            # The timer this entry was pushed for was cancelled or moved later: re-key it.
+            heapq.heappop(heap)
+            peer.heap_at = None
+            if actual is not None:
+                self.schedule_timer(peer, actual)
+        return None
 
     def handle_timer(self, now: float, wall: float) -> None:
-        for peer in list(self.peers.values()):
+        """Run the expired timers of every peer with a deadline <= `now` (monotonic s)."""
+        heap = self._timer_heap
+        due: list[Peer] = []
+        while heap and heap[0][0] <= now:
+            at, _, peer = heapq.heappop(heap)
+            if peer.heap_at == at:
+                peer.heap_at = None
+                due.append(peer)
+        for peer in due:
             peer.handle_timer(now, wall)
+            self.schedule_timer(peer)
+
+    def _compact_timer_heap(self) -> None:
+        """Drop stale entries in place, keeping one entry per peer (bounds the heap's size)."""
+        seen: set[int] = set()
+        live: list[tuple[float, int, Peer]] = []
+        for entry in self._timer_heap:
+            at, peer_id, peer = entry
+            if peer.heap_at == at and peer_id not in seen:
+                seen.add(peer_id)
+                live.append(entry)
+        heapq.heapify(live)
+        self._timer_heap[:] = live
 
     # -- status ---------------------------------------------------------------------------------
 
     def stats(self, now: float) -> dict[str, object]:
-        data = self.datapath.counters()
+        data = self._datapath.counters()
         drops: dict[str, int] = dict(data.pop("drops"))
         for name, value in self.counters.items():
             if name.startswith("drop_"):

@@ -95,15 +95,35 @@ def format_sockaddr(raw: bytes) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+_V4_MAPPED_PREFIX = bytes(10) + b"\xff\xff"
+
+
+def _ip_and_port(raw: bytes) -> tuple[bytes, int] | None:
+    """The packed IP (IPv4-mapped IPv6 as IPv4) and port of a UDP sockaddr, else None.
+
+    Straight from the bytes, no ``ipaddress`` round trip: it runs for every handshake message
+    under load, including every message of a flood (issue 14 item 3).
+    """
+    if len(raw) < 8:
+        return None
+    (family,) = _FAMILY.unpack_from(raw)
+    if family == socket.AF_INET:
+        return raw[4:8], _PORT.unpack_from(raw, 2)[0]
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        ip = raw[8:24]
+        return (ip[12:] if ip[:12] == _V4_MAPPED_PREFIX else ip), _PORT.unpack_from(raw, 2)[0]
+    return None
+
+
 def source_bytes(raw: bytes) -> bytes:
     """IP bytes then port (u16 LE) of a sockaddr, as wireguard-go keys cookies (spec §5)."""
-    host, port = parse_sockaddr(raw)
-    if not host:
+    parsed = _ip_and_port(raw)
+    if parsed is None:
         return raw
-    return ipaddress.ip_address(host).packed + struct.pack("<H", port)
+    return parsed[0] + struct.pack("<H", parsed[1])
 
 
 def source_ip(raw: bytes) -> bytes:
     """The IP bytes of a sockaddr (the rate limiter's key)."""
-    host, _ = parse_sockaddr(raw)
-    return ipaddress.ip_address(host).packed if host else raw
+    parsed = _ip_and_port(raw)
+    return raw if parsed is None else parsed[0]

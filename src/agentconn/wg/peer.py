@@ -67,8 +67,12 @@ class Peer:
         self.public_key = config.public_key
         self.handshake = Handshake(identity, config.public_key, config.preshared_key)
         self.cookie = CookieGenerator(config.public_key)
+        self.peer_id = peer_id
         self.slot = PeerSlot(peer_id)
-        self.timers = Timers(persistent_keepalive=config.persistent_keepalive, rng=rng)
+        # The deadline of this peer's entry in the device's timer heap (None: no entry).
+        self.heap_at: float | None = None
+        self.timers = Timers(persistent_keepalive=config.persistent_keepalive, rng=rng,
+                             schedule=lambda at: device.schedule_timer(self, at))
         self.previous: Keypair | None = None
         self.current: Keypair | None = None
         self.next: Keypair | None = None

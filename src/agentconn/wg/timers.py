@@ -10,11 +10,15 @@ expiry actions. Nothing here reads a clock: every hook takes ``now``.
 Timers: ``retransmit_handshake``, ``send_keepalive``, ``new_handshake``, ``zero_key_material``,
 ``persistent_keepalive``. Counters/flags: ``handshake_attempts``, ``need_another_keepalive``,
 ``sent_last_minute_handshake``.
+
+``schedule``, when given, is told every deadline that is armed, so the device can keep all peers'
+deadlines in one heap (device.py) instead of scanning every peer for the earliest one.
 """
 from __future__ import annotations
 
 import enum
 import random as _random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .constants import (
@@ -45,6 +49,7 @@ class Timers:
     handshake_attempts: int = 0
     need_another_keepalive: bool = False
     sent_last_minute_handshake: bool = False
+    schedule: Callable[[float], None] | None = field(default=None, repr=False, compare=False)
 
     def _jitter(self) -> float:
         # RekeyTimeoutJitterMaxMs = 334: uniform 0..333 ms.
@@ -55,6 +60,8 @@ class Timers:
 
     def _arm(self, timer: Timer, at: float) -> None:
         self.deadlines[timer] = at
+        if self.schedule is not None:
+            self.schedule(at)
 
     def cancel(self, timer: Timer) -> None:
         self.deadlines.pop(timer, None)
