@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import asyncssh
+import pytest
 from netns import Namespace, WgPair, genkey, pubkey, require_interop, wg_pair
 
 import _wgcore
 from agentconn.agent.agent import Agent
+from agentconn.agent.children import Child
 from agentconn.agent.options import AgentOptions
 from agentconn.agent.services.ssh import SshServer
 from agentconn.aio.tunnel import Tunnel
@@ -166,6 +168,45 @@ async def test_openssh_client_runs_commands_on_agent(netns: Namespace, tmp_path:
         code, out, err = await s.ssh("-o", "SetEnv=GREETING=hi-there", "-p", "1",
                                      f"root@{AGENT_TS}", "echo $GREETING")
         assert (code, out) == (0, b"hi-there\n"), err
+
+
+@pytest.mark.parametrize("loop", ["asyncio", "uvloop"])
+def test_openssh_exec_of_a_child_that_exits_first(netns: Namespace, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  loop: str) -> None:
+    """Issue 14 item 2: ``ssh host 'echo ssh-42'`` with an empty stdin (EOF right after the
+    exec request) when the child exits, and the loop sees its stdin close, before the agent
+    has connected the pipes: the window a busy machine opens. On uvloop this used to leave
+    the client with no output and no exit status."""
+    require_interop("ssh")
+    original = Child.open_streams
+
+    async def late(self: Child) -> tuple[asyncio.StreamWriter | None,
+                                         asyncio.StreamReader | None,
+                                         asyncio.StreamReader | None]:
+        await self.wait()
+        streams = await original(self)
+        assert streams[0] is not None
+        async with asyncio.timeout(5):
+            while not streams[0].transport.is_closing():
+                await asyncio.sleep(0.005)
+        await asyncio.sleep(0.05)  # the client's EOF is in
+        return streams
+
+    monkeypatch.setattr(Child, "open_streams", late)
+
+    async def scenario() -> None:
+        async with _served(netns, tmp_path) as s:
+            for _ in range(3):
+                code, out, err = await asyncio.wait_for(
+                    s.ssh("-p", "1", f"root@{AGENT_TS}", "echo ssh-42"), 30)
+                assert (code, out) == (0, b"ssh-42\n"), err
+
+    if loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+        uvloop.run(scenario())
+    else:
+        asyncio.run(scenario())
 
 
 async def test_openssh_sftp_and_stdio_forward(netns: Namespace, tmp_path: Path) -> None:

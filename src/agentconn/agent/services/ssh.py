@@ -294,6 +294,16 @@ def _apply_term_modes(fd: int, modes: Mapping[int, int]) -> None:
     termios.tcsetattr(fd, termios.TCSANOW, attrs)
 
 
+def _write_eof(stdin: asyncio.StreamWriter) -> None:
+    """EOF on a child's stdin pipe, unless the transport is already closed: the child exited
+    (or closed its stdin), which the loop may notice before the client's EOF arrives. uvloop's
+    pipe transport then raises RuntimeError instead of ignoring the call as asyncio's does."""
+    if stdin.transport.is_closing():
+        return
+    with contextlib.suppress(OSError, RuntimeError):
+        stdin.write_eof()
+
+
 class _Session(asyncssh.SSHServerSession[bytes]):
     """One ``session`` channel: a shell, an exec'd command, or the SFTP subsystem.
 
@@ -388,9 +398,8 @@ class _Session(asyncssh.SSHServerSession[bytes]):
         self._stdin_eof = True
         # With a PTY there is no half-close: EOF from the client means nothing to the child
         # (OpenSSH's sshd does the same); with pipes the child sees EOF on stdin.
-        if self._stdin is not None and self._stdin.can_write_eof():
-            with contextlib.suppress(OSError):
-                self._stdin.write_eof()
+        if self._stdin is not None:
+            _write_eof(self._stdin)
         return True  # keep sending output until the child exits
 
     def pause_writing(self) -> None:
@@ -477,6 +486,13 @@ class _Session(asyncssh.SSHServerSession[bytes]):
                 chan.write_stderr(f"agentconn ssh: {exc}\r\n".encode())
                 chan.exit(127)
             return
+        except Exception:  # noqa: BLE001 - logged; the client gets an exit status
+            # A bug of ours must not leave the client waiting for an exit status forever.
+            _log.exception("SSH session %r failed", self._command or "shell")
+            self.terminate()
+            with contextlib.suppress(Exception):
+                chan.exit(EXIT_UNKNOWN)
+            return
         finally:
             self._finish()
         with contextlib.suppress(Exception):
@@ -508,7 +524,7 @@ class _Session(asyncssh.SSHServerSession[bytes]):
             self._stdin_buffer.clear()
             self._write_stdin(pending)
         if self._stdin_eof:
-            stdin.write_eof()
+            _write_eof(stdin)
         # Like sshd, the exit status goes out after stdout and stderr reached EOF, which a
         # background process may delay; once the channel is gone we stop waiting for that.
         pumps = self._pumps = asyncio.gather(
