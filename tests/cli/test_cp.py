@@ -1,0 +1,288 @@
+"""agentconn cp and AgentConn.upload/download: a directory tree up and back down with modes
+and contents intact (in process over a real tunnel, and through the CLI against the `agentconn
+agent` CLI in another process), a 200 MB file both ways with sha256 equal, an interrupted
+download resumed from its .part, the progress bar on a terminal only, one-line errors."""
+from __future__ import annotations
+
+import hashlib
+import os
+import pty
+import select
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cli_run import PYTHONPATH, Result, run_cli
+
+from agentconn.cli.commands import pair_configs
+from agentconn.cli.cp import parse_spec
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
+from agent_pair import agent_pair  # noqa: E402
+
+AGENT_ID = uuid.UUID("12345678-1234-1234-1234-123456789abc")
+BIG = 200 << 20
+
+
+def _free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
+    """(client.conf, the agent's work directory): `agentconn agent` in a subprocess."""
+    root = tmp_path_factory.mktemp("cp")
+    port = _free_udp_port()
+    agent_conf, client_conf, _ = pair_configs(AGENT_ID, listen_port=port,
+                                              endpoint=f"127.0.0.1:{port}")
+    (root / "agent.conf").write_text(agent_conf)
+    (root / "client.conf").write_text(client_conf)
+    work = root / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentconn.cli", "agent", "--config", str(root / "agent.conf"),
+         "--agent-id", str(AGENT_ID), "--directory", str(work), "--log-dir",
+         str(root / "log")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert b"API on" in line, (line, proc.stderr.read() if proc.poll() is not None else b"")
+    try:
+        yield root / "client.conf", work
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def _target(agent: tuple[Path, Path]) -> list[str]:
+    return ["--config", str(agent[0]), "--agent-id", str(AGENT_ID)]
+
+
+def cp(tmp_path: Path, agent: tuple[Path, Path], *argv: str, timeout: float = 120) -> Result:
+    return run_cli(tmp_path, "cp", *_target(agent), *argv, timeout=timeout)
+
+
+def _make_tree(root: Path) -> None:
+    (root / "a" / "b" / "c").mkdir(parents=True)
+    (root / "empty-dir").mkdir()
+    (root / "top.txt").write_text("top\n")
+    (root / "a" / "run.sh").write_text("#!/bin/sh\necho hi\n")
+    (root / "a" / "run.sh").chmod(0o755)
+    (root / "a" / "b" / "empty").write_bytes(b"")
+    (root / "a" / "b" / "secret").write_bytes(os.urandom(3 << 20))
+    (root / "a" / "b" / "secret").chmod(0o600)
+    (root / "a" / "b" / "c" / "deep.bin").write_bytes(os.urandom(1000))
+    (root / "a" / "b" / "c").chmod(0o750)
+
+
+def _snapshot(root: Path) -> dict[str, tuple[str, int, str]]:
+    out: dict[str, tuple[str, int, str]] = {}
+    for dirpath, _dirnames, filenames in os.walk(root):
+        rel = os.path.relpath(dirpath, root)
+        out[rel] = ("d", stat.S_IMODE(os.stat(dirpath).st_mode), "")
+        for fn in filenames:
+            p = Path(dirpath) / fn
+            out[os.path.join(rel, fn)] = ("f", stat.S_IMODE(p.stat().st_mode),
+                                          hashlib.sha256(p.read_bytes()).hexdigest())
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _write_random(path: Path, size: int) -> str:
+    h = hashlib.sha256()
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            chunk = os.urandom(min(4 << 20, left))
+            h.update(chunk)
+            f.write(chunk)
+            left -= len(chunk)
+    return h.hexdigest()
+
+
+def test_parse_spec() -> None:
+    assert parse_spec("ws:/srv/app").remote and parse_spec("ws:/srv/app").workspace == "ws"
+    assert parse_spec(":/tmp/x") == parse_spec(":/tmp/x")
+    assert parse_spec(":/tmp/x").remote and parse_spec(":/tmp/x").workspace == ""
+    assert not parse_spec("./a:b").remote
+    assert not parse_spec("build").remote
+    assert parse_spec("me/ws.main:rel") == parse_spec("me/ws.main:rel")
+    assert parse_spec("me/ws.main:rel").workspace == "me/ws.main"
+    assert not parse_spec("a/b/c:d").remote and not parse_spec("/x:y").remote
+    assert parse_spec("ws:rel/x").path == "rel/x"
+
+
+async def test_library_tree_round_trip(tmp_path: Path) -> None:
+    src = tmp_path / "tree"
+    _make_tree(src)
+    seen: list[tuple[int, int, str]] = []
+    async with agent_pair(tmp_path / "agent") as p:
+        remote = str(p.work / "up")
+        up = await p.conn.upload(src, remote, recursive=True,
+                                 progress=lambda d, t, n: seen.append((d, t, n)))
+        assert up.files == 5 and up.directories == 5
+        assert _snapshot(Path(remote)) == _snapshot(src)
+        back = tmp_path / "back"
+        down = await p.conn.download(remote, back, recursive=True)
+        assert down.files == 5 and down.transferred_bytes == down.total_bytes
+    assert _snapshot(back) == _snapshot(src)
+    total = up.total_bytes
+    assert seen[-1][:2] == (total, total)
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:], strict=False))
+
+
+async def test_library_errors(tmp_path: Path) -> None:
+    from agentconn.client.transfer import TransferError
+
+    (tmp_path / "d").mkdir()
+    async with agent_pair(tmp_path / "agent") as p:
+        with pytest.raises(TransferError, match="is a directory"):
+            await p.conn.upload(tmp_path / "d", str(p.work / "x"))
+        with pytest.raises(TransferError, match="No such file"):
+            await p.conn.upload(tmp_path / "missing", str(p.work / "x"))
+        with pytest.raises(TransferError, match="No such file"):
+            await p.conn.download(str(p.work / "missing"), tmp_path / "x")
+        with pytest.raises(TransferError, match="is a directory"):
+            await p.conn.download(str(p.work), tmp_path / "x")
+
+
+def test_cli_tree_round_trip(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    src = tmp_path / "build"
+    _make_tree(src)
+    _, work = agent
+    r = cp(tmp_path, agent, "-r", str(src), f":{work}/cli-tree")
+    assert (r.code, r.out, r.err) == (0, "", "")
+    assert _snapshot(work / "cli-tree") == _snapshot(src)
+    # into an existing directory, as scp: the tree lands under its own name
+    r = cp(tmp_path, agent, "-r", str(src), f":{work}/cli-tree")
+    assert r.code == 0, r.err
+    assert _snapshot(work / "cli-tree" / "build") == _snapshot(src)
+    down = tmp_path / "down"
+    down.mkdir()
+    r = cp(tmp_path, agent, "-r", f":{work}/cli-tree", str(down))
+    assert (r.code, r.err) == (0, ""), r.err
+    got = _snapshot(down / "cli-tree")
+    assert {k: v for k, v in got.items() if not k.startswith("build")} == _snapshot(src)
+
+
+def test_cli_errors(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    _, work = agent
+    (tmp_path / "dir").mkdir()
+    r = cp(tmp_path, agent, str(tmp_path / "nope"), f":{work}/x")
+    assert r.code == 1 and r.err_lines == [f"agentconn cp: {tmp_path}/nope: No such file or "
+                                           "directory"]
+    r = cp(tmp_path, agent, f":{work}/nope", str(tmp_path))
+    assert r.code == 1 and len(r.err_lines) == 1 and "No such file or directory" in r.err
+    r = cp(tmp_path, agent, str(tmp_path / "dir"), f":{work}/x")
+    assert r.code == 1 and len(r.err_lines) == 1 and "is a directory (use -r" in r.err
+    r = cp(tmp_path, agent, f":{work}", str(tmp_path / "w"))
+    assert r.code == 1 and len(r.err_lines) == 1 and "is a directory (use -r" in r.err
+    r = run_cli(tmp_path, "cp", "a", "b")
+    assert r.code == 2 and "one of SRC and DST must be remote" in r.err
+
+
+def test_cli_200mb_up_and_down(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    _, work = agent
+    big = tmp_path / "big.bin"
+    digest = _write_random(big, BIG)
+    r = cp(tmp_path, agent, str(big), f":{work}/big.bin", timeout=600)
+    assert (r.code, r.err) == (0, "")
+    assert _sha256(work / "big.bin") == digest
+    big.unlink()
+    r = cp(tmp_path, agent, "-v", f":{work}/big.bin", str(tmp_path), timeout=600)
+    assert r.code == 0, r.err
+    assert _sha256(tmp_path / "big.bin") == digest
+    assert f"{BIG} bytes total, {BIG} bytes transferred" in r.err
+
+
+def test_cli_resumed_download(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    _, work = agent
+    remote = work / "resume.bin"
+    digest = _write_random(remote, BIG)
+    local = tmp_path / "resume.bin"
+    part = tmp_path / "resume.bin.part"
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(tmp_path),
+           "PYTHONPATH": PYTHONPATH, "LANG": "C.UTF-8"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentconn.cli", "cp", *_target(agent), f":{remote}",
+         str(local)], env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline and proc.poll() is None:
+            if part.exists() and part.stat().st_size >= BIG // 2:
+                break
+            time.sleep(0.01)
+        assert proc.poll() is None, "the download ended before it could be interrupted"
+        proc.kill()
+    finally:
+        proc.kill()
+        proc.wait(10)
+    kept = part.stat().st_size
+    assert BIG // 2 <= kept < BIG and not local.exists()
+    r = cp(tmp_path, agent, "-v", f":{remote}", str(local), timeout=600)
+    assert r.code == 0, r.err
+    assert not part.exists() and _sha256(local) == digest
+    assert f"{BIG} bytes total, {BIG - kept} bytes transferred, resumed 1" in r.err
+
+
+def _run_on_pty(argv: list[str], timeout: float = 120) -> tuple[int, bytes]:
+    """Run the CLI with stderr (and stdout) on a pseudo-terminal; its exit code and output."""
+    master, slave = pty.openpty()
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/nonexistent",
+           "PYTHONPATH": PYTHONPATH, "LANG": "C.UTF-8", "TERM": "xterm", "COLUMNS": "100"}
+    proc = subprocess.Popen([sys.executable, "-m", "agentconn.cli", *argv], env=env,
+                            stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+    os.close(slave)
+    out = bytearray()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([master], [], [], 0.2)
+            if ready:
+                try:
+                    data = os.read(master, 65536)
+                except OSError:  # EIO: the child closed the terminal
+                    break
+                if not data:
+                    break
+                out += data
+            elif proc.poll() is not None:
+                break
+        return proc.wait(timeout), bytes(out)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        os.close(master)
+
+
+def test_progress_on_a_terminal_only(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    _, work = agent
+    f = tmp_path / "p.bin"
+    _write_random(f, 32 << 20)
+    code, out = _run_on_pty(["cp", *_target(agent), str(f), f":{work}/p.bin"])
+    assert code == 0, out
+    text = out.decode("utf-8", "replace")
+    assert "p.bin" in text and "33.6 MB" in text, text  # rich's DownloadColumn, SI units
+    code, out = _run_on_pty(["cp", "--no-progress", *_target(agent), str(f),
+                             f":{work}/p2.bin"])
+    assert (code, out) == (0, b"")
+    r = cp(tmp_path, agent, str(f), f":{work}/p3.bin")  # stderr is a pipe: quiet
+    assert (r.code, r.out, r.err) == (0, "", "")
