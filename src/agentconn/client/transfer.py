@@ -275,7 +275,7 @@ async def _upload_file(conn: AgentConn, f: _File, meter: _Meter) -> str:
             meter.add(len(chunk), f.name)
 
     try:
-        fh = open(f.src, "rb")  # noqa: SIM115 - closed below, read in a thread
+        fh = await asyncio.to_thread(open, f.src, "rb")  # closed below, read in a thread
     except OSError as e:
         raise TransferError(f"{f.src}: {e.strerror}") from None
     try:
@@ -290,12 +290,13 @@ async def _upload_file(conn: AgentConn, f: _File, meter: _Meter) -> str:
 async def _finish_uploads(conn: AgentConn, pending: list[tuple[_File, str]]) -> None:
     if not pending:
         return
-    await _remote_chmod(conn, [(f.dst, f.mode) for f, _ in pending])
+    # checked before chmod: a mode without read permission must not stop sha256sum
     remote = await _remote_sha256(conn, [f.dst for f, _ in pending])
     for (f, ours), theirs in zip(pending, remote, strict=True):
         if ours != theirs:
             raise TransferError(f"{f.dst}: sha256 mismatch after upload "
                                 f"(local {ours[:12]}, agent {theirs[:12]})")
+    await _remote_chmod(conn, [(f.dst, f.mode) for f, _ in pending])
 
 
 def _api_message(e: AgentConnError) -> str:
@@ -396,7 +397,7 @@ async def _download_file(conn: AgentConn, f: _File, digest: str, meter: _Meter, 
             meter.add(offset, f.name, transferred=False)
         try:
             # unbuffered: what is on disk is always a prefix a later run can resume from
-            fh = open(part, "r+b" if offset else "wb", buffering=0)  # noqa: SIM115
+            fh = await asyncio.to_thread(open, part, "r+b" if offset else "wb", buffering=0)
         except OSError as e:
             raise TransferError(f"{part}: {e.strerror}") from None
         try:
