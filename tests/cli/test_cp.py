@@ -164,6 +164,18 @@ async def test_library_tree_round_trip(tmp_path: Path) -> None:
         assert down.files == 5 and down.transferred_bytes == down.total_bytes
     assert _snapshot(back) == _snapshot(src)
     total = up.total_bytes
+    # dangling symlinks and FIFOs are skipped both ways, not errors
+    os.symlink("/nonexistent", src / "dangling")
+    os.mkfifo(src / "fifo")
+    async with agent_pair(tmp_path / "agent2") as p:
+        remote = str(p.work / "up")
+        up = await p.conn.upload(src, remote, recursive=True)
+        assert up.files == 5
+        os.symlink("/nonexistent", Path(remote) / "dangling")
+        os.mkfifo(Path(remote) / "fifo")
+        down = await p.conn.download(remote, tmp_path / "back2", recursive=True)
+        assert down.files == 5
+    assert _snapshot(tmp_path / "back2") == _snapshot(back)
     assert seen[-1][:2] == (total, total)
     assert all(b[0] >= a[0] for a, b in itertools.pairwise(seen))
 
@@ -330,3 +342,44 @@ def test_progress_on_a_terminal_only(tmp_path: Path, agent: tuple[Path, Path]) -
     assert (code, out) == (0, b"")
     r = cp(tmp_path, agent, str(f), f":{work}/p3.bin")  # stderr is a pipe: quiet
     assert (r.code, r.out, r.err) == (0, "", "")
+
+
+def test_cli_target_errors(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    """The target comes from the remote side: a workspace name, or ':' with --config."""
+    r = run_cli(tmp_path, "cp", "dev:/tmp/x", str(tmp_path))
+    assert r.code == 1 and r.err_lines == [
+        "agentconn cp: You are not logged in. Try logging in using 'coder login <url>'."]
+    r = cp(tmp_path, agent, "dev:/tmp/x", str(tmp_path))
+    assert r.code == 2 and "not both" in r.err and len(r.err_lines) == 1
+    r = run_cli(tmp_path, "cp", ":/tmp/x", str(tmp_path))
+    assert r.code == 2 and "--config FILE --agent-id UUID" in r.err and len(r.err_lines) == 1
+
+
+async def test_cli_by_workspace_name(tmp_path: Path) -> None:
+    """`agentconn cp f dev:/path` and back, on the test Coder control plane (over DERP)."""
+    import asyncio
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coder"))
+    from controlplane import TOKEN
+    from test_e2e_tailnet import plane_with_agents
+
+    src = tmp_path / "src"
+    _make_tree(src)
+    remote = tmp_path / "remote"
+    async with plane_with_agents(tmp_path, "dev") as (plane, _):
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": PYTHONPATH,
+               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN}
+
+        async def run(*args: str) -> tuple[int, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentconn.cli", "cp", *args, env=env,
+                stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+            _, err = await asyncio.wait_for(proc.communicate(), 90)
+            assert proc.returncode is not None
+            return proc.returncode, err.decode()
+
+        assert await run("-r", str(src), f"dev:{remote}") == (0, "")
+        assert await run("-r", f"dev:{remote}", str(tmp_path / "back")) == (0, "")
+        code, err = await run(f"nope:{remote}/top.txt", str(tmp_path))
+        assert code == 1 and 'workspace "me/nope" not found' in err
+    assert _snapshot(remote) == _snapshot(src) == _snapshot(tmp_path / "back")

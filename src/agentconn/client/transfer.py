@@ -115,11 +115,19 @@ def _quote_all(paths: Sequence[str]) -> str:
     return " ".join(shlex.quote(p) for p in paths)
 
 
-async def _remote_stat(conn: AgentConn, paths: Sequence[str]) -> list[tuple[str, int, int]]:
-    """(kind ``f``/``d``/``o``, permission bits, size) of each path, following symlinks."""
+async def _remote_stat(conn: AgentConn, paths: Sequence[str], *, skip_missing: bool = False
+                       ) -> list[tuple[str, int, int]]:
+    """(kind ``f``/``d``/``o``, permission bits, size) of each path, following symlinks; with
+    ``skip_missing`` a path that cannot be stat-ed (a dangling symlink, a file removed since
+    the listing) is kind ``o`` (skipped) instead of an error."""
     found: list[tuple[str, int, int]] = []
     for batch in _batches(paths):
-        code, output = await _run(conn, f"stat -L -c '%f %s' -- {_quote_all(batch)} 2>&1")
+        if skip_missing:
+            command = (f"for p in {_quote_all(batch)}; do stat -L -c '%f %s' -- \"$p\" "
+                       f"2>/dev/null || echo '0 0'; done")
+        else:
+            command = f"stat -L -c '%f %s' -- {_quote_all(batch)} 2>&1"
+        code, output = await _run(conn, command)
         lines = output.splitlines()
         if code != 0 or len(lines) != len(batch):
             detail = output.strip().splitlines()[-1] if output.strip() else f"exit {code}"
@@ -218,7 +226,10 @@ async def upload(conn: AgentConn, local_path: str | os.PathLike[str], remote_pat
             dirs.append((rroot, stat.S_IMODE(os.stat(root).st_mode)))
             for fn in sorted(filenames):
                 lp = os.path.join(root, fn)
-                fst = os.stat(lp)
+                try:
+                    fst = os.stat(lp)
+                except OSError:  # a dangling symlink, a file removed meanwhile: skipped
+                    continue
                 if not stat.S_ISREG(fst.st_mode):
                     continue
                 files.append(_File(lp, posixpath.join(rroot, fn), fst.st_size,
@@ -368,7 +379,7 @@ async def _walk_remote(conn: AgentConn, remote: str, local: str, name: str, mode
         raise TransferError(f"{remote}: {_api_message(e)}") from e
     entries = sorted(listing.contents, key=lambda e: e.name)
     paths = [posixpath.join(remote, e.name) for e in entries]
-    stats = await _remote_stat(conn, paths) if paths else []
+    stats = await _remote_stat(conn, paths, skip_missing=True) if paths else []
     for entry, path, (kind, emode, size) in zip(entries, paths, stats, strict=True):
         lp = os.path.join(local, entry.name)
         if kind == "d":
