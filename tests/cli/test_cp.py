@@ -193,6 +193,13 @@ async def test_library_errors(tmp_path: Path) -> None:
             await p.conn.download(str(p.work / "missing"), tmp_path / "x")
         with pytest.raises(TransferError, match="is a directory"):
             await p.conn.download(str(p.work), tmp_path / "x")
+        # relative remote paths are under the agent's home directory ("." is that directory)
+        (tmp_path / "f.txt").write_text("home\n")
+        await p.conn.upload(tmp_path / "f.txt", "rel/f.txt")
+        await p.conn.upload(tmp_path / "f.txt", ".")
+        assert (p.home / "rel" / "f.txt").read_text() == (p.home / "f.txt").read_text() == "home\n"
+        await p.conn.download("rel/f.txt", tmp_path / "back.txt")
+        assert (tmp_path / "back.txt").read_text() == "home\n"
 
 
 async def test_library_stale_part_starts_over(tmp_path: Path) -> None:
@@ -247,6 +254,8 @@ def test_cli_errors(tmp_path: Path, agent: tuple[Path, Path]) -> None:
     assert r.code == 1 and len(r.err_lines) == 1 and "is a directory (use -r" in r.err
     r = cp(tmp_path, agent, f":{work}", str(tmp_path / "w"))
     assert r.code == 1 and len(r.err_lines) == 1 and "is a directory (use -r" in r.err
+    r = cp(tmp_path, agent, str(tmp_path / "dir"), ":")
+    assert r.code == 1 and "is a directory (use -r" in r.err
     r = run_cli(tmp_path, "cp", "a", "b")
     assert r.code == 2 and "one of SRC and DST must be remote" in r.err
 

@@ -5,11 +5,12 @@
 ``WORKSPACE:PATH`` (a Coder workspace, see :mod:`~agentconn.cli.target`) or ``:PATH`` (the
 agent of ``--config``/``--agent-id``). As in scp, an argument is remote only when its colon
 is preceded by something that can name a workspace and the argument is not an existing
-local path (``./a:b`` is a local file, see :func:`parse_spec`). A relative remote PATH is under the
-agent's home directory. The bytes move through :mod:`agentconn.client.transfer` (streamed,
-modes kept, sha256 verified, interrupted downloads resumed from ``NAME.part``). A ``rich``
-progress bar goes to stderr when it is a terminal (and not ``--no-progress``); otherwise
-nothing is printed unless ``--verbose`` asks for a summary line. Failures are one line
+local path (``./a:b`` is a local file, see :func:`parse_spec`). A relative remote PATH is
+under the agent's home directory (``WS:`` alone is that directory). The bytes move through
+:mod:`agentconn.client.transfer` (streamed, modes kept, sha256 verified, interrupted
+downloads resumed from ``NAME.part``). A ``rich`` progress bar goes to stderr when it is a
+terminal (and not ``--no-progress``); otherwise nothing is printed unless ``--verbose`` asks
+for a summary line. Failures are one line
 ``agentconn cp: <message>`` and exit status 1.
 """
 from __future__ import annotations
@@ -83,9 +84,9 @@ async def run(args: argparse.Namespace) -> int:
                           "the other local", EXIT_USAGE)
     remote = src if src.remote else dst
     args.workspace = remote.workspace or None
-    if not remote.path:
-        raise TargetError(f"{args.src if src.remote else args.dst!r}: give a remote PATH "
-                          "after the colon", EXIT_USAGE)
+    if not remote.path:  # "WS:" is the home directory, as in scp
+        remote = Spec(".", remote=True, workspace=remote.workspace)
+        src, dst = (remote, dst) if src.remote else (src, remote)
     if not src.remote and not os.path.lexists(src.path):
         # before dialing: a typo should not wait for a tunnel
         raise TargetError(f"{src.path}: No such file or directory", 1)
