@@ -212,6 +212,7 @@ async def test_library_stale_part_starts_over(tmp_path: Path) -> None:
         result = await p.conn.download(str(p.work / "f.bin"), local)
         assert local.read_bytes() == data and not (tmp_path / "f.bin.part").exists()
         assert result.transferred_bytes == len(data) + (3 << 20)  # the tail, then everything
+        assert result.resumed == []
         (tmp_path / "f.bin.part").write_bytes(data[:1 << 20])  # a true prefix: resumed
         local.unlink()
         result = await p.conn.download(str(p.work / "f.bin"), local)
@@ -392,3 +393,17 @@ async def test_cli_by_workspace_name(tmp_path: Path) -> None:
         code, err = await run(f"nope:{remote}/top.txt", str(tmp_path))
         assert code == 1 and 'workspace "me/nope" not found' in err
     assert _snapshot(remote) == _snapshot(src) == _snapshot(tmp_path / "back")
+
+
+def test_sync_facade(tmp_path: Path, agent: tuple[Path, Path]) -> None:
+    """agentconn.sync has upload/download too (its proxy forwards every AgentConn method)."""
+    from agentconn import sync
+
+    config, work = agent
+    src = tmp_path / "s"
+    _make_tree(src)
+    with sync.connect(str(config), AGENT_ID) as conn:
+        result = conn.upload(src, str(work / "sync"), recursive=True)
+        assert result.files == 5
+        conn.download(str(work / "sync"), tmp_path / "d", recursive=True)
+    assert _snapshot(tmp_path / "d") == _snapshot(src)

@@ -423,6 +423,7 @@ async def _download_file(conn: AgentConn, f: _File, digest: str, meter: _Meter, 
         if attempt == 0 and offset:
             # the prefix we kept was not the agent's: start this file over
             meter.done = start
+            meter.result.resumed.remove(f.dst)
             offset = 0
             continue
         raise TransferError(f"{f.src}: sha256 mismatch after download "
