@@ -407,3 +407,17 @@ def test_sync_facade(tmp_path: Path, agent: tuple[Path, Path]) -> None:
         assert result.files == 5
         conn.download(str(work / "sync"), tmp_path / "d", recursive=True)
     assert _snapshot(tmp_path / "d") == _snapshot(src)
+
+
+async def test_library_long_names_in_batches(tmp_path: Path) -> None:
+    """Many files with long names: every stat/sha256sum/chmod answer fits the agent's
+    32 KiB of kept process output (batches are cut by size, not only by count)."""
+    src = tmp_path / "long"
+    src.mkdir()
+    for i in range(150):
+        (src / (f"{i:03d}-" + "n" * 200)).write_bytes(str(i).encode())
+    async with agent_pair(tmp_path / "agent") as p:
+        up = await p.conn.upload(src, str(p.work / "long"), recursive=True)
+        down = await p.conn.download(str(p.work / "long"), tmp_path / "back", recursive=True)
+    assert up.files == down.files == 150
+    assert _snapshot(tmp_path / "back") == _snapshot(src)

@@ -37,7 +37,9 @@ Progress = Callable[[int, int, str], None]
 CHUNK = 1 << 20
 PART_SUFFIX = ".part"
 _BATCH_FILES = 64        # files per stat / chmod / sha256sum process
-_BATCH_ARGS = 96 << 10   # bytes of quoted paths per such process
+# bytes of quoted paths per such process (the answers never repeat the paths: they stay far
+# below the 16 KiB the agent keeps of a process's output before it cuts out the middle)
+_BATCH_ARGS = 24 << 10
 
 
 class TransferError(AgentConnError):
@@ -92,6 +94,9 @@ async def _run(conn: AgentConn, command: str) -> tuple[int, str]:
     out = await conn.process_output(started.id, wait=True)
     while out.running:  # the wait is bounded by the agent (5 minutes)
         out = await conn.process_output(started.id, wait=True)
+    if out.truncated is not None:
+        raise TransferError(f"the agent cut the output of {command[:60]!r}... "
+                            f"({out.truncated.original_bytes} bytes)")
     return (out.exit_code if out.exit_code is not None else -1), out.output
 
 
@@ -154,12 +159,14 @@ def _clean_stat_error(text: str) -> str:
 async def _remote_sha256(conn: AgentConn, paths: Sequence[str]) -> list[str]:
     digests: list[str] = []
     for batch in _batches(paths):
-        code, output = await _run(conn, f"sha256sum -- {_quote_all(batch)} 2>/dev/null")
+        # "<hash>  -" for each file read on stdin: one short line each, whatever the name
+        code, output = await _run(conn, f"for p in {_quote_all(batch)}; do sha256sum < \"$p\" "
+                                        f"2>&1 || exit 1; done")
         lines = output.splitlines()
         if code != 0 or len(lines) != len(batch):
-            raise TransferError(f"sha256sum failed on the agent for {batch[0]} "
-                                f"(exit {code})")
-        digests.extend(line.lstrip("\\")[:64] for line in lines)
+            detail = lines[-1] if lines else f"exit {code}"
+            raise TransferError(f"sha256sum failed on the agent ({detail})")
+        digests.extend(line[:64] for line in lines)
     return digests
 
 
