@@ -173,8 +173,10 @@ async def test_library_tree_round_trip(tmp_path: Path) -> None:
         assert up.files == 5
         os.symlink("/nonexistent", Path(remote) / "dangling")
         os.mkfifo(Path(remote) / "fifo")
+        os.symlink("..", Path(remote) / "a" / "loop")  # a cycle: not entered again
         down = await p.conn.download(remote, tmp_path / "back2", recursive=True)
         assert down.files == 5
+    assert not (tmp_path / "back2" / "a" / "loop").exists()  # the cycle is skipped
     assert _snapshot(tmp_path / "back2") == _snapshot(back)
     assert seen[-1][:2] == (total, total)
     assert all(b[0] >= a[0] for a, b in itertools.pairwise(seen))

@@ -121,27 +121,28 @@ def _quote_all(paths: Sequence[str]) -> str:
 
 
 async def _remote_stat(conn: AgentConn, paths: Sequence[str], *, skip_missing: bool = False
-                       ) -> list[tuple[str, int, int]]:
-    """(kind ``f``/``d``/``o``, permission bits, size) of each path, following symlinks; with
+                       ) -> list[tuple[str, int, int, str]]:
+    """(kind ``f``/``d``/``o``, permission bits, size, ``device:inode``) of each path,
+    following symlinks; with
     ``skip_missing`` a path that cannot be stat-ed (a dangling symlink, a file removed since
     the listing) is kind ``o`` (skipped) instead of an error."""
-    found: list[tuple[str, int, int]] = []
+    found: list[tuple[str, int, int, str]] = []
     for batch in _batches(paths):
         if skip_missing:
-            command = (f"for p in {_quote_all(batch)}; do stat -L -c '%f %s' -- \"$p\" "
-                       f"2>/dev/null || echo '0 0'; done")
+            command = (f"for p in {_quote_all(batch)}; do stat -L -c '%f %s %d:%i' -- \"$p\" "
+                       f"2>/dev/null || echo '0 0 0'; done")
         else:
-            command = f"stat -L -c '%f %s' -- {_quote_all(batch)} 2>&1"
+            command = f"stat -L -c '%f %s %d:%i' -- {_quote_all(batch)} 2>&1"
         code, output = await _run(conn, command)
         lines = output.splitlines()
         if code != 0 or len(lines) != len(batch):
             detail = output.strip().splitlines()[-1] if output.strip() else f"exit {code}"
             raise TransferError(_clean_stat_error(detail))
         for line in lines:
-            raw, size = line.split()
+            raw, size, ident = line.split()
             mode = int(raw, 16)
             kind = "d" if stat.S_ISDIR(mode) else "f" if stat.S_ISREG(mode) else "o"
-            found.append((kind, stat.S_IMODE(mode), int(size)))
+            found.append((kind, stat.S_IMODE(mode), int(size), ident))
     return found
 
 
@@ -336,7 +337,7 @@ async def download(conn: AgentConn, remote_path: str, local_path: str | os.PathL
     ``resume``, a ``.part`` left by an interrupted download is continued, not restarted."""
     remote = await _absolute(conn, remote_path)
     local = os.fspath(local_path)
-    (kind, mode, size), = await _remote_stat(conn, [remote])
+    (kind, mode, size, ident), = await _remote_stat(conn, [remote])
     if kind == "d" and not recursive:
         raise TransferError(f"{remote}: is a directory (use -r / recursive=True)")
     if kind == "o":
@@ -349,7 +350,7 @@ async def download(conn: AgentConn, remote_path: str, local_path: str | os.PathL
     files: list[_File] = []
     dirs: list[tuple[str, int]] = []
     if kind == "d":
-        await _walk_remote(conn, remote, local, base, mode, files, dirs)
+        await _walk_remote(conn, remote, local, base, mode, files, dirs, {ident})
     else:
         files.append(_File(remote, local, size, mode, base))
 
@@ -376,7 +377,9 @@ async def download(conn: AgentConn, remote_path: str, local_path: str | os.PathL
 
 
 async def _walk_remote(conn: AgentConn, remote: str, local: str, name: str, mode: int,
-                       files: list[_File], dirs: list[tuple[str, int]]) -> None:
+                       files: list[_File], dirs: list[tuple[str, int]], seen: set[str]) -> None:
+    """List ``remote`` into ``files`` and ``dirs``; symlinked directories are followed (as
+    scp -r does) but a directory already on the way down (``seen``) is not entered again."""
     from agentconn.client.conn import AgentApiError
 
     dirs.append((local, mode))
@@ -387,10 +390,11 @@ async def _walk_remote(conn: AgentConn, remote: str, local: str, name: str, mode
     entries = sorted(listing.contents, key=lambda e: e.name)
     paths = [posixpath.join(remote, e.name) for e in entries]
     stats = await _remote_stat(conn, paths, skip_missing=True) if paths else []
-    for entry, path, (kind, emode, size) in zip(entries, paths, stats, strict=True):
+    for entry, path, (kind, emode, size, ident) in zip(entries, paths, stats, strict=True):
         lp = os.path.join(local, entry.name)
-        if kind == "d":
-            await _walk_remote(conn, path, lp, f"{name}/{entry.name}", emode, files, dirs)
+        if kind == "d" and ident not in seen:
+            await _walk_remote(conn, path, lp, f"{name}/{entry.name}", emode, files, dirs,
+                               seen | {ident})
         elif kind == "f":
             files.append(_File(path, lp, size, emode, f"{name}/{entry.name}"))
 
