@@ -167,6 +167,7 @@ async def test_library_tree_round_trip(tmp_path: Path) -> None:
     # dangling symlinks and FIFOs are skipped both ways, not errors
     os.symlink("/nonexistent", src / "dangling")
     os.mkfifo(src / "fifo")
+    os.symlink("..", src / "a" / "loop")  # a cycle: skipped
     async with agent_pair(tmp_path / "agent2") as p:
         remote = str(p.work / "up")
         up = await p.conn.upload(src, remote, recursive=True)
@@ -423,3 +424,17 @@ async def test_library_long_names_in_batches(tmp_path: Path) -> None:
         down = await p.conn.download(str(p.work / "long"), tmp_path / "back", recursive=True)
     assert up.files == down.files == 150
     assert _snapshot(tmp_path / "back") == _snapshot(src)
+
+
+async def test_library_symlinked_directories_are_followed(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    (src / "real").mkdir(parents=True)
+    (src / "real" / "f").write_bytes(b"x")
+    os.symlink("real", src / "linked")
+    async with agent_pair(tmp_path / "agent") as p:
+        up = await p.conn.upload(src, str(p.work / "up"), recursive=True)
+        assert up.files == 2 and not (p.work / "up" / "linked").is_symlink()
+        assert (p.work / "up" / "linked" / "f").read_bytes() == b"x"
+        os.symlink("real", p.work / "up" / "linked2")
+        down = await p.conn.download(str(p.work / "up"), tmp_path / "down", recursive=True)
+        assert down.files == 3 and (tmp_path / "down" / "linked2" / "f").read_bytes() == b"x"

@@ -227,8 +227,20 @@ async def upload(conn: AgentConn, local_path: str | os.PathLike[str], remote_pat
     files: list[_File] = []
     dirs: list[tuple[str, int]] = []
     if is_dir:
-        for root, dirnames, filenames in os.walk(local):
-            dirnames.sort()
+        # symlinked directories are followed (as scp -r does), a cycle is not
+        chains = {local: frozenset({(st.st_dev, st.st_ino)})}
+        for root, dirnames, filenames in os.walk(local, followlinks=True):
+            chain = chains.pop(root)
+            keep = []
+            for d in sorted(dirnames):
+                try:
+                    dst = os.stat(os.path.join(root, d))
+                except OSError:
+                    continue
+                if (dst.st_dev, dst.st_ino) not in chain:
+                    chains[os.path.join(root, d)] = chain | {(dst.st_dev, dst.st_ino)}
+                    keep.append(d)
+            dirnames[:] = keep
             rel = os.path.relpath(root, local)
             rroot = remote if rel == "." else posixpath.join(remote, *rel.split(os.sep))
             dirs.append((rroot, stat.S_IMODE(os.stat(root).st_mode)))
