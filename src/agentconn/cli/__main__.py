@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import AgentConnError
 from . import commands
+from . import cp as cp_cli
 from . import derp as derp_cli
 from . import desktop as desktop_cli
 from . import portforward as portforward_cli
@@ -81,6 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     pair.add_argument("--force", action="store_true",
                       help="overwrite existing agent.conf and client.conf (new keys)")
 
+    cp_cli.add_parser(sub)
     speedtest_cli.add_parser(sub)
     ssh_cli.add_parser(sub)
     pty_cli.add_parser(sub)
@@ -143,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "pair":
             return commands.pair(agent_id=str(args.agent_id), out_dir=args.out, port=args.port,
                                  host=args.host, force=args.force)
+        if args.command == "cp":
+            return run_async(cp_cli.run(args))
         if args.command == "speedtest":
             return run_async(speedtest_cli.run(args))
         if args.command == "port-forward":

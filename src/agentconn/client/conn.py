@@ -512,6 +512,28 @@ class AgentConn:
         async with resp:
             await resp.read()
 
+    async def upload(self, local_path: str | os.PathLike[str], remote_path: str, *,
+                     recursive: bool = False,
+                     progress: Callable[[int, int, str], None] | None = None) -> Any:
+        """Copy a local file (or with ``recursive`` a tree) to the agent, modes kept, sha256
+        checked; ``progress(done_bytes, total_bytes, name)``. Returns a
+        :class:`~agentconn.client.transfer.TransferResult`; see :mod:`agentconn.client.transfer`."""
+        from agentconn.client.transfer import upload
+
+        return await upload(self, local_path, remote_path, recursive=recursive,
+                            progress=progress)
+
+    async def download(self, remote_path: str, local_path: str | os.PathLike[str], *,
+                       recursive: bool = False, resume: bool = True,
+                       progress: Callable[[int, int, str], None] | None = None) -> Any:
+        """Copy a file (or with ``recursive`` a tree) from the agent, modes kept, sha256
+        checked, an interrupted download's ``.part`` resumed. Returns a
+        :class:`~agentconn.client.transfer.TransferResult`; see :mod:`agentconn.client.transfer`."""
+        from agentconn.client.transfer import download
+
+        return await download(self, remote_path, local_path, recursive=recursive,
+                              resume=resume, progress=progress)
+
     async def edit_files(self, files: FileEditRequest | Sequence[FileEdits]
                          | Mapping[str, Sequence[FileEdit | tuple[str, str]]],
                          *, include_diff: bool = False) -> FileEditResponse:
