@@ -147,3 +147,59 @@ def test_bad_config_names_the_line() -> None:
     with pytest.raises(ConfigError, match=r"line 3.*ListenPort"):
         Tunnel.from_config("[Interface]\nPrivateKey = "
                            + encode_key(dh_generate()) + "\nListenPort = abc\n")
+
+
+@pytest.mark.parametrize("loop_name", LOOPS)
+def test_connections_closed_first_leave_nothing_after_time_wait(loop_name: str) -> None:
+    """Issue 14 item 4: 300 short connections to an echo server that closes first (its side
+    goes through TIME_WAIT). In TIME_WAIT they hold no ring; once it ends, both stacks'
+    tables, both tunnels' watcher dicts and the server's transport set are empty and no
+    TcpConn is alive. TIME_WAIT is shortened to 0.3 s; every wait is a condition poll."""
+    import gc
+
+    from _wgcore.tcpip import TcpConn
+
+    async def until(condition: Callable[[], bool]) -> None:
+        while not condition():                 # bounded by run()'s 60 s
+            await asyncio.sleep(0.02)
+
+    async def main() -> None:
+        a, b = await started_pair()
+        a.tcp.time_wait = b.tcp.time_wait = 0.3
+
+        async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            data = await reader.readexactly(3000)
+            writer.write(data * 3)
+            writer.close()                     # the server closes first
+            await writer.wait_closed()
+
+        server = await b.start_server(echo, 7)
+
+        async def one() -> None:
+            reader, writer = await a.open_connection("10.55.0.2", 7)
+            writer.write(b"x" * 3000)
+            assert await reader.read() == b"x" * 9000      # everything, then EOF
+            writer.close()
+            await writer.wait_closed()
+
+        try:
+            for _ in range(6):
+                await asyncio.gather(*(one() for _ in range(50)))
+            # b's side of every connection reaches TIME_WAIT (or already left it)
+            await until(lambda: all(c.state_name == "TIME_WAIT" for c in b.tcp.connections()))
+            assert b.tcp.buffer_bytes == 0     # rings are freed on entering TIME_WAIT
+            await until(lambda: not b.tcp.connections() and not a.tcp.connections())
+            await until(lambda: not server._transports)
+            assert a.tcp.buffer_bytes == 0 and b.tcp.buffer_bytes == 0
+            assert a._watchers == {}
+            assert list(b._watchers) == [server._listener]
+            assert a.tcp.counters()["connections_opened"] == 300
+            server.close()
+            await server.wait_closed()
+            assert b._watchers == {}
+            gc.collect()
+            assert not [o for o in gc.get_objects() if isinstance(o, TcpConn)]
+        finally:
+            await a.close()
+            await b.close()
+    run(loop_name, main())

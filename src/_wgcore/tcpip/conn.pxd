@@ -46,6 +46,8 @@ cdef class _StackBase:
     cdef readonly uint32_t receive_buffer_initial
     cdef public bint sack_enabled
     cdef public bint timestamps_enabled
+    cdef public double time_wait         # seconds in TIME_WAIT (2 MSL; shorter only in tests)
+    cdef readonly uint64_t buffer_bytes  # bytes of send/receive rings allocated, all connections
     cdef public double now               # of the call in progress (input, output, timers)
     cdef bytes _secret                   # RFC 6528 ISN key
     cdef list _touched                   # connections and listeners with events (each once)
@@ -87,6 +89,7 @@ cdef class TcpConn:
     cdef bint in_output
     cdef bint in_touched
     cdef uint32_t events
+    cdef uint32_t buf_bytes              # ring bytes counted in stack.buffer_bytes
     cdef uint32_t mss_ip                 # our MTU minus IP and TCP headers (what we advertise)
 
     # send sequence space (RFC 9293 §3.3.1)
@@ -168,6 +171,9 @@ cdef class TcpConn:
     cdef void _after_read(self)
     cdef void _event(self, uint32_t ev)
     cdef void _close(self, int err)
+    cdef void _account(self) noexcept
+    cdef void _free_buffers(self) noexcept
+    cdef void _enter_time_wait(self, double now) noexcept
     cdef uint32_t _receive_window(self) noexcept
     cdef uint32_t _window_field(self) noexcept
     cdef int _on_timer(self, double now) except -1

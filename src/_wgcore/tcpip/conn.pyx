@@ -36,6 +36,11 @@ Invariants:
   send; it is in the stack's output list at most once (``in_output``), its touched list at most
   once (``in_touched``).
 * Once CLOSED it never leaves that state and is in no table (``list_index < 0``).
+* In TIME_WAIT and CLOSED nothing is sent or received any more: the send ring is freed on
+  entry, the receive ring too once the application has read it to the end (``_free_buffers``;
+  ``data`` is NULL, the other ring fields keep their values for the window arithmetic). A
+  TIME_WAIT connection is its 4-tuple and sequence state only, for ``stack.time_wait`` seconds;
+  ``stack.buffer_bytes`` sums the rings still allocated (``_account``).
 
 The per-connection byte storage is in ``storage`` (rings, assembler, SACK scoreboard), RTT/RTO
 and CUBIC in ``congestion``, header layout in ``wire``; the stack (``stack``) owns the tables.
@@ -72,7 +77,7 @@ import hashlib as _hashlib
 
 # Seconds (and counts) of the connection's own timers.
 cdef double DELACK_TIMEOUT = 0.04      # RFC 9293 §3.8.6.3: < 0.5 s; Linux's minimum
-cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN
+cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN (stack.time_wait)
 cdef double FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, after the application closed
 cdef double SYN_RECEIVED_TIMEOUT = 75.0  # a half-open connection gives up (Linux: 63-75 s)
 cdef int SYN_RETRIES = 6               # 1+2+4+...+64 s: gives up after ~127 s, as Linux
@@ -118,6 +123,7 @@ cdef class _StackBase:
         if self.out_list == NULL:
             raise MemoryError()
         memset(self.drops, 0, sizeof(self.drops))
+        self.time_wait = TIME_WAIT_TIMEOUT
 
     def __dealloc__(self):
         PyMem_Free(self.out_list)
@@ -195,6 +201,8 @@ cdef class TcpConn:
     def __dealloc__(self):
         send_ring_release(&self.sbuf)
         recv_ring_release(&self.rbuf)
+        if self.stack is not None:
+            self.stack.buffer_bytes -= self.buf_bytes
 
     cdef int _setup(self, _StackBase stack, const ConnKey* key, double now) except -1:
         self.stack = stack
@@ -217,6 +225,7 @@ cdef class TcpConn:
         self.snd_una = self.iss
         self.snd_max = self.iss
         self.sbuf.seq = self.iss + 1
+        self._account()
         cubic_init(&self.cc, INITIAL_CWND_SEGMENTS * 1220)   # until the MSS is known
         return 0
 
@@ -294,6 +303,7 @@ cdef class TcpConn:
         if n == 0 or self.sbuf.len == self.sbuf.max:
             return 0
         n = send_ring_append(&self.sbuf, &data[0], n)
+        self._account()
         self.stack._want_output(self)
         return n
 
@@ -308,6 +318,8 @@ cdef class TcpConn:
         recv_ring_read(&self.rbuf, <uint8_t*>PyBytes_AS_STRING(out), avail)
         self.bytes_read += avail
         self._after_read()
+        if self._state == TIME_WAIT or self._state == CLOSED:
+            self._free_buffers()          # the last unread bytes are gone
         return out
 
     cdef void _after_read(self):
@@ -328,11 +340,13 @@ cdef class TcpConn:
             self.space_mark = self.bytes_read
         elif now - self.space_time >= rtt:
             copied = self.bytes_read - self.space_mark
-            if copied * 2 > self.rbuf.cap and self.rbuf.cap < self.rbuf.max:
+            if copied * 2 > self.rbuf.cap and self.rbuf.cap < self.rbuf.max \
+                    and self._state in (ESTABLISHED, FIN_WAIT_1, FIN_WAIT_2):   # peer may send
                 cap = self.rbuf.cap
                 while cap < copied * 2 and cap < self.rbuf.max:
                     cap *= 2
                 recv_ring_grow(&self.rbuf, cap)
+                self._account()
             self.space_time = now
             self.space_mark = self.bytes_read
         # Window update (RFC 9293 §3.8.6.2.2): tell the peer once the window grew enough.
@@ -425,7 +439,41 @@ cdef class TcpConn:
         self.expire_at = 0
         self.tlp_at = 0
         self.stack._remove(self)      # also forgets the listener, if any
+        self._free_buffers()
         self._event(TEV_CLOSED)
+
+    cdef void _account(self) noexcept:
+        """Bring stack.buffer_bytes up to date with this connection's ring capacities."""
+        cdef uint32_t now_bytes = (self.sbuf.cap if self.sbuf.data != NULL else 0) + \
+            (self.rbuf.cap if self.rbuf.data != NULL else 0)
+        self.stack.buffer_bytes += now_bytes
+        self.stack.buffer_bytes -= self.buf_bytes
+        self.buf_bytes = now_bytes
+
+    cdef void _free_buffers(self) noexcept:
+        """In TIME_WAIT or CLOSED nothing is sent any more: free the send ring; free the
+        receive ring too once the application has nothing left to read (else ``read`` calls
+        us again when it has drained it). What stays is the 4-tuple and sequence state.
+        Ring fields other than ``data`` keep their values, so window and sequence arithmetic
+        is unchanged; nothing writes or copies ring bytes in these states."""
+        if self.sbuf.data != NULL:
+            send_ring_release(&self.sbuf)
+        if self.rbuf.data != NULL and self._readable() == 0:
+            recv_ring_release(&self.rbuf)
+        self.ooo.n = 0
+        self.sacked.n = 0
+        self.sacked_bytes = 0
+        self._account()
+
+    cdef void _enter_time_wait(self, double now) noexcept:
+        """Our FIN is acknowledged and the peer's received (RFC 9293 §3.10.7.4): hold the
+        4-tuple for stack.time_wait (2 MSL), with the buffers given back at once."""
+        self._state = TIME_WAIT
+        self.expire_at = now + self.stack.time_wait
+        self.rtx_at = 0
+        self.tlp_at = 0
+        self.persist = False
+        self._free_buffers()
 
     cdef uint32_t _receive_window(self) noexcept:
         cdef uint32_t used = self.rcv_nxt - self.rbuf.read_seq
@@ -645,7 +693,7 @@ cdef class TcpConn:
                     stack.drops[D_OUT_OF_WINDOW] += 1
                 self._owe_ack_now()
                 if self._state == TIME_WAIT and s.flags & F_FIN:
-                    self.expire_at = now + TIME_WAIT_TIMEOUT
+                    self.expire_at = now + self.stack.time_wait
                 return 0
         # Timestamps: remember the peer's clock for echoing (RFC 7323 §4.3).
         if self.ts_ok and s.has_ts and seq_le(s.seq, self.last_ack_sent):
@@ -865,9 +913,7 @@ cdef class TcpConn:
                     if self.app_closed:
                         self.expire_at = now + FIN_WAIT_2_TIMEOUT
                 elif self._state == CLOSING:
-                    self._state = TIME_WAIT
-                    self.expire_at = now + TIME_WAIT_TIMEOUT
-                    self.rtx_at = 0
+                    self._enter_time_wait(now)
                 elif self._state == LAST_ACK:
                     self._close(0)
                     return 1
@@ -975,15 +1021,11 @@ cdef class TcpConn:
             self._state = CLOSE_WAIT
         elif self._state == FIN_WAIT_1:
             if self.fin_sent and self.snd_una == self.fin_seq + 1:
-                self._state = TIME_WAIT
-                self.expire_at = now + TIME_WAIT_TIMEOUT
-                self.rtx_at = 0
+                self._enter_time_wait(now)
             else:
                 self._state = CLOSING
         elif self._state == FIN_WAIT_2:
-            self._state = TIME_WAIT
-            self.expire_at = now + TIME_WAIT_TIMEOUT
-            self.rtx_at = 0
+            self._enter_time_wait(now)
 
     # -- output -------------------------------------------------------------------------------
 

@@ -33,6 +33,8 @@ class TcpStack:
     receive_buffer_initial: int
     sack_enabled: bool
     timestamps_enabled: bool
+    time_wait: float
+    buffer_bytes: int
     now: float
     segments_in: int
     segments_out: int
@@ -40,7 +42,8 @@ class TcpStack:
     non_tcp: int
     conns_opened: int
     def __init__(self, mtu: int = 1280, send_buffer: int = ..., receive_buffer: int = ...,
-                 receive_buffer_initial: int = ..., secret: bytes | None = None) -> None: ...
+                 receive_buffer_initial: int = ..., secret: bytes | None = None,
+                 time_wait: float = 60.0) -> None: ...
     def set_addresses(self, addresses: list[bytes]) -> None: ...
     def listen(self, port: int, address: bytes = b"", backlog: int = 128,
                syn_backlog: int = 256) -> TcpListener: ...

@@ -177,7 +177,10 @@ cdef class TcpStack(_StackBase):
 
     `mtu`: the inner MTU (1280 in Coder's tailnet). Buffers: `send_buffer` and
     `receive_buffer` are per-connection maxima (the receive ring starts at
-    `receive_buffer_initial` and grows as the application drains it).
+    `receive_buffer_initial` and grows as the application drains it). `time_wait`: seconds a
+    connection we closed first holds its 4-tuple in TIME_WAIT (2 MSL; tests shorten it);
+    its rings are freed on entry, so it costs only the connection object.
+    ``buffer_bytes`` counts the ring bytes allocated across all connections.
     """
     cdef dict _conns                     # key bytes -> TcpConn (owns what the tables point to)
     cdef dict _listeners                 # (address bytes or b"", port) -> TcpListener
@@ -195,14 +198,17 @@ cdef class TcpStack(_StackBase):
 
     def __cinit__(self, uint32_t mtu=1280, uint32_t send_buffer=4 << 20,
                   uint32_t receive_buffer=4 << 20, uint32_t receive_buffer_initial=256 << 10,
-                  bytes secret=None):
+                  bytes secret=None, double time_wait=60.0):
         if not 576 <= mtu <= 65535:
             raise ValueError(f"MTU {mtu} out of range 576-65535")
         for value, name in ((send_buffer, "send_buffer"), (receive_buffer, "receive_buffer"),
                             (receive_buffer_initial, "receive_buffer_initial")):
             if value < 4096 or value > (1 << 30):
                 raise ValueError(f"{name} {value} out of range 4096-2**30")
+        if not time_wait >= 0:
+            raise ValueError(f"time_wait {time_wait} must be >= 0")
         self.mtu = mtu
+        self.time_wait = time_wait
         self.send_buffer = send_buffer
         # Rings index with a mask: capacities are powers of two (rounded down).
         self.receive_buffer = 1 << (receive_buffer.bit_length() - 1)
@@ -477,6 +483,7 @@ cdef class TcpStack(_StackBase):
             "connections": self.all_n, "listeners": len(self._listeners),
             "segments_in": self.segments_in, "segments_out": self.segments_out,
             "resets_sent": self.resets_sent, "connections_opened": self.conns_opened,
+            "buffer_bytes": self.buffer_bytes,
             "non_tcp": self.non_tcp,
             "drops": {_DROP_NAMES[i]: self.drops[i] for i in range(D_COUNT)},
         }

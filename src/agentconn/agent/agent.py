@@ -7,7 +7,9 @@ and an :class:`~agentconn.web.server.HttpServer` accepting on tunnel TCP port 4 
 share one :class:`~agentconn.agent.options.AgentOptions`; chat path tracking flows from the
 files/processes modules through :meth:`Agent.touched_paths`. MCP servers start in the
 background so a slow server never delays the API; the agent's own log goes to
-``<log_dir>/coder-agent.log`` (served by ``/debug/logs``).
+``<log_dir>/coder-agent.log`` (served by ``/debug/logs``); the default ``log_dir`` is the
+agent's own ``~/.agentconn/<agent-id>`` (:meth:`AgentOptions.for_agent`), so two agents on one
+machine share neither log nor SSH host key.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ class Agent:
 
     ``config`` is a wg-quick file path, its text or an :class:`InterfaceConfig` (the agent's
     key and its peers, i.e. the clients allowed in). ``agent_id`` decides the addresses.
-    ``options`` describe the workspace (home, working directory, environment, log dir).
+    ``options`` describe the workspace (home, working directory, environment, log dir); the
+    agent keeps them as ``self.options``, with ``log_dir`` filled in when it was None.
     ``manifest`` is served at ``/debug/manifest`` (a default one describing this agent if
     ``None``). ``mcp_config_files`` overrides the ``.mcp.json`` list. ``services`` names the
     stream services to run besides the HTTP API (default all: ``"ssh"`` on ports 1 and 22,
@@ -82,7 +85,7 @@ class Agent:
         self.agent_id = uuid.UUID(str(agent_id))
         base = config if isinstance(config, InterfaceConfig) else load_config(config)
         self.config = _with_agent_addresses(base, self.agent_id)
-        self.options = options or AgentOptions()
+        self.options = (options or AgentOptions()).for_agent(self.agent_id)
         self.tunnel = Tunnel(self.config, **tunnel_kwargs)
         self.router = Router()
         self.http = HttpServer(self.router, header_timeout=HEADER_TIMEOUT,
@@ -108,7 +111,7 @@ class Agent:
         #: The coordinator session after :meth:`join_tailnet` (``TailnetNode``), else None.
         self.tailnet: Any = None
         self.manifest = manifest if manifest is not None else self._default_manifest()
-        self.debug = DebugApi(self.options.log_dir, tunnel=self.tunnel, router=self.router,
+        self.debug = DebugApi(self.options.data_dir(), tunnel=self.tunnel, router=self.router,
                               manifest=self.manifest)
 
     def _default_manifest(self) -> dict[str, Any]:
@@ -153,8 +156,9 @@ class Agent:
     def _setup_logging(self) -> None:
         if not self._log_to_file:
             return
-        os.makedirs(self.options.log_dir, exist_ok=True)
-        handler = logging.FileHandler(os.path.join(self.options.log_dir, LOG_FILE))
+        log_dir = self.options.data_dir()
+        os.makedirs(log_dir, mode=0o700, exist_ok=True)
+        handler = logging.FileHandler(os.path.join(log_dir, LOG_FILE))
         handler.setFormatter(logging.Formatter(
             "%(asctime)s.%(msecs)03d [%(levelname)s] %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S"))
         logger = logging.getLogger("agentconn")

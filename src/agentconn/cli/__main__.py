@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     agent.add_argument("--agent-id", required=True, type=agent_id_type, metavar="UUID",
                        help="the agent UUID (its tunnel addresses derive from it)")
     agent.add_argument("--directory", help="the workspace working directory")
-    agent.add_argument("--log-dir", help="where coder-agent.log goes (default ~/.agentconn)")
+    agent.add_argument("--log-dir", help="where coder-agent.log and the SSH host key go "
+                       "(default ~/.agentconn/AGENT_ID)")
     agent.add_argument("--manifest", help="JSON file served at /debug/manifest")
     agent.add_argument("--mcp-config", action="append",
                        help="MCP config file (repeatable; default <directory>/.mcp.json)")

@@ -301,7 +301,7 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     await ag.start()
     print(f"agentconn agent {ag.agent_id}: API on http://[{ag.address}]:4 "
           f"(udp/{ag.tunnel.listen_port}, public key {ag.tunnel.public_key}); "
-          f"log {options.log_dir}/coder-agent.log", flush=True)
+          f"log {ag.options.log_dir}/coder-agent.log", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

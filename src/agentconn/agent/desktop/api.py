@@ -63,7 +63,7 @@ class DesktopApi:
     """
 
     def __init__(self, options: AgentOptions) -> None:
-        data_dir = os.path.join(options.log_dir, "desktop")
+        data_dir = os.path.join(options.data_dir(), "desktop")
         self.session = DesktopSession(enabled=options.desktop,
                                       geometry=options.desktop_geometry,
                                       data_dir=data_dir, environ=options.environ)

@@ -19,17 +19,20 @@ asyncssh does the SSH-2 protocol; this module adds what makes it the agent's ser
   resolved against the agent's home.
 - **Port forwarding**: ``direct-tcpip`` to any host:port the agent can reach (normally the
   workspace's loopback) and ``tcpip-forward`` listeners on the agent host, as Coder allows both.
-- **Host key**: ed25519, generated once and kept at ``host_key_path`` (mode 0600) so clients
-  see the same key across restarts.
+- **Host key**: ed25519, generated once and kept at ``host_key_path`` (mode 0600; by default
+  in the agent's own ``log_dir``) so clients see the same key across restarts; created
+  atomically, never overwritten (:func:`load_host_key`).
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import signal
 import subprocess
+import tempfile
 import termios
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -71,9 +74,13 @@ CLOSE_TIMEOUT = 5.0       #: seconds close() waits for connections and children 
 def load_host_key(path: str) -> asyncssh.SSHKey:
     """The host key at ``path``; if there is no file, a new ed25519 key written there first.
 
-    The file is created with mode 0600 (atomically: written beside it, then renamed), its
-    directory with 0700 if missing. Raises ``asyncssh.KeyImportError`` for a file that is not
-    a private key, and OSError when it cannot be read or written.
+    Creation is atomic and never overwrites: the key is written and fsynced to a private temp
+    file beside ``path`` (``O_EXCL``, mode 0600), then hard-linked to ``path``, which fails if
+    the name exists. So two agents starting at once (same process or not) never read a
+    half-written key, and the one that loses the race drops its own key and loads the
+    winner's: both end up with the key on disk. The directory is created with 0700 if
+    missing. Raises ``asyncssh.KeyImportError`` for a file that is not a private key, and
+    OSError when it cannot be read or written.
     """
     try:
         return asyncssh.read_private_key(path)
@@ -82,19 +89,44 @@ def load_host_key(path: str) -> asyncssh.SSHKey:
     key = asyncssh.generate_private_key(HOST_KEY_ALGORITHM)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, mode=0o700, exist_ok=True)
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    if _publish_exclusive(path, key.export_private_key()):
+        _log.info("generated SSH host key %s at %s", key.get_fingerprint(), path)
+        return key
+    return asyncssh.read_private_key(path)       # another starter's key, complete on disk
+
+
+def _publish_exclusive(path: str, data: bytes) -> bool:
+    """Create ``path`` holding ``data`` (mode 0600) all at once, unless it exists: False
+    then, and the existing file is left alone."""
+    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.",
+                               dir=os.path.dirname(os.path.abspath(path)))  # O_EXCL, 0600
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(key.export_private_key())
-        os.chmod(tmp, 0o600)
-        os.replace(tmp, path)
-    except BaseException:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)                   # atomic, and refuses an existing name
+        except FileExistsError:
+            return False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV,
+                                 errno.EMLINK):
+                raise
+            # no hard links on this file system: create the name exclusively and write it
+            # (a reader racing this write may see a short file; there is no better primitive)
+            try:
+                out = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                return False
+            with os.fdopen(out, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+        return True
+    finally:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        raise
-    _log.info("generated SSH host key %s at %s", key.get_fingerprint(), path)
-    return key
 
 
 class _TunnelListener:
@@ -183,7 +215,7 @@ class SshServer:
                  ports: tuple[int, ...] = SSH_PORTS,
                  login_timeout: float = LOGIN_TIMEOUT) -> None:
         self.options = options
-        self.host_key_path = host_key_path or os.path.join(options.log_dir, HOST_KEY_FILENAME)
+        self.host_key_path = host_key_path or os.path.join(options.data_dir(), HOST_KEY_FILENAME)
         self.ports = tuple(ports)
         self.login_timeout = login_timeout
         self._host_key: asyncssh.SSHKey | None = None
