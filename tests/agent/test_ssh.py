@@ -372,9 +372,15 @@ async def test_cli_interactive_pty_resize_and_exit_status(tmp_path: Path) -> Non
             assert b"30 90" in screen
             # resizing our terminal sends SIGWINCH to the CLI, which tells the server
             fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", 44, 120, 0, 0))
-            screen.clear()
-            os.write(master, b"stty size; echo M2-$((6 * 8))\r")
-            await until(b"M2-48")
+            # The window change travels CLI -> agent while the next command may already run:
+            # ask again (bounded) until the shell sees the new size.
+            for attempt in range(20):
+                screen.clear()
+                os.write(master, f"stty size; echo M2-$((6 * 8))-{attempt}\r".encode())
+                await until(f"M2-48-{attempt}".encode())
+                if b"44 120" in screen:
+                    break
+                await asyncio.sleep(0.1)
             assert b"44 120" in screen
             os.write(master, b"exit 6\r")
             assert await asyncio.wait_for(proc.wait(), 60) == 6
