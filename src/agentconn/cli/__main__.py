@@ -18,6 +18,7 @@ from . import speedtest as speedtest_cli
 from . import ssh as ssh_cli
 from . import vnc as vnc_cli
 from ._runner import run_async
+from .speedtest import parse_duration
 from .target import EXIT_USAGE, add_target_arguments, agent_id_type, open_conn
 
 
@@ -42,11 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
                     "reached through a wg-quick file. agentconn ping --config FILE ADDRESS: "
                     "ICMP (or --tsmp) pings to an address inside that tunnel.")
     add_target_arguments(ping, positional=False)
-    ping.add_argument("--count", "-n", type=int, default=4, help="number of pings (default 4)")
-    ping.add_argument("--interval", "-i", type=float, default=1.0,
-                      help="seconds between pings (default 1)")
-    ping.add_argument("--timeout", "-W", type=float, default=5.0,
-                      help="seconds to wait for each reply (default 5)")
+    ping.add_argument("--num", "-n", "--count", dest="count", type=int, default=None,
+                      help="number of pings (default 10 to an agent, as `coder ping`; 4 to an "
+                           "address)")
+    ping.add_argument("--wait", "--interval", "-i", dest="interval", type=parse_duration,
+                      default=1.0, metavar="DURATION",
+                      help="how long to wait between pings, e.g. 1s (default 1s)")
+    ping.add_argument("--timeout", "-t", "-W", type=parse_duration, default=5.0,
+                      metavar="DURATION",
+                      help="how long to wait for each ping to complete, e.g. 5s (default 5s)")
     ping.add_argument("--tsmp", action="store_true",
                       help="send TSMP pings (IP protocol 99, as Coder clients do) instead of ICMP")
     ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
@@ -124,6 +129,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                                            megabytes=args.megabytes))
         if args.command == "ping" and (args.config is None or args.agent_id is not None):
             args.workspace = args.address
+            if args.count is None:
+                args.count = 10  # coder ping --num
             return run_async(_ping_agent(args))
         if args.command == "ping" and not args.address:
             print("agentconn ping: give an address or --agent-id", file=sys.stderr)
@@ -133,6 +140,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"give an address inside the tunnel, or --agent-id UUID to ping the agent)",
                   file=sys.stderr)
             return 2
+        if args.command == "ping" and args.count is None:
+            args.count = 4
         if args.command == "ping":
             return run_async(commands.ping(
                 config=args.config, address=args.address, count=args.count,

@@ -320,6 +320,21 @@ def format_rtt(seconds: float) -> str:
     return f"{ms:.0f}ms" if ms >= 1 else f"{ms:.3f}ms"
 
 
+def go_duration(seconds: float) -> str:
+    """Go ``d.Round(time.Millisecond).String()``: ``0s``, ``42ms``, ``1.5s``, ``1m2.003s``."""
+    ms = round(seconds * 1000)
+    if ms == 0:
+        return "0s"
+    if ms < 1000:
+        return f"{ms}ms"
+    minutes, rest = divmod(ms, 60_000)
+    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
+    if not minutes:
+        return secs
+    hours, minutes = divmod(minutes, 60)
+    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}"
+
+
 def _agent_peer(conn: Any) -> dict[str, Any]:
     return dict(conn.get_peer_diagnostics().get("peer") or {})
 
@@ -343,6 +358,8 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
     line (`coder ping` does for a workspace name). Exit 0 if any pong came back."""
     shown = f'"{name}"' if quote else name
     replies = 0
+    did_p2p = False
+    begun = time.monotonic()
     for seq in range(count):
         started = time.monotonic()
         try:
@@ -355,6 +372,10 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
         else:
             replies += 1
             endpoint = _agent_peer(conn).get("endpoint") or ""
+            if not did_p2p and not endpoint.startswith("relay:"):
+                did_p2p = True  # as `coder ping`, before the first direct pong
+                print(f"p2p connection established in {go_duration(time.monotonic() - begun)}",
+                      flush=True)
             print(f"pong from {name} {_path(conn, endpoint)} in {format_rtt(rtt)}", flush=True)
         if seq + 1 < count:
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))

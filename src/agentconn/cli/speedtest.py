@@ -10,9 +10,11 @@ dash separator before the total row). A progress line goes to stderr while the t
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import re
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any, TextIO
 
@@ -72,6 +74,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    metavar="DURATION",
                    help=f"test duration, e.g. 5s (default 5s; clamped to "
                         f"{CLI_MIN_DURATION:g}-{MAX_DURATION:g} s)")
+    p.add_argument("--direct", "-d", action="store_true",
+                   help="wait for a direct connection before testing speed (as coder "
+                        "speedtest -d; a --config tunnel is always direct; over a DERP relay "
+                        f"it waits up to {DIRECT_WAIT:g} s, then tests over the relay)")
     p.add_argument("--output", "-o", choices=("table", "json"), default="table",
                    help="table (as coder speedtest) or json")
     # Lower bound of the clamp; only tests lower it.
@@ -150,6 +156,41 @@ class _Progress:
             self.stream.flush()
 
 
+#: Seconds ``--direct`` waits for a relayed path to become direct before testing anyway
+#: (coder waits until interrupted; our tunnel may never leave the relay).
+DIRECT_WAIT = 10.0
+
+
+async def _await_direct(conn: Any) -> None:
+    """``--direct``: as coder, ping once a second, saying ``Waiting for a direct
+    connection... (<ms>ms via <relay>)`` while the path is relayed and ``<ms>ms via direct``
+    once it is not; after DIRECT_WAIT seconds on a relay, say so and go on."""
+    from agentconn.cli.target import relay_region
+    from agentconn.errors import PingTimeoutError
+
+    deadline = time.monotonic() + DIRECT_WAIT
+    via = ""
+    while True:
+        try:
+            rtt, _, _ = await conn.ping(timeout=1.0)
+        except PingTimeoutError:
+            rtt = None
+        if rtt is not None:
+            peer = conn.get_peer_diagnostics().get("peer") or {}
+            endpoint = str(peer.get("endpoint") or "")
+            if not endpoint.startswith("relay:"):
+                print(f"{int(rtt * 1000)}ms via direct", file=sys.stderr, flush=True)
+                return
+            via = relay_region(conn, endpoint) or endpoint
+            print(f"Waiting for a direct connection... ({int(rtt * 1000)}ms via {via})",
+                  file=sys.stderr, flush=True)
+        if time.monotonic() >= deadline:
+            print(f"No direct connection within {DIRECT_WAIT:g} s; testing over the relay"
+                  f"{f' ({via})' if via else ''}", file=sys.stderr, flush=True)
+            return
+        await asyncio.sleep(1.0)
+
+
 async def run(args: argparse.Namespace) -> int:
     """Connect, run the test, print the table or JSON. 0 on success, 1 if the test failed."""
     from agentconn.client.speedtest import clamp_duration, speedtest
@@ -160,6 +201,8 @@ async def run(args: argparse.Namespace) -> int:
     as_json = args.output == "json"
     conn = await open_conn(args)
     try:
+        if getattr(args, "direct", False):
+            await _await_direct(conn)
         # coder prints this with cliui.Infof on stderr, in both output modes
         print(f"Starting a {int(seconds)}s {direction.label} test...", file=sys.stderr,
               flush=True)

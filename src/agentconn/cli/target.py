@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import sys
+import time
 import uuid
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -41,6 +43,10 @@ EXIT_CONNECT = 1   #: the target is named but could not be reached
 #: Seconds of dialing a workspace before "Connecting to ..." goes to stderr: quick answers
 #: (connected, refused, not found) print nothing more, slow ones never leave the user guessing.
 PROGRESS_DELAY = 0.5
+#: Seconds to wait for an agent reached with ``--config`` (``AGENTCONN_CONNECT_TIMEOUT``).
+CONNECT_TIMEOUT = 30.0
+#: Seconds between the "Still waiting" lines while an agent does not answer.
+WAIT_NOTICE_EVERY = 5.0
 
 NO_TARGET = ("give a workspace name (with CODER_URL and CODER_SESSION_TOKEN set, or after "
              "'coder login') or --config FILE --agent-id UUID")
@@ -121,21 +127,54 @@ def target_of(args: argparse.Namespace) -> Target:
     return Target(workspace=workspace, pcap_file=pcap_file)
 
 
-async def open_conn(args: argparse.Namespace) -> AgentConn:
-    """An :class:`~agentconn.AgentConn` to the target ``args`` name (see :func:`target_of`)."""
-    return await connect_target(target_of(args))
+async def open_conn(args: argparse.Namespace, connect_timeout: float | None = None
+                    ) -> AgentConn:
+    """An :class:`~agentconn.AgentConn` to the target ``args`` name (see :func:`target_of`).
+    ``connect_timeout``: seconds to wait for an agent reached with ``--config`` to answer
+    (default: ``AGENTCONN_CONNECT_TIMEOUT`` from the environment, else 30)."""
+    return await connect_target(target_of(args), connect_timeout=connect_timeout)
 
 
-async def connect_target(target: Target) -> AgentConn:
+def _connect_timeout() -> float:
+    text = os.environ.get("AGENTCONN_CONNECT_TIMEOUT", "")
+    try:
+        value = float(text)
+    except ValueError:
+        return CONNECT_TIMEOUT
+    return value if value > 0 else CONNECT_TIMEOUT
+
+
+async def _progress(what: str, timeout: float) -> None:
+    """Lines on stderr while an agent is waited for: one after PROGRESS_DELAY, then one
+    every WAIT_NOTICE_EVERY seconds."""
+    started = time.monotonic()
+    await asyncio.sleep(PROGRESS_DELAY)
+    print(f"Waiting for {what} to answer (up to {timeout:g} s)...", file=sys.stderr,
+          flush=True)
+    while True:
+        await asyncio.sleep(WAIT_NOTICE_EVERY)
+        print(f"Still waiting for {what} ({time.monotonic() - started:.0f} s)...",
+              file=sys.stderr, flush=True)
+
+
+async def connect_target(target: Target, *, connect_timeout: float | None = None
+                         ) -> AgentConn:
     """Open a connection to ``target``. Raises :class:`TargetError` (exit status 1) with the
     reason: not logged in, unknown or stopped workspace, deployment or agent unreachable."""
     try:
         if target.workspace is None:
             import agentconn
 
+            timeout = connect_timeout if connect_timeout else _connect_timeout()
             tunnel_kwargs = {"pcap": target.pcap_file} if target.pcap_file is not None else None
-            return await agentconn.connect(str(target.config), str(target.agent_id),
-                                           tunnel_kwargs=tunnel_kwargs)
+            notice = asyncio.ensure_future(_progress(
+                f"agent {target.agent_id} through {target.config}", timeout))
+            try:
+                return await agentconn.connect(str(target.config), str(target.agent_id),
+                                               reachable_timeout=timeout,
+                                               tunnel_kwargs=tunnel_kwargs)
+            finally:
+                notice.cancel()
         conn = await _dial(target.workspace)
         if target.pcap_file is not None:
             try:  # the deployment's shared tunnel: closed (capture and all) when we leave

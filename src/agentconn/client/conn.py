@@ -673,11 +673,55 @@ async def connect(config: InterfaceConfig | str | os.PathLike[str], agent_id: uu
         raise
     conn = AgentConn(tunnel, agent_id, owns_tunnel=True, **kwargs)
     try:
+        no_route = route_problem(cfg, conn.agent_id, conn.agent_address)
+        if no_route:
+            raise TunnelError(no_route)
         if reachable_timeout and not await conn.await_reachable(reachable_timeout):
-            raise TunnelError(f"workspace agent {conn.agent_address} not reachable within "
-                              f"{reachable_timeout:g} s")
+            raise TunnelError(unreachable_message(cfg, conn, reachable_timeout))
     except BaseException:
         await conn.close()
         raise
     return conn
 
+
+
+def route_problem(cfg: Any, agent_id: uuid.UUID | str,
+                  address: ipaddress.IPv6Address) -> str | None:
+    """Why the wg-quick config ``cfg`` cannot reach agent ``agent_id`` at ``address`` (no
+    peer's AllowedIPs cover it: the config was made for another agent id), or None."""
+    for peer in cfg.peers:
+        if any(address in net for net in peer.allowed_ips if net.version == 6):
+            return None
+    listed = ", ".join(str(net) for peer in cfg.peers for net in peer.allowed_ips) or "(none)"
+    return (f"the config's peer does not route to agent {agent_id} (its address {address} "
+            f"is not in AllowedIPs {listed}): was the config made for another agent id?")
+
+
+def unreachable_message(cfg: Any, conn: AgentConn, timeout: float) -> str:
+    """What was tried when agent ``conn`` did not answer within ``timeout`` seconds through
+    the tunnel of ``cfg``, and what to check: the peer's endpoint, whether a WireGuard
+    handshake answer came back, and the likely causes."""
+    peer = conn.get_peer_diagnostics().get("peer") or {}
+    cfg_peer = next((p for p in cfg.peers
+                     if any(conn.agent_address in n for n in p.allowed_ips if n.version == 6)),
+                    None)
+    if cfg_peer is not None and cfg_peer.endpoint is not None:
+        host, port = cfg_peer.endpoint
+        shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    else:
+        host, port, shown = "", 0, ""
+    shown = shown or str(peer.get("endpoint") or "")
+    if peer.get("last_handshake_unix"):
+        return (f"agent {conn.agent_id}: WireGuard handshake OK with {shown or 'the peer'}, "
+                f"but no answer from {conn.agent_address} within {timeout:g} s: the agent may "
+                f"run under another --agent-id")
+    if not shown:
+        return (f"agent {conn.agent_id} ({conn.agent_address}) not reachable within "
+                f"{timeout:g} s: the config's peer has no Endpoint, and the agent has not "
+                f"connected to us (is `agentconn agent` running there, with this client's "
+                f"key and our address as its peer's Endpoint?)")
+    return (f"agent {conn.agent_id} ({conn.agent_address}) not reachable within {timeout:g} s: "
+            f"sent WireGuard handshakes to {shown}, no answer came back (rx "
+            f"{peer.get('rx_bytes', 0)} B). Check: is `agentconn agent` running there? is UDP "
+            f"port {port} reachable on {host}? do the keys match (the config's peer PublicKey "
+            f"is the agent's key, and the agent's peer is this config's key)?")
