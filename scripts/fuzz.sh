@@ -1,7 +1,7 @@
 #!/bin/sh
 # Long fuzz run of one target: scripts/fuzz.sh TARGET [RUNS] (default 1000000 inputs).
 # Grows a scratch copy of the seed corpus in build/fuzz/TARGET (the checked-in corpus is not
-# touched); crashes land in build/fuzz/TARGET-artifacts/. Prints inputs/s at the end.
+# touched); FUZZ_TIME=SECONDS also bounds the run by time. Crashes land in build/fuzz/TARGET-artifacts/. Prints inputs/s at the end.
 set -eu
 cd "$(dirname "$0")/.."
 T=${1:?usage: scripts/fuzz.sh TARGET [RUNS]}
@@ -12,7 +12,7 @@ mkdir -p "build/fuzz/$T" "build/fuzz/$T-artifacts"
 cp -n fuzz/corpus/"$T"/* "build/fuzz/$T/" 2>/dev/null || true
 START=$(date +%s)
 set +e
-PYTHONPATH=src "$PY" fuzz/run.py "$T" -runs="$RUNS" -timeout=10 -rss_limit_mb=2048 \
+PYTHONPATH=src "$PY" fuzz/run.py "$T" -runs="$RUNS" ${FUZZ_TIME:+-max_total_time=$FUZZ_TIME} -timeout=10 -rss_limit_mb=2048 \
     -max_len=4096 -print_final_stats=1 -artifact_prefix="build/fuzz/$T-artifacts/" \
     "build/fuzz/$T" 2>&1 | tee "build/fuzz/$T.log" | grep -E "^(#[0-9]+ +(INITED|DONE|pulse))|ERROR|Exception|stat::" 
 RC=$?
