@@ -354,3 +354,16 @@ async def test_cli_table_and_json(tmp_path: Path) -> None:
     finally:
         await server.close()
         await agent.close()
+
+
+def test_config_prefix_counts_invalid_utf8_as_one_byte_each() -> None:
+    """Fuzz finding (fuzz/targets.py speedtest_config): an invalid UTF-8 byte in the config
+    was decoded as U+FFFD (3 bytes) and the consumed count overshot the input, so the bytes
+    after the config line would have been cut short."""
+    from agentconn.proto.speedtest import parse_config_prefix
+    data = b'{"er\xabor":"bad direction"}\n'
+    config, used = parse_config_prefix(data, True)
+    assert used == len(data) - 1        # everything but the newline
+    data = b'{"version":1,"x\xff\xfe":"\xc3"}' + b"payload"
+    config, used = parse_config_prefix(data, False)
+    assert config.version == 1 and data[used:] == b"payload"

@@ -266,7 +266,9 @@ def parse_config_prefix(data: bytes, eof: bool) -> tuple[SpeedtestConfig, int] |
         end = start + len(literal)
         value: object = None if literal == b"null" else literal == b"true"
     else:
-        text = data[start:].decode("utf-8", "replace")
+        # surrogateescape keeps one character per invalid byte, so the byte count of what
+        # was decoded is exact ("replace" turns 1 bad byte into a 3-byte U+FFFD).
+        text = data[start:].decode("utf-8", "surrogateescape")
         try:
             value, length = _DECODER.raw_decode(text)
         except json.JSONDecodeError as exc:
@@ -278,7 +280,8 @@ def parse_config_prefix(data: bytes, eof: bool) -> tuple[SpeedtestConfig, int] |
                 if len(data) > CONFIG_LIMIT:
                     raise SpeedtestConfigError("config too long") from None
                 return None
-            raise _syntax_error(msg, ord(text[pos])) from None
+            char = ord(text[pos])
+            raise _syntax_error(msg, 0xFFFD if 0xDC80 <= char <= 0xDCFF else char) from None
         except RecursionError:      # deep nesting: Go's decoder stops at 10000 levels
             raise SpeedtestConfigError("exceeded max depth") from None
         except ValueError as exc:     # NaN / Infinity / -Infinity, refused by _reject_constant
@@ -287,7 +290,7 @@ def parse_config_prefix(data: bytes, eof: bool) -> tuple[SpeedtestConfig, int] |
                        else "looking for beginning of value")
             raise SpeedtestConfigError(
                 f"invalid character {_quote_char(ord(name.lstrip('-')[0]))} {context}") from None
-        end = start + len(text[:length].encode())
+        end = start + len(text[:length].encode("utf-8", "surrogateescape"))
         # Go's decoder needs the byte after a number before it can end the value.
         is_number = isinstance(value, (int, _Number)) and not isinstance(value, bool)
         if is_number and end == len(data) and not eof:
