@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Callable, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,3 +48,38 @@ def run_cli(home: Path, *argv: str, env: Mapping[str, str] | None = None,
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout, check=False)
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def free_udp_port() -> int:
+    """A loopback UDP port nobody holds right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def agent_process(root: Path, agent_id: uuid.UUID) -> Iterator[tuple[Path, Path]]:
+    """`agentconn agent` in a subprocess on a fresh pair of configs under `root`; yields
+    (client.conf, the agent's work directory) once the agent serves, terminates it after."""
+    from agentconn.cli.commands import pair_configs
+
+    port = free_udp_port()
+    agent_conf, client_conf, _ = pair_configs(agent_id, listen_port=port,
+                                              endpoint=f"127.0.0.1:{port}")
+    (root / "agent.conf").write_text(agent_conf)
+    (root / "client.conf").write_text(client_conf)
+    work = root / "work"
+    work.mkdir()
+    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentconn.cli", "agent", "--config", str(root / "agent.conf"),
+         "--agent-id", str(agent_id), "--directory", str(work), "--log-dir",
+         str(root / "log")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    line = proc.stdout.readline()
+    assert b"API on" in line, (line, proc.stderr.read() if proc.poll() is not None else b"")
+    try:
+        yield root / "client.conf", work
+    finally:
+        proc.terminate()
+        proc.wait(10)

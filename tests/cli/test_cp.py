@@ -10,7 +10,6 @@ import os
 import pty
 import select
 import signal
-import socket
 import stat
 import subprocess
 import sys
@@ -20,9 +19,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_run import PYTHONPATH, Result, run_cli
+from cli_run import PYTHONPATH, Result, agent_process, run_cli
 
-from agentconn.cli.commands import pair_configs
 from agentconn.cli.cp import parse_spec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
@@ -32,36 +30,11 @@ AGENT_ID = uuid.UUID("12345678-1234-1234-1234-123456789abc")
 BIG = 200 << 20
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
     """(client.conf, the agent's work directory): `agentconn agent` in a subprocess."""
-    root = tmp_path_factory.mktemp("cp")
-    port = _free_udp_port()
-    agent_conf, client_conf, _ = pair_configs(AGENT_ID, listen_port=port,
-                                              endpoint=f"127.0.0.1:{port}")
-    (root / "agent.conf").write_text(agent_conf)
-    (root / "client.conf").write_text(client_conf)
-    work = root / "work"
-    work.mkdir()
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentconn.cli", "agent", "--config", str(root / "agent.conf"),
-         "--agent-id", str(AGENT_ID), "--directory", str(work), "--log-dir",
-         str(root / "log")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert b"API on" in line, (line, proc.stderr.read() if proc.poll() is not None else b"")
-    try:
-        yield root / "client.conf", work
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    with agent_process(tmp_path_factory.mktemp("cp"), AGENT_ID) as paths:
+        yield paths
 
 
 def _target(agent: tuple[Path, Path]) -> list[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -17,41 +16,19 @@ import pytest
 
 import agentconn
 from agentconn import AgentApiError
-from agentconn.cli.commands import pair_configs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cli"))
+from cli_run import agent_process  # noqa: E402
 
 AGENT_ID = uuid.UUID("12345678-1234-1234-1234-123456789abc")
 SRC = str(Path(agentconn.__file__).resolve().parents[1])
 
 
-def _free_udp_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def agent(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Path, Path]]:
-    root = tmp_path_factory.mktemp("sync")
-    port = _free_udp_port()
-    agent_conf, client_conf, _ = pair_configs(AGENT_ID, listen_port=port,
-                                              endpoint=f"127.0.0.1:{port}")
-    (root / "agent.conf").write_text(agent_conf)
-    (root / "client.conf").write_text(client_conf)
-    work = root / "work"
-    work.mkdir()
-    env = {**os.environ, "PYTHONPATH": SRC}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "agentconn.cli", "agent", "--config", str(root / "agent.conf"),
-         "--agent-id", str(AGENT_ID), "--directory", str(work), "--log-dir",
-         str(root / "log")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    assert b"API on" in line, (line, proc.stderr.read() if proc.poll() is not None else b"")
-    try:
-        yield root / "client.conf", work
-    finally:
-        proc.terminate()
-        proc.wait(10)
+    """(client.conf, the agent's work directory): `agentconn agent` in a subprocess."""
+    with agent_process(tmp_path_factory.mktemp("sync"), AGENT_ID) as paths:
+        yield paths
 
 
 def test_blocking_calls_from_several_threads(agent: tuple[Path, Path]) -> None:
