@@ -308,7 +308,8 @@ def test_speedtest_json_is_coders_and_time_is_honoured(cli: Cli, agent: RunningA
     keys = {"start_time_seconds", "end_time_seconds", "throughput_mbits"}
     assert set(report) == {"overall", "intervals"}
     assert set(report["overall"]) == keys and report["overall"]["start_time_seconds"] == 0
-    assert 2.0 <= report["overall"]["end_time_seconds"] < 4.0, report   # 2 s, not 5
+    # about 2 s (the interval clock starts a moment after the timer), not 5
+    assert 1.8 <= report["overall"]["end_time_seconds"] < 4.0, report
     assert report["overall"]["throughput_mbits"] > 0
     assert len(report["intervals"]) >= 2
     assert all(set(i) == keys for i in report["intervals"])
