@@ -318,3 +318,50 @@ def test_go_zero_values_of_nested_types_decode(go_decode: Path) -> None:
         r = _go(go_decode, "decode", go_type, body)
         assert r.code == 0, r.err
         model.from_json(r.out)
+
+
+# -- what our client sends, read by a Go agent -----------------------------------------------
+
+
+def _request_cases() -> list[tuple[str, bytes]]:
+    from agentconn.client.conn import _json_body
+    from agentconn.proto.rpty import ReconnectingPtyInit, ReconnectingPtyRequest
+    from agentconn.proto.speedtest import Direction, SpeedtestConfig, emit_response
+
+    return [
+        ("StartProcessRequest", _json_body(m.StartProcessRequest(
+            command="echo <&>", workdir="/w", env={"A": "1"}, background=True))),
+        ("StartProcessRequest", _json_body(m.StartProcessRequest(command="true"))),
+        ("SignalProcessRequest", _json_body(m.SignalProcessRequest(signal="kill"))),
+        ("LSRequest", _json_body(m.LSRequest(path=["home", "c"], relativity="root"))),
+        ("LSRequest", _json_body(m.LSRequest())),
+        ("FileEditRequest", _json_body(m.FileEditRequest(include_diff=True, files=[
+            m.FileEdits(path="/a", edits=[m.FileEdit.for_client("x", "", replace_all=True)])]))),
+        ("CallMCPToolRequest", _json_body(m.CallMCPToolRequest(
+            tool_name="s__t", arguments={"n": 1.5, "l": [1, None], "o": {}}))),
+        ("CallMCPToolRequest", _json_body(m.CallMCPToolRequest(tool_name="s__t"))),
+        ("ReadMCPResourceRequest", _json_body(m.ReadMCPResourceRequest(server_name="s",
+                                                                       uri="test://x"))),
+        ("DesktopAction", _json_body(m.DesktopActionRequest(
+            action="left_click_drag", coordinate=(10, 20), start_coordinate=(1, 2), text="t",
+            duration=500, scroll_amount=3, scroll_direction="down", scaled_width=1280,
+            scaled_height=720))),
+        ("DesktopAction", _json_body(m.DesktopActionRequest(action="screenshot"))),
+        ("StartDesktopRecordingRequest", _json_body(m.DesktopRecordingRequest(
+            recording_id=str(uuid.uuid4())))),
+        ("AgentReconnectingPTYInit", ReconnectingPtyInit(
+            id=uuid.uuid4(), height=65535, width=80, command="bash -l",
+            container="c", container_user="u", backend_type="screen").to_json()),
+        ("ReconnectingPTYRequest", ReconnectingPtyRequest(data="ls\r", height=24,
+                                                          width=80).emit()),
+        ("ReconnectingPTYRequest", ReconnectingPtyRequest(data="x").emit()),
+        ("SpeedtestConfig", SpeedtestConfig.for_test(Direction.UPLOAD, 2.5).emit()),
+        # and the agent's replies to it
+        ("SpeedtestConfigResponse", emit_response()),
+        ("SpeedtestConfigResponse", emit_response("version mismatch! <x>")),
+    ]
+
+
+def test_our_requests_decode_in_a_go_agent(go_decode: Path) -> None:
+    for go_type, body in _request_cases():
+        assert_go_decodes(go_decode, go_type, body, f"our {go_type}")

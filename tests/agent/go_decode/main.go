@@ -320,7 +320,112 @@ type Manifest struct {
 	DERPForceWebSockets      bool              `json:"derp_force_websockets"`
 }
 
+// Requests our client sends, as a Go agent decodes them (workspacesdk unless noted).
+type StartProcessRequest struct {
+	Command    string            `json:"command"`
+	WorkDir    string            `json:"workdir,omitempty"`
+	Env        map[string]string `json:"env,omitempty"`
+	Background bool              `json:"background,omitempty"`
+}
+
+type SignalProcessRequest struct {
+	Signal string `json:"signal"`
+}
+
+type LSRequest struct {
+	Path       []string `json:"path"`
+	Relativity string   `json:"relativity"`
+}
+
+// FileEdit as the agent reads it: the new keys, the legacy ones (FileEdit.UnmarshalJSON
+// decodes both through plain string fields).
+type FileEdit struct {
+	OldText    string `json:"old_text"`
+	NewText    string `json:"new_text"`
+	Search     string `json:"search"`
+	Replace    string `json:"replace"`
+	ReplaceAll bool   `json:"replace_all,omitempty"`
+}
+
+type FileEdits struct {
+	Path  string     `json:"path"`
+	Edits []FileEdit `json:"edits"`
+}
+
+type FileEditRequest struct {
+	Files       []FileEdits `json:"files"`
+	IncludeDiff bool        `json:"include_diff,omitempty"`
+}
+
+type CallMCPToolRequest struct {
+	ToolName  string         `json:"tool_name"`
+	Arguments map[string]any `json:"arguments"`
+}
+
+type ReadMCPResourceRequest struct {
+	ServerName string `json:"server_name"`
+	URI        string `json:"uri"`
+}
+
+type DesktopAction struct {
+	Action          string  `json:"action"`
+	Coordinate      *[2]int `json:"coordinate,omitempty"`
+	StartCoordinate *[2]int `json:"start_coordinate,omitempty"`
+	Text            *string `json:"text,omitempty"`
+	Duration        *int    `json:"duration,omitempty"`
+	ScrollAmount    *int    `json:"scroll_amount,omitempty"`
+	ScrollDirection *string `json:"scroll_direction,omitempty"`
+	ScaledWidth     *int    `json:"scaled_width,omitempty"`
+	ScaledHeight    *int    `json:"scaled_height,omitempty"`
+}
+
+type StartDesktopRecordingRequest struct {
+	RecordingID string `json:"recording_id"`
+}
+
+// AgentReconnectingPTYInit has no json tags: keys are the field names (matched
+// case-insensitively by the decoder).
+type AgentReconnectingPTYInit struct {
+	ID            UUID
+	Height        uint16
+	Width         uint16
+	Command       string
+	Container     string
+	ContainerUser string
+	BackendType   string
+}
+
+type ReconnectingPTYRequest struct {
+	Data   string `json:"data,omitempty"`
+	Height uint16 `json:"height,omitempty"`
+	Width  uint16 `json:"width,omitempty"`
+}
+
+// tailscale net/speedtest: the client's config (time.Duration is int64 nanoseconds, Direction
+// an int) and the server's reply.
+type SpeedtestConfig struct {
+	Version      int           `json:"version"`
+	TestDuration time.Duration `json:"time"`
+	Direction    int           `json:"direction"`
+}
+
+type SpeedtestConfigResponse struct {
+	Error string `json:"error,omitempty"`
+}
+
 var types = map[string]func() any{
+	"SpeedtestConfig":                      func() any { return new(SpeedtestConfig) },
+	"SpeedtestConfigResponse":              func() any { return new(SpeedtestConfigResponse) },
+	"StartProcessRequest":                  func() any { return new(StartProcessRequest) },
+	"SignalProcessRequest":                 func() any { return new(SignalProcessRequest) },
+	"LSRequest":                            func() any { return new(LSRequest) },
+	"FileEditRequest":                      func() any { return new(FileEditRequest) },
+	"CallMCPToolRequest":                   func() any { return new(CallMCPToolRequest) },
+	"ReadMCPResourceRequest":               func() any { return new(ReadMCPResourceRequest) },
+	"DesktopAction":                        func() any { return new(DesktopAction) },
+	"StartDesktopRecordingRequest":         func() any { return new(StartDesktopRecordingRequest) },
+	"AgentReconnectingPTYInit":             func() any { return new(AgentReconnectingPTYInit) },
+	"ReconnectingPTYRequest":               func() any { return new(ReconnectingPTYRequest) },
 	"Response":                             func() any { return new(Response) },
 	"LSResponse":                           func() any { return new(LSResponse) },
 	"ResolvePathResponse":                  func() any { return new(ResolvePathResponse) },
