@@ -159,6 +159,8 @@ async def test_every_live_answer_decodes_in_go(tmp_path: Path, go_decode: Path) 
         await conn.read_file_lines(str(work / "a.txt"))
         await conn.read_file_lines(str(work / "missing.txt"))
         await rec.expect_error(conn.resolve_path("relative"))
+        await rec.expect_error(rec.raw("ReadFile", query={"path": str(work / "a.txt"),
+                                                          "offset": -1}))
         await rec.raw("WriteFile", query={"path": str(work / "new.txt")}, body=b"new\n")
         await conn.edit_files({str(work / "a.txt"): [("two", "2")]})
         await conn.edit_files({str(work / "a.txt"): [("2", "two")]}, include_diff=True)
@@ -190,7 +192,8 @@ async def test_every_live_answer_decodes_in_go(tmp_path: Path, go_decode: Path) 
     assert set(GO_TYPE) <= seen | {"DebugManifest"}, set(GO_TYPE) - seen
     for name, body in rec.bodies:
         assert_go_decodes(go_decode, GO_TYPE[name], body, f"{name} 200")
-    assert len(rec.errors) >= 7
+    assert len(rec.errors) >= 8
+    assert any(b'"validations":[' in body for _, _, body in rec.errors), rec.errors
     for name, status, body in rec.errors:
         assert_go_decodes(go_decode, "Response", body, f"{name} {status}")
 
