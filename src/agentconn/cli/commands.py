@@ -415,7 +415,8 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
     did_p2p = False
     begun = time.monotonic()
     while count <= 0 or sent < count:
-        started = time.monotonic()
+        if sent:
+            await asyncio.sleep(interval)  # coder: time.Sleep(pingWait) before each later ping
         sent += 1
         try:
             rtt, _, _ = await conn.ping(timeout=timeout)
@@ -433,8 +434,6 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
                       flush=True)
             print(f"pong from {name} {_path(conn, endpoint)} in "
                   f"{format_rtt(rtt, precise=precise)}", flush=True)
-        if count <= 0 or sent < count:
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
     peer = _agent_peer(conn)
     last = peer.get("last_handshake_unix") or 0
     age = f"{time.time() - last:.1f}s ago" if last else "never"
