@@ -22,7 +22,13 @@ from pathlib import Path
 import pytest
 from cli_run import PYTHONPATH, Cli
 
-from agentconn.cli.commands import format_rtt, go_duration, go_duration_string, go_round
+from agentconn.cli.commands import (
+    format_rtt,
+    go_duration,
+    go_duration_string,
+    go_quote,
+    go_round,
+)
 
 # -- Go's time.Duration, ported --------------------------------------------------------------
 
@@ -69,6 +75,20 @@ def test_rtt_formats() -> None:
     assert format_rtt(0.000412) == "0s"  # what coder prints for a loopback pong
     assert format_rtt(0.000412345, precise=True) == "412.345µs"
     assert format_rtt(0.0015) == "2ms"  # halves away from zero, as Go's Round
+
+
+#: (text, Go's fmt.Sprintf("%q", text)), printed by Go 1.19; "x\udcff" is argv's byte 0xff.
+GO_QUOTES = [
+    ("dev", '"dev"'), ('a"b\\c', '"a\\"b\\\\c"'), ("tab\there", '"tab\\there"'),
+    ("\x01\x7f", '"\\x01\\x7f"'), ("é☃", '"é☃"'), ("\u200b", '"\\u200b"'),
+    ("\U0001F600", '"\U0001F600"'), ("x\udcff", '"x\\xff"'), ("me/ws.main", '"me/ws.main"'),
+    ("\u00a0", '"\\u00a0"'), ("\a\b\f\n\r\v", '"\\a\\b\\f\\n\\r\\v"'),
+]
+
+
+@pytest.mark.parametrize(("text", "quoted"), GO_QUOTES)
+def test_go_quote(text: str, quoted: str) -> None:
+    assert go_quote(text) == quoted
 
 
 # -- the command ------------------------------------------------------------------------------

@@ -372,6 +372,33 @@ def go_duration(seconds: float) -> str:
     return go_duration_string(go_round(round(seconds * _NS_PER_S), 1_000_000))
 
 
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` (``strconv.Quote``): double quotes, ``\\n``-style escapes, ``\\xNN`` for other
+    ASCII controls (and for bytes that are not UTF-8, as ``surrogateescape`` keeps them),
+    ``\\uNNNN``/``\\UNNNNNNNN`` for other non-printable characters."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of argv
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
 def format_rtt(seconds: float, *, precise: bool = False) -> str:
     """A round-trip time as `coder ping` prints it: rounded to the millisecond, so anything
     under half a millisecond is ``0s``. ``precise``: Go's unrounded ``Duration.String``
@@ -409,7 +436,7 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
 
     Exit status as `coder ping`: 0 once the pings are done, answered or not. ``require_pong``
     (opt-in): 1 when not one ping got a pong."""
-    shown = f'"{name}"' if quote else name
+    shown = go_quote(name) if quote else name
     replies = 0
     sent = 0
     did_p2p = False
