@@ -97,7 +97,7 @@ _SCRIPTED = '''
 import os
 import sys
 import agentconn.cli.__main__ as cli
-from agentconn.errors import NoRouteError, PingTimeoutError
+from agentconn.errors import HandshakeError, NoRouteError, PingTimeoutError
 
 SCRIPT = os.environ["PING_SCRIPT"].split(",")  # RTT seconds, or "timeout"; then repeats
 
@@ -113,6 +113,8 @@ class Scripted:
             raise PingTimeoutError("no reply")
         if step == "noroute":
             raise NoRouteError("no route to the agent")
+        if step == "nohandshake":
+            raise HandshakeError("no WireGuard handshake")
         return float(step), True, {}
 
     def get_peer_diagnostics(self):
@@ -173,6 +175,15 @@ def test_timeouts_exit_zero_as_coder(scripted) -> None:  # type: ignore[no-untyp
     lines = result.out.splitlines()
     assert lines[:2] == [f"ping to agent {scripted.agent_id} timed out "] * 2, lines
     assert lines[-1].endswith("; 0/2 pongs"), lines
+
+
+def test_other_failures_are_printed_and_pinging_goes_on(  # type: ignore[no-untyped-def]
+        scripted) -> None:
+    result = scripted("nohandshake,0.003", "-n", "2")
+    assert result.code == 0, result
+    lines = result.out.splitlines()
+    assert lines[0] == f"ping to agent {scripted.agent_id} failed no WireGuard handshake", lines
+    assert lines[2].endswith(" in 3ms"), lines
 
 
 def test_require_pong_makes_silence_an_error(scripted) -> None:  # type: ignore[no-untyped-def]

@@ -175,8 +175,8 @@ def test_format_time_pads_years_like_go() -> None:
 
 def test_integer_fields_never_carry_a_fraction() -> None:
     # Go's decoder rejects 1.0 / 1e9 for int, int64, uint16 (e.g. ProcessInfo.StartedAt).
-    info = m.ProcessInfo(id="p", started_at_unix=1.7e9, exited_at_unix=1.7e9 + 1.0,  # type: ignore[arg-type]
-                         exit_code=0)
+    info = m.ProcessInfo(id="p", started_at_unix=1.7e9,  # type: ignore[arg-type]
+                         exited_at_unix=1.7e9 + 1.0, exit_code=0)  # type: ignore[arg-type]
     assert info.to_json() == (
         b'{"id":"p","command":"","workdir":"","background":false,"running":false,'
         b'"exit_code":0,"started_at_unix":1700000000,"exited_at_unix":1700000001}')

@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Literal
 
-from ..errors import NoRouteError, PingTimeoutError
+from ..errors import NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
 from ..wg.crypto import dh_generate, public_key
 from ..wg.keys import encode_key, parse_key
 
@@ -449,9 +449,13 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
             rtt, _, _ = await conn.ping(timeout=timeout)
         except PingTimeoutError:
             print(f"ping to {shown} timed out ", flush=True)
-        except NoRouteError as exc:
+        except NoRouteError as exc:  # the config does not route the agent: no ping can work
             print(f"agentconn ping: {exc}", file=sys.stderr)
             return 2
+        except TunnelClosedError:
+            raise
+        except TunnelError as exc:  # e.g. no handshake: coder prints it and goes on
+            print(f"ping to {shown} failed {exc}", flush=True)
         else:
             replies += 1
             endpoint = _agent_peer(conn).get("endpoint") or ""
