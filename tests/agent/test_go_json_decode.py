@@ -186,7 +186,14 @@ async def test_every_live_answer_decodes_in_go(tmp_path: Path, go_decode: Path) 
             await conn.call_mcp_tool(tool, args)
         await rec.expect_error(conn.call_mcp_tool("nosuch__tool"))
         await conn.read_mcp_resource("py", "test://greeting")
-        rec.bodies.append(("DebugManifest", await conn.debug_manifest()))
+        manifest = await conn.debug_manifest()
+        rec.bodies.append(("DebugManifest", manifest))
+    # every agentsdk.Manifest key, as a real agent's (Go writes each one: no omitempty)
+    assert set(orjson.loads(manifest)) >= {
+        "agent_id", "agent_name", "owner_name", "workspace_id", "workspace_name",
+        "git_auth_configs", "vscode_port_proxy_uri", "apps", "derpmap", "derp_force_websockets",
+        "environment_variables", "directory", "motd_file", "disable_direct_connections",
+        "metadata", "scripts", "devcontainers"}
 
     seen = {name for name, _ in rec.bodies}
     assert set(GO_TYPE) <= seen | {"DebugManifest"}, set(GO_TYPE) - seen

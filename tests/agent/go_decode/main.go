@@ -303,21 +303,26 @@ type DesktopActionResponse struct {
 	ScreenshotHeight int    `json:"screenshot_height,omitempty"`
 }
 
-// agentsdk.Manifest, the fields a support bundle reads back from /debug/manifest.
+// agentsdk.Manifest, the fields a support bundle reads back from /debug/manifest (the DERP map
+// is a *tailcfg.DERPMap, null when not joined to a Coder deployment).
 type Manifest struct {
 	AgentID                  UUID              `json:"agent_id"`
 	AgentName                string            `json:"agent_name"`
 	OwnerName                string            `json:"owner_name"`
 	WorkspaceID              UUID              `json:"workspace_id"`
 	WorkspaceName            string            `json:"workspace_name"`
-	Directory                string            `json:"directory"`
-	EnvironmentVariables     map[string]string `json:"environment_variables"`
+	GitAuthConfigs           int               `json:"git_auth_configs"`
+	VSCodePortProxyURI       string            `json:"vscode_port_proxy_uri"`
 	Apps                     []json.RawMessage `json:"apps"`
-	Scripts                  []json.RawMessage `json:"scripts"`
-	Metadata                 []json.RawMessage `json:"metadata"`
-	Devcontainers            []json.RawMessage `json:"devcontainers"`
-	DisableDirectConnections bool              `json:"disable_direct_connections"`
+	DERPMap                  *json.RawMessage  `json:"derpmap"`
 	DERPForceWebSockets      bool              `json:"derp_force_websockets"`
+	EnvironmentVariables     map[string]string `json:"environment_variables"`
+	Directory                string            `json:"directory"`
+	MOTDFile                 string            `json:"motd_file"`
+	DisableDirectConnections bool              `json:"disable_direct_connections"`
+	Metadata                 []json.RawMessage `json:"metadata"`
+	Scripts                  []json.RawMessage `json:"scripts"`
+	Devcontainers            []json.RawMessage `json:"devcontainers"`
 }
 
 // Requests our client sends, as a Go agent decodes them (workspacesdk unless noted).
