@@ -88,7 +88,7 @@ class TcpTransport(asyncio.Transport):
         host.watch(conn, self._on_events)
         self._protocol = protocol
         self._server = server
-        self._pending: collections.deque[bytes] = collections.deque()
+        self._pending: collections.deque[bytes | memoryview] = collections.deque()
         self._pending_size = 0
         self._high = DEFAULT_HIGH_WATER
         self._low = DEFAULT_HIGH_WATER // 4
@@ -198,7 +198,10 @@ class TcpTransport(asyncio.Transport):
         self._maybe_pause_protocol()
 
     def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
+        # Each piece goes into the send ring as it is: joining them first would copy the
+        # payload once more (a websocket server writes a frame header and its payload).
+        for data in list_of_data:
+            self.write(data)
 
     def write_eof(self) -> None:
         """Half-close: FIN after the buffered data; reading continues."""
@@ -277,7 +280,7 @@ class TcpTransport(asyncio.Transport):
             if taken == len(chunk):
                 self._pending.popleft()
             else:
-                self._pending[0] = chunk[taken:]
+                self._pending[0] = memoryview(chunk)[taken:]  # no copy of the rest
                 break
         if moved:
             self._host.schedule_flush()

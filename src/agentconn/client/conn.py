@@ -307,6 +307,15 @@ class AgentConn:
             raise TunnelError("workspace agent not reachable in time")
         return await self._tunnel.open_connection(self._host, AGENT_HTTP_API_PORT)
 
+    async def _create_connection(self, protocol_factory: Callable[[], asyncio.Protocol]
+                                 ) -> tuple[asyncio.BaseTransport, asyncio.BaseProtocol]:
+        """:meth:`_open` for a protocol of one's own (the pinned dialer's checks included)."""
+        if time.monotonic() - self._last_ok > _REACHABLE_FRESH and not await \
+                self.await_reachable(self.timeout):
+            raise TunnelError("workspace agent not reachable in time")
+        return await self._tunnel.create_connection(protocol_factory, self._host,
+                                                    AGENT_HTTP_API_PORT)
+
     async def _send(self, name: str, *, path: Mapping[str, str | uuid.UUID] | None = None,
                     query: Mapping[str, QueryValue | None] | None = None,
                     body: bytes | AsyncIterable[bytes] | None = None,

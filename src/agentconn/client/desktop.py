@@ -3,8 +3,9 @@ stream, actions, recordings.
 
 ``ConnectDesktopVNC`` is a websocket upgrade on the API port (with the extra headers, no
 compression, no read limit, §2.3/§2.6); its binary messages carry raw RFB, so the websocket
-is wrapped as an asyncio stream (:mod:`agentconn.web.wsstream`) that any VNC client code can
-read and write. A refused upgrade becomes :class:`~agentconn.client.conn.AgentApiError` with
+is opened as an asyncio stream (:func:`agentconn.web.wsstream.connect_websocket_stream`, which
+parses the frames straight off the TCP connection) that any VNC client code can read and
+write. A refused upgrade becomes :class:`~agentconn.client.conn.AgentApiError` with
 the agent's message (``Failed to start desktop session.``, ``Failed to connect to VNC
 server.``). The other three routes are plain JSON calls; ``StopDesktopRecording`` returns the
 body and Content-Type unparsed, as the Go client does, and :func:`split_recording` takes them
@@ -30,7 +31,7 @@ from agentconn.proto.ports import AGENT_HTTP_API_PORT
 from agentconn.proto.routes import route
 from agentconn.web.errors import WebSocketRejected
 from agentconn.web.websocket import WebSocket, websocket_connect
-from agentconn.web.wsstream import open_websocket_stream
+from agentconn.web.wsstream import connect_websocket_stream
 
 if TYPE_CHECKING:
     from agentconn.client.conn import AgentApiError, AgentConn
@@ -75,8 +76,20 @@ async def desktop_vnc_websocket(conn: AgentConn) -> WebSocket:
 
 async def connect_desktop_vnc(conn: AgentConn, *, limit: int = VNC_READ_LIMIT
                               ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """The agent's VNC server as an asyncio stream pair carrying raw RFB."""
-    return await open_websocket_stream(await desktop_vnc_websocket(conn), limit=limit)
+    """The agent's VNC server as an asyncio stream pair carrying raw RFB.
+
+    On the fast path (:func:`~agentconn.web.wsstream.connect_websocket_stream`): the server's
+    frames are parsed straight off the tunnel's TCP connection into the reader.
+    """
+    r = route("ConnectDesktopVNC")
+    try:
+        pair = await connect_websocket_stream(
+            conn._create_connection, f"[{conn._host}]:{AGENT_HTTP_API_PORT}", r.path,
+            headers=conn._extra_headers, timeout=conn.timeout, limit=limit)
+    except WebSocketRejected as e:
+        raise _api_error(e, r.method, r.path) from None
+    conn._last_ok = time.monotonic()
+    return pair
 
 
 async def execute_desktop_action(conn: AgentConn, request: DesktopActionRequest
