@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import email
+import email.policy
 import io
 import os
 import signal
@@ -37,7 +39,7 @@ from agentconn.agent.desktop import DesktopApi
 from agentconn.agent.desktop.bridge import HIGH_WATER
 from agentconn.agent.desktop.recording import RecordingState
 from agentconn.client.conn import AgentApiError
-from agentconn.proto.desktop import MAX_RECORDING_SIZE, split_recording
+from agentconn.proto.desktop import MAX_RECORDING_SIZE, MAX_THUMBNAIL_SIZE, split_recording
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -413,6 +415,42 @@ async def test_recording_limits_and_a_killed_recorder(desk: Desk) -> None:
     await asyncio.sleep(0.3)
     await _stop(desk, rid, "after-kill.mp4")
     assert (await ffprobe(desk.root / "after-kill.mp4"))["streams"][0]["width"] == W
+
+
+def _mime_parts(body: bytes, ctype: str) -> list[tuple[str, bytes]]:
+    """The parts as Python's own MIME parser reads them: (Content-Type, payload)."""
+    msg = email.message_from_bytes(f"Content-Type: {ctype}\r\n\r\n".encode() + body,
+                                   policy=email.policy.HTTP)
+    assert msg.is_multipart() and not msg.defects
+    return [(part.get_content_type(), part.get_payload(decode=True))
+            for part in msg.iter_parts()]
+
+
+async def test_thumbnail_over_10_mib_is_left_out(desk: Desk) -> None:
+    """§11.3: a thumbnail larger than MaxThumbnailSize (10 MiB) is silently omitted. A stopped
+    recording serves its stored thumbnail again on every stop, so the one the recorder took
+    is swapped for one of exactly 10 MiB (kept), then 10 MiB + 1 byte (left out); the
+    response is the agent's real multipart stream each time."""
+    rid = uuid.uuid4()
+    await desk.conn.start_desktop_recording(rid)
+    await asyncio.sleep(0.3)
+    video, thumb, _ = await _stop(desk, rid, "thumb-first.mp4")
+    assert thumb is not None and len(thumb) < MAX_THUMBNAIL_SIZE
+    rec = desk.api.recordings.recordings[rid]
+
+    rec.thumbnail = b"\xff\xd8" + os.urandom(MAX_THUMBNAIL_SIZE - 4) + b"\xff\xd9"
+    body, ctype = await desk.conn.stop_desktop_recording(rid)
+    assert split_recording(body, ctype) == (video, rec.thumbnail)
+    assert _mime_parts(body, ctype) == [("video/mp4", video), ("image/jpeg", rec.thumbnail)]
+
+    rec.thumbnail = b"\xff\xd8" + os.urandom(MAX_THUMBNAIL_SIZE - 3) + b"\xff\xd9"
+    body, ctype = await desk.conn.stop_desktop_recording(rid)
+    assert split_recording(body, ctype) == (video, None)
+    assert _mime_parts(body, ctype) == [("video/mp4", video)]
+    assert b"image/jpeg" not in body
+    boundary = ctype.partition("boundary=")[2].strip('"')
+    assert body.endswith(f"\r\n--{boundary}--\r\n".encode())  # closing delimiter
+    assert len(body) < len(video) + 1024  # the MP4 and framing only
 
 
 async def test_recording_errors(desk: Desk) -> None:
