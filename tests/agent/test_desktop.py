@@ -15,8 +15,10 @@ import io
 import os
 import signal
 import sys
+import time
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,7 @@ from rfb import RfbClient
 
 from agentconn.agent.desktop import DesktopApi
 from agentconn.agent.desktop.bridge import HIGH_WATER
-from agentconn.agent.desktop.recording import RecordingState
+from agentconn.agent.desktop.recording import IDLE_TIMEOUT, RecordingState
 from agentconn.client.conn import AgentApiError
 from agentconn.proto.desktop import MAX_RECORDING_SIZE, MAX_THUMBNAIL_SIZE, split_recording
 
@@ -451,6 +453,76 @@ async def test_thumbnail_over_10_mib_is_left_out(desk: Desk) -> None:
     boundary = ctype.partition("boundary=")[2].strip('"')
     assert body.endswith(f"\r\n--{boundary}--\r\n".encode())  # closing delimiter
     assert len(body) < len(video) + 1024  # the MP4 and framing only
+
+
+@asynccontextmanager
+async def _local_vnc_port(desk: Desk) -> AsyncIterator[int]:
+    """A loopback port whose every connection is piped to ``connect_desktop_vnc()`` in this
+    process (what ``agentconn vnc`` does in its own), for VNC clients that dial TCP."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def pipe(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+        try:
+            while data := await r.read(1 << 16):
+                w.write(data)
+                await w.drain()
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            w.close()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        vnc_reader, vnc_writer = await desk.conn.connect_desktop_vnc()
+        both = [asyncio.ensure_future(pipe(reader, vnc_writer)),
+                asyncio.ensure_future(pipe(vnc_reader, writer))]
+        tasks.update(both)
+        await asyncio.gather(*both)
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        yield server.sockets[0].getsockname()[1]
+    finally:
+        server.close()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def _vncdo(port: int, *commands: str) -> None:
+    proc = await asyncio.create_subprocess_exec(
+        vncdo(), "-s", f"127.0.0.1::{port}", "--nocursor", *commands,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+
+
+async def test_viewer_input_is_desktop_activity(desk: Desk) -> None:
+    """vncdotool (a real VNC client) against the real Xvnc, through connect_desktop_vnc: its
+    key and pointer events move the desktop's activity clock, so a running recording is not
+    idle; a viewer that only watches (update requests) does not. The idle check is the
+    watchdog's own, asked about a ``now`` past IDLE_TIMEOUT."""
+    session, recordings = desk.api.session, desk.api.recordings
+    rid = uuid.uuid4()
+    await desk.conn.start_desktop_recording(rid)
+    async with _local_vnc_port(desk) as port:
+        before = session.last_activity
+        await _vncdo(port, "capture", str(desk.root / "watch.png"))  # watching only
+        assert session.last_activity == before
+
+        mark = time.monotonic()
+        await _vncdo(port, "move", "300", "200")  # a PointerEvent
+        assert session.last_activity >= mark
+        mark = time.monotonic()
+        await _vncdo(port, "key", "shift")  # KeyEvents
+        assert session.last_activity >= mark
+
+    last = session.last_activity
+    assert recordings.check_idle(last + IDLE_TIMEOUT - 1) == []
+    assert recordings.recordings[rid].state is RecordingState.RECORDING
+    assert recordings.check_idle(last + IDLE_TIMEOUT + 1) == [rid]  # idle: it stops
+    assert recordings.recordings[rid].state is not RecordingState.RECORDING
+    video, _, _ = await _stop(desk, rid, "after-idle.mp4")
+    assert video[4:8] == b"ftyp"
 
 
 async def test_recording_errors(desk: Desk) -> None:

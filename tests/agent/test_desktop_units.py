@@ -1,6 +1,6 @@
 """Desktop pieces that need no X server: Go's rounding and the coordinate mapping, xdotool key
-syntax, the recording multipart framing, the §11.2 request checks and the Xvnc/ffmpeg
-command lines."""
+syntax, the recording multipart framing, the §11.2 request checks, the Xvnc/ffmpeg
+command lines and the scanner that finds a VNC viewer's input."""
 
 from __future__ import annotations
 
@@ -20,6 +20,7 @@ from agentconn.agent.desktop.keys import (
     text_keysyms,
 )
 from agentconn.agent.desktop.recording import ffmpeg_command
+from agentconn.agent.desktop.rfbinput import RfbInputScanner
 from agentconn.agent.desktop.session import xvnc_command
 from agentconn.agent.api.router import ApiError
 from agentconn.proto.desktop import (
@@ -252,3 +253,64 @@ def test_ffmpeg_command_finalises_a_faststart_mp4() -> None:
         assert part in joined
     assert "crop=" not in " ".join(
         ffmpeg_command("ffmpeg", display=":3", geometry=(640, 480), output="/r/v.mp4"))
+
+
+# -- a VNC viewer's input (RfbInputScanner) ---------------------------------------------------
+
+_HANDSHAKE_38 = b"RFB 003.008\n" + b"\x01" + b"\x01"  # version, security None, shared
+_WATCHING = (  # what a viewer sends that is not input
+    b"\x00" + bytes(19)                                    # SetPixelFormat
+    + b"\x02\x00\x00\x03" + bytes(12)                     # SetEncodings, 3 encodings
+    + b"\x03\x01" + bytes(8)                                # FramebufferUpdateRequest
+    + b"\x96\x01" + bytes(8)                                # EnableContinuousUpdates
+    + b"\xf8" + bytes(7) + b"\x04" + b"sync"               # ClientFence, 4 payload bytes
+    + b"\xfb\x00\x05\x00\x02\xd0\x02\x00" + bytes(32)  # SetDesktopSize, 2 screens
+)
+_INPUT = (
+    b"\x04\x01\x00\x00\x00\x00\x00\x61"               # KeyEvent 'a' down
+    + b"\x05\x00\x00\x10\x00\x20"                        # PointerEvent
+    + b"\x06\x00\x00\x00\x00\x00\x00\x05hello"         # ClientCutText
+    + b"\x06\x00\x00\x00\xff\xff\xff\xfc" + bytes(4)    # extended clipboard: length -4
+    + b"\xff\x00\x00\x01" + bytes(8)                       # QEMU extended KeyEvent
+)
+
+
+def _scan(*pieces: bytes) -> tuple[int, RfbInputScanner]:
+    s = RfbInputScanner()
+    return sum(s.receive_data(p) for p in pieces), s
+
+
+def test_rfb_scanner_counts_input_not_watching() -> None:
+    stream = _HANDSHAKE_38 + _WATCHING + _INPUT + _WATCHING
+    assert _scan(stream)[0] == 5
+    assert _scan(_HANDSHAKE_38 + _WATCHING * 3)[0] == 0
+    # whatever the pieces, the same count; an input message counts once its type byte is in
+    for cut in range(1, len(stream)):
+        n, s = _scan(stream[:cut], stream[cut:])
+        assert n == 5 and not s.lost, cut
+    first_key = len(_HANDSHAKE_38 + _WATCHING)
+    assert _scan(stream[:first_key])[0] == 0
+    assert _scan(stream[:first_key + 1])[0] == 1
+
+
+def test_rfb_scanner_handshake_variants() -> None:
+    # 3.3: the server picks the security type, the client sends none
+    assert _scan(b"RFB 003.003\n\x01" + _WATCHING + _INPUT)[0] == 5
+    # VncAuth: a 16-byte response before ClientInit
+    assert _scan(b"RFB 003.008\n\x02" + bytes(16) + b"\x00" + _INPUT)[0] == 5
+
+
+def test_rfb_scanner_skips_long_bodies_without_holding_them() -> None:
+    s = RfbInputScanner()
+    s.receive_data(_HANDSHAKE_38 + b"\x06\x00\x00\x00" + (50 << 20).to_bytes(4, "big"))
+    for _ in range(50):  # 50 MiB of clipboard text in 1 MiB pieces
+        assert s.receive_data(bytes(1 << 20)) in (0, 1)
+    assert s.inputs == 1 and len(s._head) == 0
+    assert s.receive_data(b"\x05\x00\x00\x00\x00\x00") == 1
+
+
+def test_rfb_scanner_unknown_message_counts_everything_after() -> None:
+    n, s = _scan(_HANDSHAKE_38 + _WATCHING + b"\x7f" + bytes(10))
+    assert n == 1 and s.lost
+    assert s.receive_data(b"\x03" + bytes(9)) == 1  # even an update request now counts
+    assert _scan(b"RFB 003.008\n\x13")[1].lost  # VeNCrypt: not followed

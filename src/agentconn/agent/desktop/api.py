@@ -97,7 +97,7 @@ class DesktopApi:
     async def vnc(self, request: Request, ctx: RequestContext) -> ResponseLike:
         """Bridge a viewer's websocket to the VNC server."""
         await self._ensure_desktop()
-        bridge = VncBridge()
+        bridge = VncBridge(on_input=self.session.touch)  # viewer input is desktop activity
         try:
             transport, side = await open_vnc(self.session.rfb_socket, bridge)
         except OSError as e:

@@ -18,7 +18,10 @@ Xvnc → viewer (the bulk: framebuffer updates)
 viewer → Xvnc (input events, small)
     message pieces are forwarded as they arrive (never joined, so there is no message size
     limit and no buffering of a whole message), waiting for the unix socket to drain when
-    Xvnc is slow to read.
+    Xvnc is slow to read. An :class:`~agentconn.agent.desktop.rfbinput.RfbInputScanner` reads
+    along: each key, pointer or clipboard message from the viewer calls ``on_input`` (the
+    desktop's activity clock, which the idle-recording watchdog reads), while a viewer that
+    only asks for updates does not.
 
 Either side ending ends both: the viewer's close frame or hang-up closes the socket; Xvnc
 closing its socket sends a close frame (1000). Nothing here is an error worth a traceback:
@@ -29,8 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import cast
 
+from agentconn.agent.desktop.rfbinput import RfbInputScanner
 from agentconn.web.errors import ConnectionClosed
 from agentconn.web.websocket import WebSocket
 
@@ -90,12 +95,17 @@ class VncBridge:
     Connect with :func:`open_vnc` (reading starts paused), accept the websocket, then
     :meth:`run`.
 
+    ``on_input`` is called for every piece of the viewer's bytes that ends an input message
+    (key, pointer, clipboard).
+
     Counters for tests and diagnostics: ``to_viewer_bytes``, ``to_vnc_bytes``, ``pauses``
-    (times reading Xvnc was paused by backpressure) and ``max_buffered`` (the largest the
-    websocket's write buffer got, in bytes).
+    (times reading Xvnc was paused by backpressure), ``max_buffered`` (the largest the
+    websocket's write buffer got, in bytes) and ``scanner.inputs`` (input messages seen).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, on_input: Callable[[], None] | None = None) -> None:
+        self._on_input = on_input
+        self.scanner = RfbInputScanner()
         self._ws: WebSocket | None = None
         self.to_viewer_bytes = 0
         self.to_vnc_bytes = 0
@@ -191,6 +201,8 @@ class VncBridge:
                 return
             transport.write(piece)
             self.to_vnc_bytes += len(piece)
+            if self.scanner.receive_data(piece) and self._on_input is not None:
+                self._on_input()
             await vnc.drain()
 
 

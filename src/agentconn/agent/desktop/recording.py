@@ -25,7 +25,7 @@ Bounds (ours; the spec sets only the sizes): at most :data:`MAX_RECORDINGS` reco
 kept (starting another evicts the oldest stopped one, or fails if all are recording); ffmpeg
 ends itself after :data:`MAX_DURATION` or once the file passes the 100 MiB limit by 1 MiB
 (``stop`` then answers 413); a recording ends after :data:`IDLE_TIMEOUT` without desktop
-activity; stopped recordings are deleted :data:`RETENTION` after they stopped; everything is
+activity (actions, and key/pointer/clipboard input from a VNC viewer); stopped recordings are deleted :data:`RETENTION` after they stopped; everything is
 deleted when the agent stops.
 """
 
@@ -344,12 +344,22 @@ class RecordingManager:
             await asyncio.sleep(min(IDLE_TIMEOUT / 4, 30.0))
             async with self._lock:
                 self._expire()
-                idle = time.monotonic() - self.session.last_activity > IDLE_TIMEOUT
-                for rec in list(self.recordings.values()):
-                    if rec.state is RecordingState.RECORDING and idle:
-                        _log.info("recording %s: desktop idle for %.0f s, stopping", rec.id,
-                                  IDLE_TIMEOUT)
-                        self._finalize(rec)
+                self.check_idle(time.monotonic())
+
+    def check_idle(self, now: float) -> list[uuid.UUID]:
+        """Start finalising every running recording if the desktop has had no activity
+        (actions, a viewer's input) for :data:`IDLE_TIMEOUT` at ``now`` (``time.monotonic()``
+        seconds); returns their ids. The watchdog calls it periodically."""
+        if now - self.session.last_activity <= IDLE_TIMEOUT:
+            return []
+        stopped = []
+        for rec in list(self.recordings.values()):
+            if rec.state is RecordingState.RECORDING:
+                _log.info("recording %s: desktop idle for %.0f s, stopping", rec.id,
+                          now - self.session.last_activity)
+                self._finalize(rec)
+                stopped.append(rec.id)
+        return stopped
 
     async def close(self) -> None:
         """Stop accepting work, end every recorder, delete every recording."""

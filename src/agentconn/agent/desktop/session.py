@@ -122,7 +122,8 @@ class DesktopSession:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._broken = False
         self.starts = 0
-        #: ``time.monotonic()`` of the last desktop activity (actions; see :meth:`touch`).
+        #: ``time.monotonic()`` of the last desktop activity (actions and VNC viewer input;
+        #: see :meth:`touch`).
         self.last_activity = time.monotonic()
 
     # -- facts about the running desktop -----------------------------------------------------
@@ -164,7 +165,8 @@ class DesktopSession:
         return env
 
     def touch(self) -> None:
-        """Record desktop activity now (every action does; recordings watch it)."""
+        """Record desktop activity now (every action and every viewer's input does;
+        recordings watch it)."""
         self.last_activity = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
