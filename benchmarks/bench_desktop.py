@@ -15,7 +15,10 @@ reads it, through
 and reports frames/s, MB/s of pixels, and (a)/(c), (b)/(c). For scale, (t) moves the same
 bytes per frame over a plain TCP connection through the same tunnel (a server on the agent's
 tunnel answers each 1-byte request with a 3.7 MB block): the transport's own ceiling, with no
-websocket and no VNC. Then ``BENCH_SCREENSHOTS``
+websocket and no VNC; (a) and (b) are also given as a ratio to (t). (c) and (t) are each
+measured before and after (a) and (b), and the faster run is kept. CPU seconds per GB of pixels
+are this process's (agent, both tunnels, the RFB client) plus, for (b), the CLI process's.
+Then ``BENCH_SCREENSHOTS``
 (default 100) ``screenshot`` actions, native and scaled to 1024x576: p50/p99.
 
 Run: ``PYTHONPATH=src python -m pytest benchmarks/bench_desktop.py -q -p no:cacheprovider``.
@@ -53,26 +56,37 @@ GROUP_SHOT = "Desktop screenshot action over the tunnel (PNG)"
 pytestmark = pytest.mark.timeout(600)
 
 
+def _cpu(pid: int | None = None) -> float:
+    """CPU seconds (user + system) of this process, or of ``pid``."""
+    if pid is None:
+        return time.process_time()
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def _frames(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                  frames: int) -> tuple[float, int]:
-    """(seconds, pixel bytes) for ``frames`` full updates after 3 warm-up ones."""
+                  frames: int, other_pid: int | None = None) -> tuple[float, int, float]:
+    """(seconds, pixel bytes, CPU seconds) for ``frames`` full updates after 3 warm-up
+    ones; the CPU of ``other_pid`` is added when given."""
     client = await RfbClient.open(reader, writer)
     assert (client.width, client.height) == (W, H)
     for _ in range(3):
         await client.capture()
     total = 0
+    c0 = _cpu() + (_cpu(other_pid) if other_pid else 0.0)
     t0 = time.perf_counter()
     for _ in range(frames):
         client.request(incremental=False)
         await writer.drain()
         total += await client.read_update()
     elapsed = time.perf_counter() - t0
+    cpu = _cpu() + (_cpu(other_pid) if other_pid else 0.0) - c0
     await client.close()
     assert total == frames * W * H * 4
-    return elapsed, total
+    return elapsed, total, cpu
 
 
-async def _tunnel_frames(conn: Any, tunnel: Any, frames: int) -> tuple[float, int]:
+async def _tunnel_frames(conn: Any, tunnel: Any, frames: int) -> tuple[float, int, float]:
     """(t): request/response of one frame's size over raw TCP through the tunnel."""
     frame = os.urandom(W * H * 4)
 
@@ -88,15 +102,17 @@ async def _tunnel_frames(conn: Any, tunnel: Any, frames: int) -> tuple[float, in
         for _ in range(3):
             writer.write(b"?")
             await reader.readexactly(len(frame))
+        c0 = _cpu()
         t0 = time.perf_counter()
         for _ in range(frames):
             writer.write(b"?")
             await reader.readexactly(len(frame))
         elapsed = time.perf_counter() - t0
+        cpu = _cpu() - c0
     finally:
         writer.close()
         server.close()
-    return elapsed, frames * len(frame)
+    return elapsed, frames * len(frame), cpu
 
 
 def _free_port() -> int:
@@ -131,17 +147,19 @@ def _scenario() -> dict[str, Any]:
                     assert cli.stdout is not None
                     await asyncio.wait_for(cli.stdout.readline(), 30)
                     await asyncio.sleep(1.0)  # xterm drawn
-                    # c, a, b, then c again: the reference brackets the others.
+                    # c, t, a, b, t, c: the references bracket the others.
                     direct = [await _frames(*await asyncio.open_unix_connection(
                         api.session.rfb_socket, limit=1 << 20), FRAMES)]
+                    tunnel = [await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES)]
                     out["agentconn"] = await _frames(*await p.conn.connect_desktop_vnc(),
                                                      FRAMES)
                     out["cli"] = await _frames(*await asyncio.open_connection(
-                        "127.0.0.1", port, limit=1 << 20), FRAMES)
+                        "127.0.0.1", port, limit=1 << 20), FRAMES, cli.pid)
+                    tunnel.append(await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES))
                     direct.append(await _frames(*await asyncio.open_unix_connection(
                         api.session.rfb_socket, limit=1 << 20), FRAMES))
                     out["direct"] = min(direct)
-                    out["tunnel"] = await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES)
+                    out["tunnel"] = min(tunnel)
                     for label, size in (("native", {}),
                                         ("scaled", {"scaled_width": 1024,
                                                     "scaled_height": 576})):
@@ -168,16 +186,19 @@ def test_desktop(benchmark: Any, record: Any) -> None:
     if missing:
         pytest.skip("desktop benchmark needs " + ", ".join(missing))
     result = benchmark.pedantic(_scenario, rounds=1, iterations=1)
-    ref_seconds, _ = result["direct"]
+    ref_seconds = result["direct"][0]
+    tunnel_seconds = result["tunnel"][0]
     for key, name in (("direct", "(c) direct to the Xvnc socket"),
                       ("agentconn", "(a) AgentConn.connect_desktop_vnc"),
                       ("cli", "(b) agentconn vnc local port"),
                       ("tunnel", "(t) raw TCP through the tunnel, no VNC")):
-        seconds, nbytes = result[key]
+        seconds, nbytes, cpu = result[key]
         record.add(benchmark, group=GROUP_VNC, name=name, seconds=seconds / FRAMES,
                    kind="desktop", frames_per_s=FRAMES / seconds,
-                   mb_per_s=nbytes / seconds / 1e6,
-                   ratio=None if key == "direct" else ref_seconds / seconds)
+                   mb_per_s=nbytes / seconds / 1e6, cpu_s_per_gb=cpu / (nbytes / 1e9),
+                   ratio=None if key == "direct" else ref_seconds / seconds,
+                   tunnel_ratio=(tunnel_seconds / seconds
+                                 if key in ("agentconn", "cli") else None))
     for label in ("native", "scaled"):
         shot = result[f"shot {label}"]
         lat = sorted(shot["lat"])

@@ -158,6 +158,10 @@ def _write_desktop(write: Any, rows: list[dict[str, Any]]) -> None:
             continue
         line = (f"  {row['name']:<40} {row['frames_per_s']:7.1f} frames/s "
                 f"{row['mb_per_s']:8.1f} MB/s")
+        if row.get("cpu_s_per_gb") is not None:
+            line += f" {row['cpu_s_per_gb']:5.2f} CPU s/GB"
         if row.get("ratio") is not None:
             line += f"   /direct: {row['ratio']:.3f}"
+        if row.get("tunnel_ratio") is not None:
+            line += f"   /raw TCP: {row['tunnel_ratio']:.3f}"
         write(line)

@@ -110,9 +110,13 @@ class RfbClient:
                 data = await self._exactly(w * h * 4)
                 pixels += len(data)
                 row = w * 4
+                if x == 0 and w == self.width:  # whole rows: one copy
+                    self.framebuffer[y * stride:(y + h) * stride] = data
+                    continue
+                view = memoryview(data)
                 for i in range(h):
                     at = (y + i) * stride + x * 4
-                    self.framebuffer[at:at + row] = data[i * row:(i + 1) * row]
+                    self.framebuffer[at:at + row] = view[i * row:(i + 1) * row]
             elif encoding == CURSOR:
                 await self._exactly(w * h * 4 + (w + 7) // 8 * h)
             else:
