@@ -15,9 +15,11 @@ reads it, through
 and reports frames/s, MB/s of pixels, and (a)/(c), (b)/(c). For scale, (t) moves the same
 bytes per frame over a plain TCP connection through the same tunnel (a server on the agent's
 tunnel answers each 1-byte request with a 3.7 MB block): the transport's own ceiling, with no
-websocket and no VNC; (a) and (b) are also given as a ratio to (t). (c) and (t) are each
-measured before and after (a) and (b), and the faster run is kept. CPU seconds per GB of pixels
-are this process's (agent, both tunnels, the RFB client) plus, for (b), the CLI process's.
+websocket and no VNC; (a) and (b) are also given as a ratio to (t). The four run in turn,
+``BENCH_DESKTOP_ROUNDS`` times (default 3), and each one's fastest round is kept, the one least
+disturbed by whatever else runs on the machine. CPU seconds per GB of pixels (the median round)
+are this process's (agent, both tunnels, the RFB client) plus, for (b), the CLI process's; Xvnc's
+own CPU is not counted.
 Then ``BENCH_SCREENSHOTS``
 (default 100) ``screenshot`` actions, native and scaled to 1024x576: p50/p99.
 
@@ -48,6 +50,7 @@ from rfb import RfbClient
 from agentconn.agent.desktop import DesktopApi
 
 FRAMES = int(os.environ.get("BENCH_DESKTOP_FRAMES", "100"))
+ROUNDS = int(os.environ.get("BENCH_DESKTOP_ROUNDS", "3"))
 SHOTS = int(os.environ.get("BENCH_SCREENSHOTS", "100"))
 W, H = 1280, 720
 GROUP_VNC = f"Desktop VNC: full {W}x{H} Raw updates, through the agent vs straight to Xvnc"
@@ -147,19 +150,23 @@ def _scenario() -> dict[str, Any]:
                     assert cli.stdout is not None
                     await asyncio.wait_for(cli.stdout.readline(), 30)
                     await asyncio.sleep(1.0)  # xterm drawn
-                    # c, t, a, b, t, c: the references bracket the others.
-                    direct = [await _frames(*await asyncio.open_unix_connection(
-                        api.session.rfb_socket, limit=1 << 20), FRAMES)]
-                    tunnel = [await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES)]
-                    out["agentconn"] = await _frames(*await p.conn.connect_desktop_vnc(),
-                                                     FRAMES)
-                    out["cli"] = await _frames(*await asyncio.open_connection(
-                        "127.0.0.1", port, limit=1 << 20), FRAMES, cli.pid)
-                    tunnel.append(await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES))
-                    direct.append(await _frames(*await asyncio.open_unix_connection(
-                        api.session.rfb_socket, limit=1 << 20), FRAMES))
-                    out["direct"] = min(direct)
-                    out["tunnel"] = min(tunnel)
+                    # ROUNDS rounds of c, t, a, b: each path's fastest round is kept (the
+                    # one least disturbed by other load), and its median CPU per GB.
+                    runs: dict[str, list[tuple[float, int, float]]] = {
+                        k: [] for k in ("direct", "tunnel", "agentconn", "cli")}
+                    for _ in range(ROUNDS):
+                        runs["direct"].append(await _frames(*await asyncio.open_unix_connection(
+                            api.session.rfb_socket, limit=1 << 20), FRAMES))
+                        runs["tunnel"].append(
+                            await _tunnel_frames(p.conn, p.agent.tunnel, FRAMES))
+                        runs["agentconn"].append(
+                            await _frames(*await p.conn.connect_desktop_vnc(), FRAMES))
+                        runs["cli"].append(await _frames(*await asyncio.open_connection(
+                            "127.0.0.1", port, limit=1 << 20), FRAMES, cli.pid))
+                    for key, rs in runs.items():
+                        seconds, nbytes, _ = min(rs)
+                        cpu = statistics.median(r[2] / r[1] for r in rs) * nbytes
+                        out[key] = (seconds, nbytes, cpu)
                     for label, size in (("native", {}),
                                         ("scaled", {"scaled_width": 1024,
                                                     "scaled_height": 576})):

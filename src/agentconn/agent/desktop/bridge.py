@@ -44,8 +44,10 @@ __all__ = ["HIGH_WATER", "LOW_WATER", "VncBridge", "open_vnc"]
 _log = logging.getLogger("agentconn.agent.desktop.vnc")
 
 #: The websocket transport's write buffer limits (bytes) that pause / resume reading Xvnc.
-HIGH_WATER = 256 * 1024
-LOW_WATER = 64 * 1024
+#: A full 1280x720 frame is 3.7 MB: a 1 MiB mark lets Xvnc hand over a frame in 4 pieces
+#: rather than 15, each of them a wake-up of another process (it matters on a busy machine).
+HIGH_WATER = 1024 * 1024
+LOW_WATER = 256 * 1024
 #: RFC 6455 §7.4.1 close codes.
 _CLOSE_NORMAL = 1000
 _CLOSE_UNSUPPORTED_DATA = 1003
