@@ -26,7 +26,8 @@ they arrive with :class:`~agentconn.web.wsframes.ServerFrameReader` and hands ea
 to the consumer as a view of the received chunk: the bytes are copied once, into the consumer's
 ``StreamReader``, as on a plain TCP stream. The client's own frames (masked data, pong, close)
 are built by wsproto's ``FrameProtocol``. Reading pauses between pieces when the consumer
-pauses, so a slow consumer holds at most its own buffer limit plus one received chunk.
+pauses, so a slow consumer holds at most what its ``StreamReader`` allows (twice its limit)
+plus one received chunk.
 """
 
 from __future__ import annotations
