@@ -12,6 +12,7 @@ from . import commands
 from . import cp as cp_cli
 from . import derp as derp_cli
 from . import desktop as desktop_cli
+from . import gitwatch as gitwatch_cli
 from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
@@ -96,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     vnc_cli.add_parser(sub)
     desktop_cli.add_parser(sub)
     derp_cli.add_parser(sub)
+    gitwatch_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -171,6 +173,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(ssh_cli.run(args))
         if args.command == "derp":
             return run_async(derp_cli.run(args))
+        if args.command == "git-watch":
+            return run_async(gitwatch_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

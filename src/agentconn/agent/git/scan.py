@@ -1,0 +1,601 @@
+"""One repository's state as git-watch reports it, read with the real ``git`` (agent-api.md §10).
+
+Theory of operation: every fact comes from a ``git`` child process run with a timeout
+(:data:`COMMAND_TIMEOUT`), its output read in bounded pieces, so a slow or huge repository can
+cost time but never unbounded agent memory.
+
+* :func:`find_repo_root` maps a tracked path to ``git rev-parse --show-toplevel`` of its nearest
+  existing directory (symlinks resolved by git).
+* :func:`scan_repo` reads the branch (``symbolic-ref``; empty when detached or before the first
+  commit), the first ``remote.origin.url`` and the worktree diff against ``HEAD`` (the empty
+  tree before the first commit). Untracked, non-ignored files are added *intent-to-add* to a
+  throwaway copy of the index (``GIT_INDEX_FILE``), so one ``git diff HEAD`` shows them as new
+  files against ``/dev/null``; the repository's own index is never written
+  (``GIT_OPTIONAL_LOCKS=0``).
+* Size guards of the go-git agent revision: a file larger than :data:`MAX_FILE_READ_SIZE` on
+  either side is not diffed at all (``git diff`` excludes it) and gets a stub patch ``File too
+  large to diff. Current size: <IEC size>``; a single file's patch larger than
+  :data:`MAX_FILE_DIFF_SIZE` is cut to its header plus ``File diff too large to show. Diff
+  size: <size>``; a whole diff larger than :data:`MAX_TOTAL_DIFF_SIZE` becomes ``Total diff too
+  large to show. Size: <size>. Showing branch and remote only.`` While the diff streams in, at
+  most one file's limit plus the total limit are held.
+
+:class:`DiffSplitter` is the sans-IO part (bytes in, per-file patches out) and is tested on
+its own; the rest is the thin process layer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import shutil
+import signal
+import stat
+import tempfile
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from agentconn.errors import AgentConnError
+
+__all__ = [
+    "COMMAND_TIMEOUT",
+    "MAX_FILE_DIFF_SIZE",
+    "MAX_FILE_READ_SIZE",
+    "MAX_TOTAL_DIFF_SIZE",
+    "DiffSplitter",
+    "GitError",
+    "RepoState",
+    "find_repo_root",
+    "git_environ",
+    "iec_size",
+    "is_repo_deleted",
+    "quote_path",
+    "scan_repo",
+]
+
+_log = logging.getLogger("agentconn.agent.git")
+
+#: Files larger than this (either side) are not diffed (go-git agent: ``maxFileReadSize``).
+MAX_FILE_READ_SIZE = 2 * 1024 * 1024
+#: A single file's patch larger than this is replaced by a stub (``maxFileDiffSize``).
+MAX_FILE_DIFF_SIZE = 256 * 1024
+#: A repository's whole diff larger than this is replaced by a note (``maxTotalDiffSize``).
+MAX_TOTAL_DIFF_SIZE = 3 * 1024 * 1024
+#: Seconds one git command may take before it is killed (the scan of that repo then fails).
+COMMAND_TIMEOUT = 30.0
+#: Output cap of the listing commands (untracked files, raw diff): past it the repository is
+#: reported as a too-large diff instead of being listed.
+MAX_LISTING_SIZE = 8 * 1024 * 1024
+
+_READ_SIZE = 64 * 1024
+_ZERO_SHA = frozenset({"0" * 40, "0" * 64})
+_STUB_HUNK = b"@@ -0,0 +1 @@\n+"
+# Settings that would change the diff's shape if a user's config set them.
+_DIFF_CONFIG = ("-c", "core.quotePath=true", "-c", "diff.noprefix=false",
+                "-c", "diff.mnemonicPrefix=false", "-c", "color.ui=never")
+
+
+class GitError(AgentConnError):
+    """A git command failed, timed out or produced more than the scan accepts."""
+
+
+class _TooLarge(GitError):
+    def __init__(self, size: int) -> None:
+        super().__init__(f"git output larger than {size} bytes")
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class RepoState:
+    """What one scan saw: ``branch`` (short, ``""`` when detached or before the first
+    commit), ``remote_origin`` (``""`` when unset) and the ``unified_diff`` (guards applied)."""
+
+    repo_root: str
+    branch: str
+    remote_origin: str
+    unified_diff: str
+
+
+def git_environ(environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment git runs in: the agent's session environment without variables that
+    would redirect repository discovery, with a fixed locale, no prompts and no pager."""
+    env = {k: v for k, v in environ.items()
+           if k not in ("GIT_DIR", "GIT_WORK_TREE", "GIT_INDEX_FILE", "GIT_OBJECT_DIRECTORY",
+                        "GIT_COMMON_DIR", "GIT_NAMESPACE", "GIT_CEILING_DIRECTORIES")}
+    env.update({"LC_ALL": "C", "GIT_OPTIONAL_LOCKS": "0", "GIT_TERMINAL_PROMPT": "0",
+                "GIT_PAGER": "cat", "PAGER": "cat"})
+    return env
+
+
+def iec_size(n: int) -> str:
+    """A byte count the way Go's ``humanize.IBytes`` prints it (``2.5 MiB``, ``300 KiB``)."""
+    if n < 10:
+        return f"{n} B"
+    units = ("B", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB")
+    e = 0
+    v = float(n)
+    while v >= 1024 and e < len(units) - 1:
+        v /= 1024
+        e += 1
+    val = int(v * 10 + 0.5) / 10
+    return f"{val:.1f} {units[e]}" if val < 10 else f"{val:.0f} {units[e]}"
+
+
+_C_ESCAPES = {0x07: b"\\a", 0x08: b"\\b", 0x09: b"\\t", 0x0A: b"\\n", 0x0B: b"\\v",
+              0x0C: b"\\f", 0x0D: b"\\r", 0x22: b'\\"', 0x5C: b"\\\\"}
+
+
+def quote_path(path: bytes) -> bytes:
+    """A path as git prints it in a diff header with ``core.quotePath=true`` (C-style quoting
+    when it holds a quote, backslash, control or non-ASCII byte)."""
+    if not any(b < 0x20 or b >= 0x7F or b in (0x22, 0x5C) for b in path):
+        return path
+    out = bytearray(b'"')
+    for b in path:
+        if b in _C_ESCAPES:
+            out += _C_ESCAPES[b]
+        elif b < 0x20 or b >= 0x7F:
+            out += b"\\%03o" % b
+        else:
+            out.append(b)
+    out += b'"'
+    return bytes(out)
+
+
+def _diff_header(path: bytes) -> bytes:
+    return b"diff --git " + quote_path(b"a/" + path) + b" " + quote_path(b"b/" + path) + b"\n"
+
+
+# -- the diff stream, sans-IO ---------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _File:
+    header: bytearray
+    body: bytearray
+    size: int = 0
+    in_header: bool = True
+    over: bool = False
+
+
+class DiffSplitter:
+    """Cut ``git diff`` output into per-file patches, applying the per-file limit.
+
+    :meth:`feed` takes the output in any pieces; every finished file patch (a stub when the
+    file's patch exceeded ``file_limit``) is returned by :meth:`feed` or :meth:`finish`, each as
+    ``(first header line, patch bytes)``. Memory held: the current file up to ``file_limit``
+    plus one partial line up to the same limit.
+    """
+
+    def __init__(self, file_limit: int = MAX_FILE_DIFF_SIZE) -> None:
+        self.file_limit = file_limit
+        self._pending = bytearray()
+        self._skipping = False
+        self._file: _File | None = None
+        self._out: list[tuple[bytes, bytes]] = []
+
+    def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
+        start = 0
+        n = len(data)
+        while start < n:
+            nl = data.find(b"\n", start)
+            if nl < 0:
+                rest = data[start:]
+                if self._skipping:
+                    self._count(len(rest))
+                else:
+                    self._pending += rest
+                    if len(self._pending) > self.file_limit:
+                        # One line longer than a whole file may be: that file is over its
+                        # limit whatever else it holds, so only its size is kept.
+                        self._count(len(self._pending))
+                        self._pending.clear()
+                        self._skipping = True
+                break
+            piece = data[start:nl + 1]
+            start = nl + 1
+            if self._skipping:
+                self._count(len(piece))
+                self._skipping = False
+                continue
+            if self._pending:
+                self._pending += piece
+                line = bytes(self._pending)
+                self._pending.clear()
+            else:
+                line = piece
+            self._line(line)
+        out, self._out = self._out, []
+        return out
+
+    def finish(self) -> list[tuple[bytes, bytes]]:
+        if self._pending:
+            self._line(bytes(self._pending))
+            self._pending.clear()
+        self._skipping = False
+        self._close_file()
+        out, self._out = self._out, []
+        return out
+
+    def _count(self, size: int) -> None:
+        f = self._file
+        if f is None:
+            return
+        f.size += size
+        f.in_header = False
+        if not f.over and f.size > self.file_limit:
+            f.over = True
+            f.body.clear()
+
+    def _line(self, line: bytes) -> None:
+        if line.startswith(b"diff --git "):
+            self._close_file()
+            self._file = _File(bytearray(line), bytearray(), len(line))
+            return
+        f = self._file
+        if f is None:
+            return  # nothing precedes the first header in git's output
+        f.size += len(line)
+        if f.in_header and not line.startswith((b"@@", b"Binary files ", b"GIT binary patch")):
+            f.header += line
+        else:
+            f.in_header = False
+            if not f.over:
+                f.body += line
+        if not f.over and f.size > self.file_limit:
+            f.over = True
+            f.body.clear()
+
+    def _close_file(self) -> None:
+        f, self._file = self._file, None
+        if f is None:
+            return
+        first = bytes(f.header[:f.header.find(b"\n") + 1])
+        if f.over:
+            msg = f"File diff too large to show. Diff size: {iec_size(f.size)}\n".encode()
+            self._out.append((first, bytes(f.header) + _STUB_HUNK + msg))
+        else:
+            self._out.append((first, bytes(f.header + f.body)))
+
+
+# -- git processes --------------------------------------------------------------------------
+
+
+async def _run(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
+               stdin: bytes | None = None, limit: int = MAX_LISTING_SIZE,
+               ok_codes: Iterable[int] = (0,), timeout: float = COMMAND_TIMEOUT) -> bytes:
+    """Run ``git *argv`` in ``cwd``; its stdout (at most ``limit`` bytes, else
+    :class:`_TooLarge`). A non-OK exit or a timeout raises :class:`GitError`."""
+    out = bytearray()
+
+    def sink(chunk: bytes) -> None:
+        out.extend(chunk)
+        if len(out) > limit:
+            raise _TooLarge(len(out))
+
+    code, err = await _stream(argv, cwd=cwd, env=env, sink=sink, stdin=stdin,
+                              timeout=timeout)
+    if code not in tuple(ok_codes):
+        raise GitError(f"git {argv[0]}: exit status {code}: {err.strip()}")
+    return bytes(out)
+
+
+async def _stream(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
+                  sink: Callable[[bytes], None], stdin: bytes | None = None,
+                  timeout: float = COMMAND_TIMEOUT) -> tuple[int, str]:
+    """Run ``git *argv``, handing its stdout to ``sink`` piece by piece while stdin is
+    written and stderr drained concurrently (no pipe can fill up and stall git). Returns
+    (exit status, start of stderr); the process is killed on timeout or on any error."""
+    proc = await _spawn(argv, cwd=cwd, env=env, stdin=stdin is not None)
+    helpers = [asyncio.ensure_future(_stderr(proc))]
+    if stdin is not None:
+        helpers.append(asyncio.ensure_future(_feed(proc, stdin)))
+    try:
+        async with asyncio.timeout(timeout):
+            assert proc.stdout is not None
+            while chunk := await proc.stdout.read(_READ_SIZE):
+                sink(chunk)
+            code = await proc.wait()
+            err = await helpers[0]
+    except TimeoutError:
+        raise GitError(f"git {argv[0]} timed out after {timeout:g}s") from None
+    finally:
+        await _reap(proc)
+        for h in helpers:
+            h.cancel()
+        await asyncio.gather(*helpers, return_exceptions=True)
+    return code, err
+
+
+async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
+    assert proc.stdin is not None
+    with contextlib.suppress(ConnectionError, BrokenPipeError):
+        proc.stdin.write(data)
+        await proc.stdin.drain()
+    proc.stdin.close()
+
+
+async def _spawn(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
+                 stdin: bool = False) -> asyncio.subprocess.Process:
+    git = shutil.which("git", path=env.get("PATH"))
+    if git is None:
+        raise GitError("git executable not found on PATH")
+    try:
+        return await asyncio.create_subprocess_exec(
+            git, *argv, cwd=cwd, env=dict(env),
+            stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            start_new_session=True)
+    except OSError as e:
+        raise GitError(f"git {argv[0]}: {e.strerror or e}") from e
+
+
+async def _stderr(proc: asyncio.subprocess.Process) -> str:
+    assert proc.stderr is not None
+    data = await proc.stderr.read(4096)
+    while await proc.stderr.read(_READ_SIZE):
+        pass
+    return data.decode("utf-8", "replace")
+
+
+async def _reap(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        await proc.wait()
+
+
+async def find_repo_root(path: str, env: Mapping[str, str]) -> str | None:
+    """The work tree root of the repository containing ``path`` (or its nearest existing
+    ancestor), or ``None`` when there is none or ``path`` is not absolute."""
+    if not os.path.isabs(path):
+        return None
+    d = os.path.normpath(path)
+    while not os.path.isdir(d):
+        parent = os.path.dirname(d)
+        if parent == d:
+            return None
+        d = parent
+    try:
+        out = await _run(("rev-parse", "--show-toplevel"), cwd=d, env=env, limit=65536)
+    except GitError:
+        return None
+    root = os.fsdecode(out.rstrip(b"\n"))
+    return root or None
+
+
+async def is_repo_deleted(root: str, env: Mapping[str, str]) -> bool:
+    """True when ``root`` or its ``.git`` is gone, or ``.git`` is a file (worktree, submodule)
+    whose git directory no longer opens — a removal, not a transient scan failure."""
+    if not os.path.isdir(root):
+        return True
+    dotgit = os.path.join(root, ".git")
+    try:
+        st = os.stat(dotgit)
+    except FileNotFoundError:
+        return True
+    except OSError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        return False
+    try:
+        await _run(("rev-parse", "--git-dir"), cwd=root, env=env, limit=65536)
+    except GitError:
+        return True
+    return False
+
+
+@dataclass(slots=True)
+class _Change:
+    path: bytes
+    old_mode: str
+    new_mode: str
+    old_sha: str
+    status: str
+    big: bool = False
+    size: int = 0
+
+
+def _parse_raw(raw: bytes) -> list[_Change]:
+    """``git diff --raw -z --no-renames``: ``:old new sha1 sha2 S\\0path\\0`` records."""
+    parts = raw.split(b"\0")
+    changes: list[_Change] = []
+    i = 0
+    while i + 1 < len(parts):
+        meta = parts[i].decode("ascii", "replace")
+        if not meta.startswith(":"):
+            i += 1
+            continue
+        fields = meta[1:].split()
+        if len(fields) >= 5:
+            changes.append(_Change(parts[i + 1], fields[0], fields[1], fields[2], fields[4][:1]))
+        i += 2
+    return changes
+
+
+async def _blob_sizes(root: str, env: Mapping[str, str], shas: list[str]) -> dict[str, int]:
+    if not shas:
+        return {}
+    out = await _run(("cat-file", "--batch-check=%(objectname) %(objectsize)"), cwd=root,
+                     env=env, stdin="".join(s + "\n" for s in shas).encode())
+    sizes: dict[str, int] = {}
+    for line in out.decode("ascii", "replace").splitlines():
+        name, _, size = line.partition(" ")
+        if size.isdigit():
+            sizes[name] = int(size)
+    return sizes
+
+
+def _worktree_size(root: str, path: bytes) -> int:
+    try:
+        st = os.lstat(os.path.join(os.fsencode(root), path))
+    except OSError:
+        return 0
+    return st.st_size if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode) else 0
+
+
+def _big_file_stub(c: _Change) -> bytes:
+    """The patch for a file too large to diff: a git-style header and one note line."""
+    head = bytearray(_diff_header(c.path))
+    old_exists = c.old_mode != "000000"
+    new_exists = c.status != "D" and c.new_mode != "000000"
+    if not old_exists:
+        head += b"new file mode " + c.new_mode.encode() + b"\n"
+    elif not new_exists:
+        head += b"deleted file mode " + c.old_mode.encode() + b"\n"
+    elif c.old_mode != c.new_mode:
+        head += b"old mode " + c.old_mode.encode() + b"\nnew mode " + c.new_mode.encode() + b"\n"
+    head += b"--- " + (quote_path(b"a/" + c.path) if old_exists else b"/dev/null") + b"\n"
+    head += b"+++ " + (quote_path(b"b/" + c.path) if new_exists else b"/dev/null") + b"\n"
+    msg = f"File too large to diff. Current size: {iec_size(c.size)}\n".encode()
+    return bytes(head) + _STUB_HUNK + msg
+
+
+class _Collector:
+    """Joins file patches in git's order with the big-file stubs, applying the total limit."""
+
+    def __init__(self, changes: list[_Change], total_limit: int) -> None:
+        self._changes = changes
+        self._next = 0
+        self._limit = total_limit
+        self.parts: list[bytes] = []
+        self.size = 0
+
+    def _add(self, patch: bytes) -> None:
+        self.size += len(patch)
+        if self.size <= self._limit:
+            self.parts.append(patch)
+        elif self.parts:
+            self.parts.clear()  # the note replaces the diff: free what was kept
+
+    def _stubs_until(self, stop: int) -> None:
+        while self._next < stop:
+            c = self._changes[self._next]
+            if c.big:
+                self._add(_big_file_stub(c))
+            self._next += 1
+
+    def patch(self, first_line: bytes, data: bytes) -> None:
+        for j in range(self._next, len(self._changes)):
+            c = self._changes[j]
+            if not c.big and first_line == _diff_header(c.path):
+                self._stubs_until(j)
+                self._next = j + 1
+                break
+        self._add(data)
+
+    def finish(self) -> None:
+        self._stubs_until(len(self._changes))
+
+
+def _total_note(size: int) -> str:
+    return (f"Total diff too large to show. Size: {iec_size(size)}. "
+            "Showing branch and remote only.")
+
+
+async def _head_info(root: str, env: Mapping[str, str]) -> tuple[str, str, bool]:
+    """(branch, origin URL, whether HEAD has a commit)."""
+    async def branch() -> str:
+        out = await _run(("symbolic-ref", "-q", "--short", "HEAD"), cwd=root, env=env,
+                         ok_codes=(0, 1), limit=65536)
+        return out.decode("utf-8", "replace").strip()
+
+    async def origin() -> str:
+        out = await _run(("config", "--get-all", "remote.origin.url"), cwd=root, env=env,
+                         ok_codes=(0, 1), limit=65536)
+        lines = out.decode("utf-8", "replace").splitlines()
+        return lines[0] if lines else ""
+
+    async def has_commit() -> bool:
+        out = await _run(("rev-parse", "-q", "--verify", "HEAD^{commit}"), cwd=root, env=env,
+                         ok_codes=(0, 1), limit=65536)
+        return bool(out.strip())
+
+    b, o, c = await asyncio.gather(branch(), origin(), has_commit())
+    return (b if c else ""), o, c
+
+
+async def _base(root: str, env: Mapping[str, str], has_commit: bool) -> str:
+    if has_commit:
+        return "HEAD"
+    out = await _run(("hash-object", "-t", "tree", "/dev/null"), cwd=root, env=env, limit=256)
+    return out.decode().strip()
+
+
+async def _diff(root: str, env: Mapping[str, str], base: str,
+                total_limit: int) -> str:
+    diff_env = dict(env)
+    untracked_raw = await _run(("ls-files", "--others", "--exclude-standard", "-z"),
+                               cwd=root, env=env)
+    untracked = [p for p in untracked_raw.split(b"\0") if p and not p.endswith(b"/")]
+    tmpdir: str | None = None
+    try:
+        if untracked:
+            tmpdir = await asyncio.to_thread(tempfile.mkdtemp, prefix="agentconn-gitwatch-")
+            index = os.path.join(tmpdir, "index")
+            real = os.fsdecode((await _run(("rev-parse", "--path-format=absolute",
+                                             "--git-path", "index"), cwd=root, env=env,
+                                            limit=65536)).rstrip(b"\n"))
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(shutil.copyfile, real, index)
+            diff_env["GIT_INDEX_FILE"] = index
+            await _run(("add", "--intent-to-add", "--pathspec-from-file=-",
+                        "--pathspec-file-nul"), cwd=root, env=diff_env,
+                       stdin=b"\0".join(untracked) + b"\0")
+        raw = await _run((*_DIFF_CONFIG, "diff", base, "--raw", "-z", "--no-abbrev",
+                          "--no-renames", "--no-ext-diff", "--ignore-submodules=none"),
+                         cwd=root, env=diff_env)
+        changes = _parse_raw(raw)
+        if not changes:
+            return ""
+        # The size guard: sizes on both sides, before anything is diffed.
+        old = [c.old_sha for c in changes if c.old_sha not in _ZERO_SHA
+               and not c.old_mode.startswith("160")]
+        sizes = await _blob_sizes(root, env, sorted(set(old)))
+        for c in changes:
+            new_size = 0 if c.status == "D" else await asyncio.to_thread(
+                _worktree_size, root, c.path)
+            old_size = sizes.get(c.old_sha, 0)
+            if max(old_size, new_size) > MAX_FILE_READ_SIZE:
+                c.big, c.size = True, new_size
+        argv = [*_DIFF_CONFIG, "diff", base, "--no-color", "--no-ext-diff", "--no-textconv",
+                "--no-renames", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
+                "--submodule=short", "-O/dev/null", "--"]
+        argv += [":(exclude,literal)" + os.fsdecode(c.path) for c in changes if c.big]
+        collector = _Collector(changes, total_limit)
+        splitter = DiffSplitter()
+
+        def sink(chunk: bytes) -> None:
+            for first, patch in splitter.feed(chunk):
+                collector.patch(first, patch)
+
+        code, err = await _stream(argv, cwd=root, env=diff_env, sink=sink)
+        if code != 0:
+            raise GitError(f"git diff: exit status {code}: {err.strip()}")
+        for first, patch in splitter.finish():
+            collector.patch(first, patch)
+        collector.finish()
+        if collector.size > total_limit:
+            return _total_note(collector.size)
+        return b"".join(collector.parts).decode("utf-8", "replace")
+    except _TooLarge as e:
+        return _total_note(e.size)
+    finally:
+        if tmpdir is not None:
+            await asyncio.to_thread(shutil.rmtree, tmpdir, True)
+
+
+async def scan_repo(root: str, env: Mapping[str, str], *,
+                    total_limit: int = MAX_TOTAL_DIFF_SIZE) -> RepoState:
+    """Branch, origin and diff of the repository at ``root``. Raises :class:`GitError` when
+    git fails (the caller tells a removal from a transient failure with
+    :func:`is_repo_deleted`)."""
+    if not os.path.lexists(os.path.join(root, ".git")):
+        # Without this, git would find an enclosing repository and report that one.
+        raise GitError(f"{root}: no .git")
+    branch, origin, has_commit = await _head_info(root, env)
+    base = await _base(root, env, has_commit)
+    diff = await _diff(root, env, base, total_limit)
+    return RepoState(root, branch, origin, diff)
