@@ -289,14 +289,14 @@ async def test_size_guards(h: Harness, tmp_path: Path) -> None:
     chat = uuid.uuid4()
     async with await h.connect(chat) as w:
         (repo / "huge.bin").write_bytes(b"h" * (2 * 1024 * 1024 + 512 * 1024))  # 2.5 MiB
-        (repo / "grown.txt").write_text("line of text\n" * 24_000)  # ~305 KiB of diff
+        (repo / "grown.txt").write_text("line of text\n" * 24_000)  # 328 KiB of diff
         await h.write(repo / "small.txt", "S\n", chat)
         diff = only(await next_msg(w)).unified_diff
         assert "+File too large to diff. Current size: 2.5 MiB\n" in diff
         assert "diff --git a/huge.bin b/huge.bin\nnew file mode 100644\n--- /dev/null\n" \
                "+++ b/huge.bin\n@@ -0,0 +1 @@\n" in diff
         assert "diff --git a/grown.txt b/grown.txt\n" in diff
-        assert "+File diff too large to show. Diff size: 305 KiB\n" in diff
+        assert "+File diff too large to show. Diff size: 328 KiB\n" in diff
         assert "-s\n+S\n" in diff
         # git's own order: grown.txt, huge.bin, small.txt
         assert diff.index("a/grown.txt") < diff.index("a/huge.bin") < diff.index("a/small.txt")
@@ -413,9 +413,11 @@ def test_quote_path_matches_git(tmp_path: Path) -> None:
     names = ["plain.txt", "sp ace.txt", "é.txt", 'quo"te', "back\\slash", "tab\there"]
     for n in names:
         (repo / n).write_text("x\n")
-    out = git(repo, "-c", "core.quotePath=true", "status", "--porcelain", home=tmp_path).stdout
-    listed = {line[3:] for line in out.splitlines()}
-    assert listed == {quote_path(n.encode()) for n in names}
+    git(repo, "add", "-N", ".", home=tmp_path)
+    out = git(repo, "-c", "core.quotePath=true", "diff", home=tmp_path).stdout
+    headers = {line + b"\n" for line in out.splitlines() if line.startswith(b"diff --git ")}
+    assert headers == {b"diff --git " + quote_path(b"a/" + n.encode()) + b" "
+                       + quote_path(b"b/" + n.encode()) + b"\n" for n in names}
 
 
 def test_diff_splitter_bounds_each_file() -> None:

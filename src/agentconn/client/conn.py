@@ -610,8 +610,8 @@ class AgentConn:
     def watch_git(self, chat_id: uuid.UUID | str | None = None) -> GitWatch:
         """Watch the git repositories chat ``chat_id`` touched: ``async with
         conn.watch_git(chat_id=...) as w: async for msg in w: ...`` yields typed
-        :class:`~agentconn.proto.git.GitServerMessage`\ s (``changes``, ``error``,
-        ``progress``); ``await w.refresh()`` asks for a rescan. The socket opens on entry
+        :class:`~agentconn.proto.git.GitServerMessage` messages (``changes``,
+        ``error``, ``progress``); ``await w.refresh()`` asks for a rescan. The socket opens on entry
         (``AgentApiError`` if the agent refuses). Without a chat the agent watches nothing."""
         from agentconn.client.git import GitWatch
 

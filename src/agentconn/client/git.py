@@ -24,6 +24,8 @@ know are skipped.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -31,6 +33,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
 import orjson
+from wsproto.events import CloseConnection
 
 from agentconn.errors import AgentConnError
 from agentconn.proto._codec import go_json
@@ -102,6 +105,8 @@ class GitWatch:
         self.read_limit = read_limit
         self._ws: WebSocket | None = None
         self._closing = False
+        self._receiving = asyncio.Event()  # set while no task is inside receive()
+        self._receiving.set()
         #: repo root → its last ``changes`` entry (removed repositories are dropped).
         self.repositories: dict[str, GitRepoChanges] = {}
         #: repo root → the diff streamed so far by ``progress`` messages.
@@ -119,6 +124,8 @@ class GitWatch:
         w.read_limit = read_limit
         w._ws = ws
         w._closing = False
+        w._receiving = asyncio.Event()
+        w._receiving.set()
         w.repositories = {}
         w.in_progress = {}
         w.received = 0
@@ -174,6 +181,13 @@ class GitWatch:
         """The next message of a known type, or ``None`` once the watch ended normally.
         Raises :class:`GitWatchError` when it ended abnormally."""
         ws = self.websocket
+        self._receiving.clear()
+        try:
+            return await self._receive(ws)
+        finally:
+            self._receiving.set()
+
+    async def _receive(self, ws: WebSocket) -> GitServerMessage | None:
         while True:
             try:
                 data = await ws.receive()
@@ -240,10 +254,24 @@ class GitWatch:
         await self.send(GIT_CLIENT_REFRESH)
 
     async def close(self) -> None:
-        """End the watch (idempotent)."""
+        """End the watch (idempotent). Safe while another task waits in :meth:`receive`:
+        that task then gets the end of the iteration."""
         self._closing = True
-        if self._ws is not None:
-            await self._ws.close()
+        ws = self._ws
+        if ws is None:
+            return
+        if self._receiving.is_set():
+            await ws.close()
+            return
+        # Another task is reading: send the close frame and let that reader consume the
+        # agent's reply (two readers on one stream are not allowed), then hang up.
+        if not ws.closed:
+            with contextlib.suppress(ConnectionError, OSError, LocalProtocolError):
+                await ws._write(CloseConnection(code=1000))
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(ws.close_timeout):
+                await self._receiving.wait()
+        await ws.close_transport()
 
 
 def _unknown_type(data: str) -> bool:
