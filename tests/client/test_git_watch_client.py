@@ -155,7 +155,7 @@ async def test_client_tolerates_the_newest_agent_revision() -> None:
             await w.refresh()
             assert await w.receive() is None  # closed normally by the agent
         assert received == ['{"type":"refresh"}\n']
-        assert w.received == 8
+        assert w.received == len(NEWEST)
     finally:
         server.close()
         await server.wait_closed()
