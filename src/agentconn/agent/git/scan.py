@@ -30,12 +30,14 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import shutil
 import signal
 import stat
 import tempfile
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from agentconn.errors import AgentConnError
 
@@ -153,11 +155,14 @@ def _diff_header(path: bytes) -> bytes:
 
 @dataclass(slots=True)
 class _File:
-    header: bytearray
-    body: bytearray
+    data: bytearray
     size: int = 0
-    in_header: bool = True
     over: bool = False
+
+
+_FILE_START = re.compile(rb"^diff --git ", re.MULTILINE)
+#: Of a file whose patch went over the limit, this much of its start is kept for the header.
+_HEAD_KEEP = 64 * 1024
 
 
 class DiffSplitter:
@@ -165,99 +170,94 @@ class DiffSplitter:
 
     :meth:`feed` takes the output in any pieces; every finished file patch (a stub when the
     file's patch exceeded ``file_limit``) is returned by :meth:`feed` or :meth:`finish`, each as
-    ``(first header line, patch bytes)``. Memory held: the current file up to ``file_limit``
-    plus one partial line up to the same limit.
+    ``(first header line, patch bytes)``. File boundaries are found in whole lines with one
+    regular-expression scan per piece (a file starts at a line ``diff --git …``; content lines
+    never do, they start with a space, ``+`` or ``-``). Memory held: the current file up to
+    ``file_limit`` plus one partial line up to the same limit.
     """
 
     def __init__(self, file_limit: int = MAX_FILE_DIFF_SIZE) -> None:
         self.file_limit = file_limit
-        self._pending = bytearray()
+        self._pending = b""
         self._skipping = False
         self._file: _File | None = None
         self._out: list[tuple[bytes, bytes]] = []
 
     def feed(self, data: bytes) -> list[tuple[bytes, bytes]]:
-        start = 0
-        n = len(data)
-        while start < n:
-            nl = data.find(b"\n", start)
+        if self._skipping:
+            nl = data.find(b"\n")
             if nl < 0:
-                rest = data[start:]
-                if self._skipping:
-                    self._count(len(rest))
-                else:
-                    self._pending += rest
-                    if len(self._pending) > self.file_limit:
-                        # One line longer than a whole file may be: that file is over its
-                        # limit whatever else it holds, so only its size is kept.
-                        self._count(len(self._pending))
-                        self._pending.clear()
-                        self._skipping = True
-                break
-            piece = data[start:nl + 1]
-            start = nl + 1
-            if self._skipping:
-                self._count(len(piece))
-                self._skipping = False
-                continue
-            if self._pending:
-                self._pending += piece
-                line = bytes(self._pending)
-                self._pending.clear()
-            else:
-                line = piece
-            self._line(line)
-        out, self._out = self._out, []
-        return out
+                self._append(data, keep=False)
+                return self._take()
+            self._append(data[:nl + 1], keep=False)
+            data = data[nl + 1:]
+            self._skipping = False
+        buf = self._pending + data if self._pending else data
+        last = buf.rfind(b"\n")
+        complete, rest = (buf[:last + 1], buf[last + 1:]) if last >= 0 else (b"", buf)
+        pos = 0
+        for m in _FILE_START.finditer(complete):
+            if m.start() > pos:
+                self._append(complete[pos:m.start()])
+            self._close_file()
+            self._file = _File(bytearray())
+            pos = m.start()
+        if pos < len(complete):
+            self._append(complete[pos:])
+        if len(rest) > self.file_limit:
+            # One line longer than a whole file may be: that file is over its limit whatever
+            # else it holds, so only its size is kept until the line ends.
+            self._append(rest, keep=False)
+            self._pending = b""
+            self._skipping = True
+        else:
+            self._pending = rest
+        return self._take()
 
     def finish(self) -> list[tuple[bytes, bytes]]:
         if self._pending:
-            self._line(bytes(self._pending))
-            self._pending.clear()
+            if _FILE_START.match(self._pending):
+                self._close_file()
+                self._file = _File(bytearray())
+            self._append(self._pending)
+            self._pending = b""
         self._skipping = False
         self._close_file()
+        return self._take()
+
+    def _take(self) -> list[tuple[bytes, bytes]]:
         out, self._out = self._out, []
         return out
 
-    def _count(self, size: int) -> None:
-        f = self._file
-        if f is None:
-            return
-        f.size += size
-        f.in_header = False
-        if not f.over and f.size > self.file_limit:
-            f.over = True
-            f.body.clear()
-
-    def _line(self, line: bytes) -> None:
-        if line.startswith(b"diff --git "):
-            self._close_file()
-            self._file = _File(bytearray(line), bytearray(), len(line))
-            return
+    def _append(self, data: bytes, keep: bool = True) -> None:
         f = self._file
         if f is None:
             return  # nothing precedes the first header in git's output
-        f.size += len(line)
-        if f.in_header and not line.startswith((b"@@", b"Binary files ", b"GIT binary patch")):
-            f.header += line
-        else:
-            f.in_header = False
-            if not f.over:
-                f.body += line
-        if not f.over and f.size > self.file_limit:
+        f.size += len(data)
+        if f.over:
+            return
+        if keep:
+            f.data += data
+        if f.size > self.file_limit or not keep:
             f.over = True
-            f.body.clear()
+            del f.data[_HEAD_KEEP:]  # enough for the header lines
 
     def _close_file(self) -> None:
         f, self._file = self._file, None
         if f is None:
             return
-        first = bytes(f.header[:f.header.find(b"\n") + 1])
-        if f.over:
-            msg = f"File diff too large to show. Diff size: {iec_size(f.size)}\n".encode()
-            self._out.append((first, bytes(f.header) + _STUB_HUNK + msg))
-        else:
-            self._out.append((first, bytes(f.header + f.body)))
+        first = bytes(f.data[:f.data.find(b"\n") + 1])
+        if not f.over:
+            self._out.append((first, bytes(f.data)))
+            return
+        header = bytearray()
+        for line in bytes(f.data).splitlines(keepends=True):
+            if not line.endswith(b"\n") or (header and line.startswith(
+                    (b"@@", b"Binary files ", b"GIT binary patch"))):
+                break
+            header += line
+        msg = f"File diff too large to show. Diff size: {iec_size(f.size)}\n".encode()
+        self._out.append((first, bytes(header) + _STUB_HUNK + msg))
 
 
 # -- git processes --------------------------------------------------------------------------
@@ -289,7 +289,8 @@ async def _stream(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
     written and stderr drained concurrently (no pipe can fill up and stall git). Returns
     (exit status, start of stderr); the process is killed on timeout or on any error."""
     proc = await _spawn(argv, cwd=cwd, env=env, stdin=stdin is not None)
-    helpers = [asyncio.ensure_future(_stderr(proc))]
+    err_task = asyncio.ensure_future(_stderr(proc))
+    helpers: list[asyncio.Future[Any]] = [err_task]
     if stdin is not None:
         helpers.append(asyncio.ensure_future(_feed(proc, stdin)))
     try:
@@ -298,7 +299,7 @@ async def _stream(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
             while chunk := await proc.stdout.read(_READ_SIZE):
                 sink(chunk)
             code = await proc.wait()
-            err = await helpers[0]
+            err = await err_task
     except TimeoutError:
         raise GitError(f"git {argv[0]} timed out after {timeout:g}s") from None
     finally:
@@ -539,7 +540,8 @@ async def _diff(root: str, env: Mapping[str, str], base: str,
                                              "--git-path", "index"), cwd=root, env=env,
                                             limit=65536)).rstrip(b"\n"))
             with contextlib.suppress(FileNotFoundError):
-                await asyncio.to_thread(shutil.copyfile, real, index)
+                # copy2 keeps the index's mtime, which git's racy-entry check compares with
+                await asyncio.to_thread(shutil.copy2, real, index)
             diff_env["GIT_INDEX_FILE"] = index
             await _run(("add", "--intent-to-add", "--pathspec-from-file=-",
                         "--pathspec-file-nul"), cwd=root, env=diff_env,
@@ -554,11 +556,10 @@ async def _diff(root: str, env: Mapping[str, str], base: str,
         old = [c.old_sha for c in changes if c.old_sha not in _ZERO_SHA
                and not c.old_mode.startswith("160")]
         sizes = await _blob_sizes(root, env, sorted(set(old)))
-        for c in changes:
-            new_size = 0 if c.status == "D" else await asyncio.to_thread(
-                _worktree_size, root, c.path)
-            old_size = sizes.get(c.old_sha, 0)
-            if max(old_size, new_size) > MAX_FILE_READ_SIZE:
+        new_sizes = await asyncio.to_thread(
+            lambda: [0 if c.status == "D" else _worktree_size(root, c.path) for c in changes])
+        for c, new_size in zip(changes, new_sizes, strict=True):
+            if max(sizes.get(c.old_sha, 0), new_size) > MAX_FILE_READ_SIZE:
                 c.big, c.size = True, new_size
         argv = [*_DIFF_CONFIG, "diff", base, "--no-color", "--no-ext-diff", "--no-textconv",
                 "--no-renames", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
