@@ -475,3 +475,37 @@ async def test_scan_before_the_first_commit_and_detached_head(tmp_path: Path) ->
     assert state.branch == "" and "+++ b/untracked.txt" in state.unified_diff
     assert (repo / ".git" / "index").read_bytes() == index  # the real index is left alone
     assert git(repo, "status", "--porcelain", home=tmp_path).stdout == b"?? untracked.txt\n"
+
+
+async def test_a_path_outside_any_repo_counts_once_git_init_ran(h: Harness) -> None:
+    plain = h.root / "plain"
+    plain.mkdir()
+    chat = uuid.uuid4()
+    async with await h.connect(chat) as w:
+        await h.write(plain / "notes.txt", "n\n", chat)
+        await settled(h, w, chat)
+        assert w.received == 0
+        # a process without a workdir inits the repository: the chat's next notification
+        # looks at the old path again and finds it
+        r = await h.api.call("POST", "/api/v0/processes/start",
+                             body={"command": f"git init -q -b trunk {plain}"},
+                             headers={"Coder-Chat-Id": str(chat)})
+        assert r.status == 200
+        entry = only(await next_msg(w))
+        assert (entry.repo_root, entry.branch) == (str(plain), "")
+        assert "+++ b/notes.txt" in entry.unified_diff
+
+
+async def test_a_client_that_vanishes_leaves_no_traceback(h: Harness,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    repo = h.repo("r", files={"f": "f\n"})
+    chat = uuid.uuid4()
+    w = await h.connect(chat)
+    (repo / "big.txt").write_text("y\n" * 400_000)  # a large message in flight
+    await h.write(repo / "f", "g\n", chat)
+    watcher = await h.watcher(chat)
+    await until(lambda: watcher.scans >= 1)
+    w.websocket.abort()  # no close frame: the TCP connection just goes away
+    await until(lambda: not h.watch._sessions)
+    problems = [r for r in caplog.records if r.levelno >= 30 or r.exc_info]
+    assert problems == []

@@ -98,6 +98,8 @@ MAX_CLIENT_MESSAGE = 4 << 20
 MESSAGE_BUDGET = 3 << 20 | 1 << 19
 #: Repositories one socket watches at most (further ones are ignored, with a log line).
 MAX_REPOS_PER_WATCHER = 256
+#: Paths outside any repository that each rescan request looks at again (the most recent).
+RETRY_UNRESOLVED = 64
 #: Directories whose repository root the agent remembers.
 ROOT_CACHE_SIZE = 4096
 #: Repository scans running at once, agent-wide.
@@ -173,6 +175,7 @@ class GitWatcher:
         self.roots: dict[str, None] = {}
         self.deltas = RepoDeltas()
         self._considered: set[str] = set()
+        self._unresolved: OrderedDict[str, None] = OrderedDict()
         self._paths_dirty = False
         self._wake = asyncio.Event()
         self._last_scan = -math.inf
@@ -193,23 +196,38 @@ class GitWatcher:
         self._wake.set()
 
     async def _resolve_paths(self) -> None:
+        """Map the chat's new paths to repositories; retry recent paths that were in none
+        (a later ``git init`` makes them count, as the Go agent's re-subscribe does)."""
         if self.chat is None:
             return
         store_paths = self._api.paths.paths(self.chat)
+        retry = list(self._unresolved)[-RETRY_UNRESOLVED:]
         for p in store_paths:
             if p in self._considered:
                 continue
             self._considered.add(p)
-            root = await self._api.repo_root(p)
-            if root is None or root in self.roots:
-                continue
-            if len(self.roots) >= MAX_REPOS_PER_WATCHER:
-                _log.warning("git watch: chat %s watches %d repositories already; ignoring %s",
-                             self.chat, len(self.roots), root)
-                continue
-            self.roots[root] = None
+            await self._add_root(p)
+        for p in retry:
+            await self._add_root(p)
         if len(self._considered) > 4 * self._api.paths.max_paths_per_chat:
             self._considered = set(store_paths)
+
+    async def _add_root(self, path: str) -> None:
+        root = await self._api.repo_root(path)
+        if root is None:
+            self._unresolved[path] = None
+            self._unresolved.move_to_end(path)
+            if len(self._unresolved) > 4 * RETRY_UNRESOLVED:
+                self._unresolved.popitem(last=False)
+            return
+        self._unresolved.pop(path, None)
+        if root in self.roots:
+            return
+        if len(self.roots) >= MAX_REPOS_PER_WATCHER:
+            _log.warning("git watch: chat %s watches %d repositories already; ignoring %s",
+                         self.chat, len(self.roots), root)
+            return
+        self.roots[root] = None
 
     async def run(self) -> None:
         """Scan on request, after the cooldown, or every fallback interval; until cancelled
