@@ -509,3 +509,17 @@ async def test_a_client_that_vanishes_leaves_no_traceback(h: Harness,
     await until(lambda: not h.watch._sessions)
     problems = [r for r in caplog.records if r.levelno >= 30 or r.exc_info]
     assert problems == []
+
+
+async def test_a_diff_that_html_escaping_grows_past_4_mib_is_sent_as_the_note(
+        h: Harness) -> None:
+    repo = h.repo("html", files={"keep.txt": "k\n"})
+    chat = uuid.uuid4()
+    async with await h.connect(chat) as w:
+        # 13 files x 200 KiB of "<" lines: 2.7 MiB of diff (under every size guard), but
+        # 6 bytes per "<" once JSON-escaped the way Go's encoder does
+        for i in range(13):
+            (repo / f"page{i:02}.html").write_text("<<<<<<<<<<<<<<<\n" * 12_800)
+        await h.write(repo / "keep.txt", "K\n", chat)
+        entry = only(await next_msg(w))
+        assert entry.unified_diff.startswith("Total diff too large to show. Size: 2.7 MiB.")

@@ -55,6 +55,7 @@ __all__ = [
     "is_repo_deleted",
     "quote_path",
     "scan_repo",
+    "total_note",
 ]
 
 _log = logging.getLogger("agentconn.agent.git")
@@ -324,8 +325,9 @@ async def _spawn(argv: Sequence[str], *, cwd: str, env: Mapping[str, str],
     if git is None:
         raise GitError("git executable not found on PATH")
     try:
+        # A repository's own config must not make a scan run programs (fsmonitor hooks).
         return await asyncio.create_subprocess_exec(
-            git, *argv, cwd=cwd, env=dict(env),
+            git, "-c", "core.fsmonitor=false", *argv, cwd=cwd, env=dict(env),
             stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
             start_new_session=True)
@@ -491,7 +493,8 @@ class _Collector:
         self._stubs_until(len(self._changes))
 
 
-def _total_note(size: int) -> str:
+def total_note(size: int) -> str:
+    """The text that replaces a diff of ``size`` bytes that is too large to send."""
     return (f"Total diff too large to show. Size: {iec_size(size)}. "
             "Showing branch and remote only.")
 
@@ -579,10 +582,10 @@ async def _diff(root: str, env: Mapping[str, str], base: str,
             collector.patch(first, patch)
         collector.finish()
         if collector.size > total_limit:
-            return _total_note(collector.size)
+            return total_note(collector.size)
         return b"".join(collector.parts).decode("utf-8", "replace")
     except _TooLarge as e:
-        return _total_note(e.size)
+        return total_note(e.size)
     finally:
         if tmpdir is not None:
             await asyncio.to_thread(shutil.rmtree, tmpdir, True)

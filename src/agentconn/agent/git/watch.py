@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
 import logging
 import math
@@ -56,6 +57,7 @@ from agentconn.agent.git.scan import (
     git_environ,
     is_repo_deleted,
     scan_repo,
+    total_note,
 )
 from agentconn.agent.options import AgentOptions
 from agentconn.proto._codec import go_json
@@ -96,6 +98,8 @@ PING_INTERVAL = 15.0
 MAX_CLIENT_MESSAGE = 4 << 20
 #: Encoded size past which a scan's repositories are split over several messages.
 MESSAGE_BUDGET = 3 << 20 | 1 << 19
+#: One repository's encoded entry larger than this gets the "too large" note instead.
+MAX_ENCODED_REPO = (4 << 20) - (64 << 10)
 #: Repositories one socket watches at most (further ones are ignored, with a log line).
 MAX_REPOS_PER_WATCHER = 256
 #: Paths outside any repository that each rescan request looks at again (the most recent).
@@ -279,6 +283,12 @@ class GitWatcher:
             if entry is None:
                 continue
             n = len(go_json(entry.to_json()))
+            if n > MAX_ENCODED_REPO:
+                # Within the 3 MiB guard, yet HTML escaping (``<`` → ``\u003c``) grew it past
+                # what a client reads in one message: send the note instead.
+                entry = dataclasses.replace(
+                    entry, unified_diff=total_note(len(entry.unified_diff.encode())))
+                n = len(go_json(entry.to_json()))
             if pending and pending_size + n > MESSAGE_BUDGET:
                 for msg in encode_changes(pending, now):
                     await self._send(msg)
