@@ -11,7 +11,6 @@ wait for messages or for the watcher's scan counters.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import sys
 import uuid

@@ -168,8 +168,7 @@ async def _print_messages(w: object, as_json: bool, out: TextIO) -> None:
             print(f"agentconn git-watch: agent: {msg.message}", file=sys.stderr, flush=True)
             continue
         else:
-            for line in format_message(msg):
-                out.write(line + "\n")
+            out.writelines(line + "\n" for line in format_message(msg))
         out.flush()
 
 
