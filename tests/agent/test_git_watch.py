@@ -522,3 +522,18 @@ async def test_a_diff_that_html_escaping_grows_past_4_mib_is_sent_as_the_note(
         await h.write(repo / "keep.txt", "K\n", chat)
         entry = only(await next_msg(w))
         assert entry.unified_diff.startswith("Total diff too large to show. Size: 2.7 MiB.")
+
+
+async def test_a_repo_made_again_where_one_was_removed_is_watched_again(h: Harness) -> None:
+    repo = h.repo("phoenix")
+    chat = uuid.uuid4()
+    async with await h.connect(chat) as w:
+        await h.write(repo / "f.txt", "f\n", chat)
+        assert only(await next_msg(w)).repo_root == str(repo)
+        shutil.rmtree(repo)
+        await w.refresh()
+        assert only(await next_msg(w)).removed
+        h.repo("phoenix", branch="reborn")
+        await h.write(repo / "g.txt", "g\n", chat)
+        entry = only(await next_msg(w))
+        assert (entry.repo_root, entry.branch, entry.removed) == (str(repo), "reborn", False)

@@ -228,8 +228,10 @@ class GitWatcher:
         if root in self.roots:
             return
         if len(self.roots) >= MAX_REPOS_PER_WATCHER:
-            _log.warning("git watch: chat %s watches %d repositories already; ignoring %s",
-                         self.chat, len(self.roots), root)
+            if root not in self._warned and len(self._warned) < 64:
+                self._warned.add(root)
+                _log.warning("git watch: chat %s watches %d repositories already; ignoring %s",
+                             self.chat, len(self.roots), root)
             return
         self.roots[root] = None
 
@@ -272,6 +274,10 @@ class GitWatcher:
                 if await is_repo_deleted(root, env):
                     self.roots.pop(root, None)
                     self._api.forget_root(root)
+                    # The next round maps every path again: one that lived in this repository
+                    # may now be in another, or in a new one at the same place.
+                    self._considered.clear()
+                    self._paths_dirty = True
                     entry: GitRepoChanges | None = self.deltas.removed(root)
                 else:
                     if str(e) not in self._warned and len(self._warned) < 64:
