@@ -11,6 +11,7 @@ wait for messages or for the watcher's scan counters.
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 import sys
 import uuid
@@ -537,3 +538,17 @@ async def test_a_repo_made_again_where_one_was_removed_is_watched_again(h: Harne
         await h.write(repo / "g.txt", "g\n", chat)
         entry = only(await next_msg(w))
         assert (entry.repo_root, entry.branch, entry.removed) == (str(repo), "reborn", False)
+
+
+async def test_a_touched_but_unchanged_big_file_is_not_reported(tmp_path: Path) -> None:
+    big = "b" * (3 * 1024 * 1024) + "\n"
+    repo = make_repo(tmp_path / "t", tmp_path, files={"big.txt": big, "s.txt": "s\n"})
+    os.utime(repo / "big.txt", (1, 1))  # stat data differs from the index, content does not:
+    # `git diff` compares contents before listing it, so no stub for an unchanged file
+    state = await scan_repo(str(repo), git_env(tmp_path))
+    assert state.unified_diff == ""
+    (repo / "big.txt").write_text(big.replace("b", "c"))  # same size, new content
+    state = await scan_repo(str(repo), git_env(tmp_path))
+    assert state.unified_diff == ("diff --git a/big.txt b/big.txt\n--- a/big.txt\n"
+                                  "+++ b/big.txt\n@@ -0,0 +1 @@\n"
+                                  "+File too large to diff. Current size: 3.0 MiB\n")

@@ -68,6 +68,8 @@ MAX_FILE_DIFF_SIZE = 256 * 1024
 MAX_TOTAL_DIFF_SIZE = 3 * 1024 * 1024
 #: Seconds one git command may take before it is killed (the scan of that repo then fails).
 COMMAND_TIMEOUT = 30.0
+#: More files than this over :data:`MAX_FILE_READ_SIZE` and the whole diff is the note.
+MAX_BIG_FILES = 1000
 #: Output cap of the listing commands (untracked files, raw diff): past it the repository is
 #: reported as a too-large diff instead of being listed.
 MAX_LISTING_SIZE = 8 * 1024 * 1024
@@ -564,10 +566,14 @@ async def _diff(root: str, env: Mapping[str, str], base: str,
         for c, new_size in zip(changes, new_sizes, strict=True):
             if max(sizes.get(c.old_sha, 0), new_size) > MAX_FILE_READ_SIZE:
                 c.big, c.size = True, new_size
+        big = [c for c in changes if c.big]
+        if len(big) > MAX_BIG_FILES:
+            return total_note(sum(c.size for c in big))
         argv = [*_DIFF_CONFIG, "diff", base, "--no-color", "--no-ext-diff", "--no-textconv",
                 "--no-renames", "--no-relative", "--src-prefix=a/", "--dst-prefix=b/",
                 "--submodule=short", "-O/dev/null", "--"]
-        argv += [":(exclude,literal)" + os.fsdecode(c.path) for c in changes if c.big]
+        argv += [":(exclude,literal)" + os.fsdecode(c.path) for c in changes
+                 if c.big]
         collector = _Collector(changes, total_limit)
         splitter = DiffSplitter()
 
