@@ -552,3 +552,15 @@ async def test_a_touched_but_unchanged_big_file_is_not_reported(tmp_path: Path) 
     assert state.unified_diff == ("diff --git a/big.txt b/big.txt\n--- a/big.txt\n"
                                   "+++ b/big.txt\n@@ -0,0 +1 @@\n"
                                   "+File too large to diff. Current size: 3.0 MiB\n")
+
+
+async def test_the_fallback_poll_sees_changes_nobody_reported(h: Harness) -> None:
+    repo = h.repo("quiet")
+    chat = uuid.uuid4()
+    h.watch.poll_interval = 0.05  # the spec's 30 s, shortened
+    async with await h.connect(chat) as w:
+        await h.write(repo / "a.txt", "a\n", chat)
+        assert only(await next_msg(w)).repo_root == str(repo)
+        (repo / "b.txt").write_text("b\n")  # behind the agent's back: no write-file, no refresh
+        entry = only(await next_msg(w))
+        assert "+++ b/b.txt" in entry.unified_diff
