@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
 import sys
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -45,7 +46,13 @@ from agentconn.agent.git.watch import (
 )
 from agentconn.agent.options import AgentOptions
 from agentconn.client.git import GitWatch, GitWatchError
-from agentconn.proto.git import GitRepoChanges, GitServerMessage, GitServerMessageType
+from agentconn.proto._codec import go_json
+from agentconn.proto.git import (
+    GitClientMessage,
+    GitRepoChanges,
+    GitServerMessage,
+    GitServerMessageType,
+)
 from agentconn.web.websocket import websocket_connect
 
 HANG_GUARD = 120.0  # seconds: only to turn a hang into a failure, never a measured bound
@@ -564,3 +571,66 @@ async def test_the_fallback_poll_sees_changes_nobody_reported(h: Harness) -> Non
         (repo / "b.txt").write_text("b\n")  # behind the agent's back: no write-file, no refresh
         entry = only(await next_msg(w))
         assert "+++ b/b.txt" in entry.unified_diff
+
+
+# -- Go's encoding/json reads what the agent sends (tests/agent/go_decode) --------------------
+
+
+@pytest.fixture(scope="module")
+def go_decode(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    go = shutil.which("go")
+    if go is None:
+        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
+            pytest.fail("go not found (Debian package golang-go)", pytrace=False)
+        pytest.skip("go not found (Debian package golang-go)")
+    out = tmp_path_factory.mktemp("go_decode")
+    env = dict(os.environ, GO111MODULE="off", GOFLAGS="", GOPATH=str(out / "gopath"),
+               GOCACHE=str(out / "gocache"))
+    r = subprocess.run([go, "build", "-o", str(out / "go_decode"), "main.go"],
+                       cwd=Path(__file__).parent / "go_decode", env=env, capture_output=True,
+                       text=True, timeout=300, check=False)
+    assert r.returncode == 0, r.stderr
+    return out / "go_decode"
+
+
+def _go_decodes(binary: Path, type_name: str, raw: bytes) -> dict[str, Any]:
+    r = subprocess.run([str(binary), "decode", type_name], input=raw, capture_output=True,
+                       timeout=60, check=False)
+    assert r.returncode == 0, f"Go cannot decode {raw[:200]!r} as {type_name}: {r.stderr!r}"
+    decoded: dict[str, Any] = orjson.loads(r.stdout)
+    return decoded
+
+
+async def test_every_git_watch_message_decodes_in_go(h: Harness, go_decode: Path) -> None:
+    repo = h.repo("go", origin="git@example.invalid:go.git", files={"a.go": "package a\n"})
+    chat = uuid.uuid4()
+    reader, writer = await asyncio.open_connection(h.api.host, h.api.port)
+    ws = await websocket_connect(reader, writer, "x", f"/api/v0/git/watch?chat_id={chat}")
+    raws: list[bytes] = []
+
+    async def receive() -> bytes:
+        async with asyncio.timeout(HANG_GUARD):
+            data = await ws.receive()
+        assert isinstance(data, str)
+        raws.append(data.encode())
+        return data.encode()
+
+    (repo / "<html> & é.txt").write_text("<b>\u2028 & \U0001f600</b>\n")
+    await h.write(repo / "a.go", "package b\n", chat)
+    changes = _go_decodes(go_decode, "WorkspaceAgentGitServerMessage", await receive())
+    (entry,) = changes["repositories"]
+    assert (entry["repo_root"], entry["branch"], entry["removed"]) == (str(repo), "main", False)
+    assert "+<b>\u2028 & \U0001f600</b>\n" in entry["unified_diff"]  # escaped on the wire
+    assert b"\\u003cb\\u003e" in raws[0] and b"\\u2028" in raws[0]
+    await ws.send('{"type":"nope"}\n')
+    err = _go_decodes(go_decode, "WorkspaceAgentGitServerMessage", await receive())
+    assert err == {"type": "error", "message": "unknown message type"}
+    shutil.rmtree(repo)
+    await ws.send('{"type":"refresh"}\n')
+    removed = _go_decodes(go_decode, "WorkspaceAgentGitServerMessage", await receive())
+    assert removed["repositories"][0]["removed"] is True
+    client = GitWatch.over(ws)
+    await client.refresh()
+    sent = go_json(GitClientMessage(type="refresh").to_json(), html_escape=False)  # as refresh()
+    assert _go_decodes(go_decode, "WorkspaceAgentGitClientMessage", sent) == {"type": "refresh"}
+    await client.close()
