@@ -456,6 +456,9 @@ cdef class TcpStack(_StackBase):
             d = c.tlp_at
             if d and (best == 0 or d < best):
                 best = d
+            d = c.reo_at
+            if d and (best == 0 or d < best):
+                best = d
         return best if best else None
 
     def handle_timer(self, double now) -> None:
@@ -467,7 +470,8 @@ cdef class TcpStack(_StackBase):
         for i in range(self.all_n):
             c = <TcpConn>self.all_conns[i]
             if (c.rtx_at and c.rtx_at <= now) or (c.delack_at and c.delack_at <= now) or \
-                    (c.expire_at and c.expire_at <= now) or (c.tlp_at and c.tlp_at <= now):
+                    (c.expire_at and c.expire_at <= now) or (c.tlp_at and c.tlp_at <= now) or \
+                    (c.reo_at and c.reo_at <= now):
                 due.append(c)
         for c in due:
             c._on_timer(now)
