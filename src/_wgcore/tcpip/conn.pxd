@@ -133,6 +133,7 @@ cdef class TcpConn:
     cdef uint64_t space_mark             # bytes_read at space_time
     # receiver side of DSACK (RFC 2883): a duplicate to report in the next ACK's first block
     cdef bint dsack_pending
+    cdef uint32_t quick_acks             # in-order segments still to ACK at once (Linux quickack)
     cdef uint32_t dsack_start, dsack_end
     # SACK scoreboard of our sent data (RFC 6675): `sacked` holds the SACKed ranges already
     # applied to `segq`, the per-segment retransmission queue that RACK (RFC 8985) works on
@@ -147,6 +148,9 @@ cdef class TcpConn:
     cdef int dupacks
     # RACK (RFC 8985 §6)
     cdef double rack_xmit_ts             # latest transmit time of a delivered segment
+    cdef double ack_first_ts             # this ACK: oldest first transmission it acknowledged
+    cdef double sack_first_ts            # ... and oldest first transmission it SACKed (0: none)
+    cdef bint ack_retrans                # ... it acknowledged a retransmitted segment
     cdef uint32_t rack_end_seq
     cdef double rack_rtt
     cdef bint rack_retrans               # that segment was a retransmission

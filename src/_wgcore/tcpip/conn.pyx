@@ -87,6 +87,7 @@ cdef double TLP_MIN_EXTRA = 0.002      # Linux TCP_TIMEOUT_MIN, added to the 2 *
 cdef double WC_DELACK = 0.2            # RFC 8985 §7.2 WCDelAckT: one segment in flight
 cdef int REO_WND_PERSIST = 16          # RFC 8985 §6.2: recoveries a grown reo_wnd_mult lasts
 cdef int DUP_THRESH = 3
+cdef uint32_t QUICK_ACKS = 16          # Linux TCP_MAX_QUICKACKS
 
 
 # -- Python names for states and events ------------------------------------------------------
@@ -909,6 +910,9 @@ cdef class TcpConn:
                 self.stack._want_output(self)
         if self.ts_ok and s.has_ts and s.tsecr:
             tsecr_ms = s.tsecr - self.ts_offset     # our ts_clock when the echoed segment left
+        self.ack_first_ts = 0
+        self.sack_first_ts = 0
+        self.ack_retrans = False
         if self.sack_ok and s.nsack:
             self.sack_blocks_received += s.nsack
             # RFC 2883 §4: a DSACK is a first block below the ACK or inside the second block.
@@ -934,12 +938,20 @@ cdef class TcpConn:
             if freed:
                 self.bytes_acked += freed
                 self._event(TEV_WRITABLE)
-            # RTT (RFC 7323 §4.1 with timestamps, else Karn's one timed segment).
-            if tsecr_ms:
+            # RTT, as Linux (tcp_ack_update_rtt): from the transmit time of the oldest segment
+            # this ACK acknowledged, unless it acknowledged a retransmission (Karn); else of
+            # the oldest it SACKed; else the timestamp echo (RFC 7323 §4.1), which after a
+            # loss echoes an older segment; else Karn's one timed segment.
+            if self.ack_first_ts and not self.ack_retrans:
+                rtt_sample(&self.rtt, now - self.ack_first_ts)
+            elif self.sack_first_ts:
+                rtt_sample(&self.rtt, now - self.sack_first_ts)
+            elif tsecr_ms:
                 rtt_sample(&self.rtt, <double>(ts_clock(now) - tsecr_ms) / 1000.0)
             elif self.rtt_timing and seq_gt(s.ack, self.rtt_seq):
-                self.rtt_timing = False
                 rtt_sample(&self.rtt, now - self.rtt_time)
+            self.rtt_timing = False if self.rtt_timing and seq_gt(s.ack, self.rtt_seq) \
+                else self.rtt_timing
             self.retries = 0
             self.dupacks = 0
             scoreboard_trim(&self.sacked, self.snd_una)
@@ -992,6 +1004,8 @@ cdef class TcpConn:
                 and self.snd_una != self.snd_max and self.snd_wnd == old_wnd:
             # RFC 5681 §2 duplicate ACK
             self.dupacks += 1
+            if self.sack_first_ts:
+                rtt_sample(&self.rtt, now - self.sack_first_ts)
             if self.sacked_bytes:
                 self.tlp_at = 0          # RFC 8985 §7.2: RACK's timer takes over
         if self.snd_una != self.snd_max:
@@ -1001,6 +1015,8 @@ cdef class TcpConn:
             delivered = <int64_t>(self.snd_una - una_before) + <int64_t>self.sacked_bytes \
                 - <int64_t>sacked_before
             self._prr_update(<uint32_t>delivered if delivered > 0 else 0)
+        if self.in_recovery or self.sacked_bytes != sacked_before:
+            self.stack._want_output(self)     # the window or the pipe changed
         return 0
 
     # -- loss recovery: scoreboard, RACK-TLP, PRR, DSACK -----------------------------------
@@ -1017,6 +1033,10 @@ cdef class TcpConn:
                     self.sacked_bytes -= rec.end - rec.start
                 else:
                     self._rack_delivered(rec, now, tsecr_ms)
+                    if rec.flags & SEG_EVER_RETRANS:
+                        self.ack_retrans = True
+                    elif self.ack_first_ts == 0 or rec.xmit_ts < self.ack_first_ts:
+                        self.ack_first_ts = rec.xmit_ts
                 if rec.flags & SEG_LOST:
                     self.lost_bytes -= rec.end - rec.start
                 segq_pop_front(&self.segq)
@@ -1068,6 +1088,9 @@ cdef class TcpConn:
                     rec.flags &= ~SEG_LOST
                     self.lost_bytes -= rec.end - rec.start
                 self._rack_delivered(rec, now, tsecr_ms)
+                if not (rec.flags & SEG_EVER_RETRANS) and (
+                        self.sack_first_ts == 0 or rec.xmit_ts < self.sack_first_ts):
+                    self.sack_first_ts = rec.xmit_ts
             i += 1
 
     cdef void _rack_delivered(self, SegRec* rec, double now, uint32_t tsecr_ms):
@@ -1248,6 +1271,7 @@ cdef class TcpConn:
 
     cdef void _note_dsack(self, uint32_t start, uint32_t end):
         """Receiver: report [start, end) as a duplicate in the next ACK (RFC 2883)."""
+        self.quick_acks = QUICK_ACKS
         if self.sack_ok:
             self.dsack_pending = True
             self.dsack_start = start
@@ -1340,13 +1364,20 @@ cdef class TcpConn:
                 # the hole filled: merge the ranges now in order (RFC 5681 §4.2: ACK at once)
                 self.rcv_nxt = assembler_advance(&self.ooo, self.rcv_nxt)
                 self.ack_now = True
+                self.quick_acks = QUICK_ACKS
                 if self.peer_fin_pending and self.rcv_nxt == self.peer_fin_seq:
                     self._receive_fin(now)
             self.segs_unacked += 1
+            if self.quick_acks:
+                # after loss or reordering, ACK every segment for a while (Linux quickack
+                # mode): the sender's window is small then, delayed ACKs would stall it
+                self.quick_acks -= 1
+                self.ack_now = True
             self._event(TEV_READABLE)
             self.stack._want_output(self)
         else:
             self.ooo_segments += 1
+            self.quick_acks = QUICK_ACKS
             for k in range(self.ooo.n):
                 if seq_le(self.ooo.r[k].start, s.seq) and seq_le(end, self.ooo.r[k].end):
                     self._note_dsack(s.seq, end)   # RFC 2883 §4.1.2: a duplicate above a hole
@@ -1528,8 +1559,8 @@ cdef class TcpConn:
         if self.rtx_at == 0 or self.persist:
             self.persist = False
             self.rtx_at = now + self.rtt.rto
-        if not rexmit and self.tlp_at == 0:
-            self._arm_tlp(now)
+        if not rexmit:
+            self._arm_tlp(now)       # RFC 8985 §7.2: (re)start the probe timer after new data
         return n
 
     cdef uint32_t _emit(self, PacketBatch tx, uint32_t seq, uint8_t flags, uint32_t n,
