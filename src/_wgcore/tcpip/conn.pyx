@@ -63,7 +63,8 @@ from _wgcore.tcpip.wire cimport (
 from _wgcore.tcpip.storage cimport (
     send_ring_init, send_ring_release, send_ring_append, send_ring_ack, send_ring_copy,
     recv_ring_init, recv_ring_release, recv_ring_space, recv_ring_write, recv_ring_read,
-    recv_ring_grow, ranges_insert, assembler_advance, scoreboard_trim,
+    recv_ring_grow, ranges_init, ranges_release, ranges_insert, assembler_advance,
+    scoreboard_trim, OOO_RANGES, SACK_RANGES,
     SEG_SACKED, SEG_LOST, SEG_RETRANS, SEG_EVER_RETRANS, SegRec, segq_init, segq_release,
     segq_push, segq_insert_after, segq_find, segq_pop_front, segq_at,
 )
@@ -208,6 +209,9 @@ cdef class TcpConn:
         send_ring_release(&self.sbuf)
         recv_ring_release(&self.rbuf)
         segq_release(&self.segq)
+        ranges_release(&self.ooo)
+        ranges_release(&self.sacked)
+        ranges_release(&self.retx_ranges)
         if self.stack is not None:
             self.stack.buffer_bytes -= self.buf_bytes
 
@@ -223,6 +227,9 @@ cdef class TcpConn:
         self.rcv_wscale = 0
         send_ring_init(&self.sbuf, 65536, stack.send_buffer)
         segq_init(&self.segq, 64)
+        ranges_init(&self.ooo, OOO_RANGES)
+        ranges_init(&self.sacked, SACK_RANGES)
+        ranges_init(&self.retx_ranges, SACK_RANGES)
         self.reo_wnd_mult = 1
         recv_ring_init(&self.rbuf, umin(stack.receive_buffer_initial, stack.receive_buffer),
                        stack.receive_buffer)
@@ -233,6 +240,7 @@ cdef class TcpConn:
         self.ts_offset = load_u32be(d + 4)
         self.snd_una = self.iss
         self.snd_max = self.iss
+        self.rack_fack = self.iss
         self.sbuf.seq = self.iss + 1
         self._account()
         cubic_init(&self.cc, INITIAL_CWND_SEGMENTS * 1220)   # until the MSS is known
@@ -427,7 +435,8 @@ cdef class TcpConn:
             "recoveries": self.recoveries, "rto_count": self.timeouts,
             "spurious_retrans": self.spurious_retrans, "undo_count": self.undo_count,
             "dsack_received": self.dsack_received, "dsack_sent": self.dsack_sent,
-            "lost": self.lost_bytes, "reordering_seen": self.reordering_seen,
+            "lost": self.lost_bytes, "in_recovery": self.in_recovery,
+            "reordering_seen": self.reordering_seen,
             "reo_wnd": self._reo_wnd(), "reo_wnd_mult": self.reo_wnd_mult,
             "prr_delivered": self.prr_delivered, "prr_out": self.prr_out,
             "sack": self.sack_ok, "timestamps": self.ts_ok,
@@ -477,8 +486,9 @@ cdef class TcpConn:
             send_ring_release(&self.sbuf)
         if self.rbuf.data != NULL and self._readable() == 0:
             recv_ring_release(&self.rbuf)
-        self.ooo.n = 0
-        self.sacked.n = 0
+        ranges_release(&self.ooo)
+        ranges_release(&self.sacked)
+        ranges_release(&self.retx_ranges)
         self.sacked_bytes = 0
         self.lost_bytes = 0
         segq_release(&self.segq)
@@ -1102,12 +1112,11 @@ cdef class TcpConn:
             self.rack_fack = rec.end
         elif seq_lt(rec.end, self.rack_fack) and not (rec.flags & SEG_EVER_RETRANS):
             self.reordering_seen = True
-        # step 2: ambiguous samples of retransmitted segments are left out
-        if rec.flags & SEG_EVER_RETRANS:
-            if rtt < self.rtt.min_rtt:
-                return
-            if tsecr_ms and <int32_t>(tsecr_ms - ts_clock(rec.xmit_ts)) < 0:
-                return
+        # step 2: an ACK of a retransmitted segment sooner than min_rtt after it was sent
+        # acknowledges the original (the timestamp echo cannot tell: for data above a hole
+        # the receiver echoes an older timestamp, RFC 7323 §4.3)
+        if rec.flags & SEG_EVER_RETRANS and rtt + 1e-6 < self.rtt.min_rtt:
+            return
         if self.rack_xmit_ts == 0 or rec.xmit_ts > self.rack_xmit_ts or \
                 (rec.xmit_ts == self.rack_xmit_ts and seq_gt(rec.end, self.rack_end_seq)):
             self.rack_xmit_ts = rec.xmit_ts
@@ -1247,6 +1256,7 @@ cdef class TcpConn:
             return
         segs = <int>((right - left + self.smss - 1) // self.smss)
         self.spurious_retrans += segs
+        self.reordering_seen = True      # what looked lost was only late
         if self.dsack_round_set and seq_ge(self.snd_una, self.dsack_round):
             self.dsack_round_set = False
         if not self.dsack_round_set:

@@ -4,7 +4,8 @@
 from libc.stdint cimport uint8_t, uint32_t
 
 cdef enum:
-    MAX_SACK_BLOCKS = 32           # ranges kept per set (out-of-order data, SACKed data)
+    OOO_RANGES = 256               # out-of-order ranges the assembler keeps (Linux: no limit)
+    SACK_RANGES = 64               # SACKed ranges applied, retransmitted ranges of an episode
 
 
 cdef struct Range:
@@ -13,8 +14,9 @@ cdef struct Range:
 
 
 cdef struct RangeSet:
-    Range r[MAX_SACK_BLOCKS]       # sorted, disjoint, not touching
+    Range* r                       # sorted, disjoint, not touching; `cap` allocated
     int n
+    int cap
 
 
 cdef struct SendRing:
@@ -74,6 +76,8 @@ cdef void recv_ring_write(RecvRing* r, uint32_t seq, const uint8_t* src, uint32_
 cdef void recv_ring_read(RecvRing* r, uint8_t* dst, uint32_t n) noexcept nogil
 cdef int recv_ring_grow(RecvRing* r, uint32_t cap) except -1
 
+cdef int ranges_init(RangeSet* s, int cap) except -1
+cdef void ranges_release(RangeSet* s) noexcept
 cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nogil
 cdef uint32_t ranges_total(const RangeSet* s) noexcept nogil
 cdef uint32_t assembler_advance(RangeSet* s, uint32_t rcv_nxt) noexcept nogil

@@ -16,7 +16,7 @@ functions are its only mutators besides ``conn``'s bookkeeping. No Python object
   or not (``recv_ring_write``, after ``recv_ring_space`` bounded it); the application takes
   in-order bytes from the head (``recv_ring_read``). Auto-tuning grows it (``recv_ring_grow``),
   keeping everything from ``read_seq`` to the old end.
-* **Range sets** (:c:type:`RangeSet`): at most MAX_SACK_BLOCKS sorted, disjoint, non-touching
+* **Range sets** (:c:type:`RangeSet`): at most ``cap`` (heap-allocated) sorted, disjoint, non-touching
   ``[start, end)`` sequence ranges; inserting merges with every range it overlaps or touches.
   - As the **assembler**: the out-of-order ranges already in the receive ring. When the hole
     before the first range fills, ``assembler_advance`` moves ``rcv_nxt`` over every range now
@@ -184,6 +184,22 @@ cdef int recv_ring_grow(RecvRing* r, uint32_t cap) except -1:
 
 # -- range sets: assembler and scoreboard ------------------------------------------------------
 
+cdef int ranges_init(RangeSet* s, int cap) except -1:
+    s.r = <Range*>PyMem_Malloc(cap * sizeof(Range))
+    if s.r == NULL:
+        raise MemoryError()
+    s.n = 0
+    s.cap = cap
+    return 0
+
+
+cdef void ranges_release(RangeSet* s) noexcept:
+    PyMem_Free(s.r)
+    s.r = NULL
+    s.n = 0
+    s.cap = 0
+
+
 cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nogil:
     """Add [left, right), merging with what it overlaps or touches; False when the set is full
     and the range could not be kept."""
@@ -203,7 +219,7 @@ cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nog
             memmove(&s.r[i + 1], &s.r[j], (s.n - j) * sizeof(Range))
             s.n -= j - i - 1
         return True
-    if s.n == MAX_SACK_BLOCKS:
+    if s.n >= s.cap:
         return False
     for j in range(s.n, i, -1):
         s.r[j] = s.r[j - 1]
