@@ -79,6 +79,7 @@ import hashlib as _hashlib
 
 # Seconds (and counts) of the connection's own timers.
 cdef double DELACK_TIMEOUT = 0.04      # RFC 9293 §3.8.6.3: < 0.5 s; Linux's minimum
+cdef double DELACK_MIN = 0.005         # ... shorter on a short path: 2 x the receiver's RTT
 cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN (stack.time_wait)
 cdef double FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, after the application closed
 cdef double SYN_RECEIVED_TIMEOUT = 75.0  # a half-open connection gives up (Linux: 63-75 s)
@@ -559,7 +560,7 @@ cdef class TcpConn:
                 self.stack._want_output(self)
         if self.tlp_at and self.tlp_at <= now:
             self.tlp_at = 0
-            if not self.in_recovery and not self.tlp_active and self.snd_una != self.snd_max \
+            if not self.tlp_active and self.snd_una != self.snd_max \
                     and self._state >= ESTABLISHED and not self.persist:
                 self.tlp_send = True
                 self.tail_probes += 1
@@ -573,16 +574,16 @@ cdef class TcpConn:
 
     cdef void _arm_tlp(self, double now):
         # RFC 8985 §7.2: PTO = 2 * SRTT, plus the peer's delayed-ACK time when only one
-        # segment is in flight (else Linux's 2 ms); never later than the RTO. Not during
-        # recovery, with a probe outstanding, or once segments are SACKed (RACK's timer then).
+        # segment is in flight (else Linux's 2 ms); never later than the RTO. One probe at a
+        # time. Unlike RFC 8985 (and like QUIC's PTO) also during recovery: when the last
+        # ACKs of a recovery are lost, nothing else would reveal the loss before the RTO.
         cdef double pto
-        if self.rtt.srtt == 0 or self.in_recovery or self.tlp_active \
-                or self.snd_una == self.snd_max or self.sacked_bytes:
+        if self.rtt.srtt == 0 or self.tlp_active or self.snd_una == self.snd_max:
             self.tlp_at = 0
             return
         pto = 2 * self.rtt.srtt
-        if self.snd_max - self.snd_una <= self.smss:
-            pto += WC_DELACK
+        if self.snd_max - self.snd_una <= self.smss and not self.in_recovery:
+            pto += WC_DELACK             # (a retransmission fills a hole: ACKed at once)
         else:
             pto += TLP_MIN_EXTRA
         if self.rtx_at and now + pto >= self.rtx_at:
@@ -1016,8 +1017,8 @@ cdef class TcpConn:
             self.dupacks += 1
             if self.sack_first_ts:
                 rtt_sample(&self.rtt, now - self.sack_first_ts)
-            if self.sacked_bytes:
-                self.tlp_at = 0          # RFC 8985 §7.2: RACK's timer takes over
+            if self.sacked_bytes != sacked_before:
+                self._arm_tlp(now)       # progress: the probe waits from here
         if self.snd_una != self.snd_max:
             self._detect_loss(now)
         if self.in_recovery and not self.rto_recovery:
@@ -1194,7 +1195,6 @@ cdef class TcpConn:
         self.prr_delivered = 0
         self.prr_out = 0
         self.recover_fs = self.snd_max - self.snd_una
-        self.tlp_at = 0
 
     cdef void _prr_update(self, uint32_t delivered):
         """RFC 6937 with the slow-start reduction bound (PRR-SSRB), per ACK in recovery."""
@@ -1425,6 +1425,7 @@ cdef class TcpConn:
         cdef uint32_t pipe, room, wnd_end, data_end, n, seq, hole_end
         cdef uint32_t in_flight, i
         cdef uint8_t flags
+        cdef double delack
         cdef SegRec* rec
         if self._state == CLOSED:
             return 0
@@ -1531,7 +1532,11 @@ cdef class TcpConn:
                 return 1
             self._emit(tx, self.snd_max, F_ACK, 0, now)
         elif self.segs_unacked == 1 and not sent_any and self.delack_at == 0:
-            self.delack_at = now + DELACK_TIMEOUT
+            # A lone segment waits for a second one at most 2 RTTs (within [5, 40] ms): on a
+            # short path a sender with a small window (after a loss) would stall far longer.
+            delack = 2 * self.rcv_rtt if self.rcv_rtt > 0 else DELACK_TIMEOUT
+            self.delack_at = now + (DELACK_MIN if delack < DELACK_MIN else
+                                    DELACK_TIMEOUT if delack > DELACK_TIMEOUT else delack)
         return 0
 
     cdef uint32_t _send_range(self, PacketBatch tx, uint32_t seq, uint32_t n, uint32_t data_end,
@@ -1569,7 +1574,7 @@ cdef class TcpConn:
         if self.rtx_at == 0 or self.persist:
             self.persist = False
             self.rtx_at = now + self.rtt.rto
-        if not rexmit:
+        if not rexmit or self.tlp_at == 0:
             self._arm_tlp(now)       # RFC 8985 §7.2: (re)start the probe timer after new data
         return n
 
