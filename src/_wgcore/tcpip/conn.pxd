@@ -164,6 +164,7 @@ cdef class TcpConn:
     cdef bint tlp_active                 # a probe is outstanding (TLP.end_seq set)
     cdef bint tlp_is_retrans
     cdef uint32_t tlp_end_seq
+    cdef int tlp_count                   # probes since the ACKs last made progress
     # PRR (RFC 6937)
     cdef uint32_t prr_delivered, prr_out, recover_fs
     # undo of a spurious reduction (RFC 3708 / Linux): the state before the episode

@@ -560,11 +560,13 @@ cdef class TcpConn:
                 self.stack._want_output(self)
         if self.tlp_at and self.tlp_at <= now:
             self.tlp_at = 0
-            if not self.tlp_active and self.snd_una != self.snd_max \
-                    and self._state >= ESTABLISHED and not self.persist:
+            if self.snd_una != self.snd_max and self._state >= ESTABLISHED and not self.persist \
+                    and not (self.tlp_count and self.rtx_at and self.rtx_at <= now):
                 self.tlp_send = True
                 self.tail_probes += 1
-                self.rtx_at = now + self.rtt.rto   # the RTO restarts behind the probe
+                if self.tlp_count == 0:
+                    self.rtx_at = now + self.rtt.rto   # the RTO restarts behind a first probe
+                self.tlp_count += 1
                 self.stack._want_output(self)
         if self.rtx_at and self.rtx_at <= now:
             self.rtx_at = 0
@@ -574,11 +576,13 @@ cdef class TcpConn:
 
     cdef void _arm_tlp(self, double now):
         # RFC 8985 §7.2: PTO = 2 * SRTT, plus the peer's delayed-ACK time when only one
-        # segment is in flight (else Linux's 2 ms); never later than the RTO. One probe at a
-        # time. Unlike RFC 8985 (and like QUIC's PTO) also during recovery: when the last
-        # ACKs of a recovery are lost, nothing else would reveal the loss before the RTO.
+        # segment is in flight (else Linux's 2 ms); never later than the RTO. Unlike RFC 8985
+        # (and like QUIC's PTO, RFC 9002 §6.2) also during recovery and again after an
+        # unanswered probe, doubling each time: when the last ACKs of a recovery are lost,
+        # nothing else would reveal the loss before the RTO. Only the first probe of a
+        # silence pushes the RTO back, so a dead path still times out.
         cdef double pto
-        if self.rtt.srtt == 0 or self.tlp_active or self.snd_una == self.snd_max:
+        if self.rtt.srtt == 0 or self.snd_una == self.snd_max:
             self.tlp_at = 0
             return
         pto = 2 * self.rtt.srtt
@@ -586,6 +590,8 @@ cdef class TcpConn:
             pto += WC_DELACK             # (a retransmission fills a hole: ACKed at once)
         else:
             pto += TLP_MIN_EXTRA
+        if self.tlp_count:
+            pto *= 1 << (self.tlp_count if self.tlp_count < 6 else 6)
         if self.rtx_at and now + pto >= self.rtx_at:
             self.tlp_at = self.rtx_at      # RFC 8985 §7.2: the probe replaces the first RTO
             return
@@ -980,16 +986,14 @@ cdef class TcpConn:
             else:
                 cubic_on_ack(&self.cc, acked, flight_before, self.smss, self.rtt.srtt, now)
             # RFC 8985 §7.4: the end of a TLP episode (Linux tcp_process_tlp_ack).
+            self.tlp_count = 0
             if self.tlp_active and seq_ge(s.ack, self.tlp_end_seq):
-                if not self.tlp_is_retrans or dsack:
-                    self.tlp_active = False
-                elif seq_gt(s.ack, self.tlp_end_seq):
-                    # the probe repaired a loss: a congestion event, unless recovery had one
-                    self.tlp_active = False
+                self.tlp_active = False
+                if self.tlp_is_retrans and not dsack and not self.in_recovery:
+                    # the probe repaired a loss on its own: a congestion event (§7.4.2)
                     self.tlp_recoveries += 1
-                    if not self.in_recovery:
-                        cubic_on_congestion(&self.cc, self.smss, flight_before)
-                        self.cc.cwnd = self.cc.ssthresh
+                    cubic_on_congestion(&self.cc, self.smss, flight_before)
+                    self.cc.cwnd = self.cc.ssthresh
             if self.snd_una == self.snd_max:
                 self.rtx_at = 0
                 self.tlp_at = 0
@@ -1018,6 +1022,7 @@ cdef class TcpConn:
             if self.sack_first_ts:
                 rtt_sample(&self.rtt, now - self.sack_first_ts)
             if self.sacked_bytes != sacked_before:
+                self.tlp_count = 0
                 self._arm_tlp(now)       # progress: the probe waits from here
         if self.snd_una != self.snd_max:
             self._detect_loss(now)
