@@ -79,7 +79,7 @@ import hashlib as _hashlib
 
 # Seconds (and counts) of the connection's own timers.
 cdef double DELACK_TIMEOUT = 0.04      # RFC 9293 §3.8.6.3: < 0.5 s; Linux's minimum
-cdef double DELACK_MIN = 0.005         # ... shorter on a short path: 2 x the receiver's RTT
+cdef double DELACK_MIN = 0.001         # ... shorter on a short path: 2 x the receiver's RTT
 cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN (stack.time_wait)
 cdef double FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, after the application closed
 cdef double SYN_RECEIVED_TIMEOUT = 75.0  # a half-open connection gives up (Linux: 63-75 s)
@@ -1537,7 +1537,7 @@ cdef class TcpConn:
                 return 1
             self._emit(tx, self.snd_max, F_ACK, 0, now)
         elif self.segs_unacked == 1 and not sent_any and self.delack_at == 0:
-            # A lone segment waits for a second one at most 2 RTTs (within [5, 40] ms): on a
+            # A lone segment waits for a second one at most 2 RTTs (within [1, 40] ms): on a
             # short path a sender with a small window (after a loss) would stall far longer.
             delack = 2 * self.rcv_rtt if self.rcv_rtt > 0 else DELACK_TIMEOUT
             self.delack_at = now + (DELACK_MIN if delack < DELACK_MIN else
