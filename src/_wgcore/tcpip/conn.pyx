@@ -19,8 +19,35 @@ Inputs, each a method of :class:`TcpConn`:
 * expired deadlines, from the stack: ``_on_timer`` (retransmission or zero-window probe, delayed
   ACK, tail-loss probe, TIME_WAIT / FIN_WAIT_2 / SYN_RECEIVED expiry);
 * an output opportunity, from the stack: ``_output`` cuts what is due into a packet batch:
-  SYN/SYN-ACK, a tail-loss probe, lost data first (RFC 6675 NextSeg), new data within
+  SYN/SYN-ACK, a tail-loss probe, segments marked lost first (RFC 6675 NextSeg), new data within
   min(cwnd, peer window), our FIN, then an owed ACK (``_emit`` lays each segment out).
+
+Loss recovery, per segment and in C (Linux's defaults are the reference):
+
+* every segment sent and not yet cumulatively acknowledged has a record in ``segq`` (sequence
+  range, latest transmit time, SACKed / lost / retransmitted flags); SACK blocks mark records
+  (``_sack_records``), the cumulative ACK retires them (``_ack_records``);
+* RACK (RFC 8985 §6, ``_rack_delivered`` / ``_rack_detect``) marks lost every unSACKed segment
+  sent more than RACK.rtt + reo_wnd before the most recently sent delivered one, so a lost
+  retransmission is found like any other loss; reo_wnd is min_rtt / 4 (0 before reordering is
+  seen, once three segments are SACKed), widened by DSACKs of spurious retransmissions and
+  capped at SRTT; segments still inside it arm the reordering timer (``reo_at``). Without SACK,
+  three duplicate ACKs or a NewReno partial ACK mark the first segment;
+* the tail-loss probe (RFC 8985 §7, ``tlp_at``) sends new data or the last segment after
+  PTO = 2 SRTT (+ 2 ms, or + 200 ms for one segment in flight); as in QUIC also during
+  recovery and again, doubled, when unanswered; only the first probe of a silence pushes the
+  RTO back;
+* the first segment marked lost starts an episode (``_enter_recovery``): one CUBIC reduction
+  (beta 0.7, RFC 9438), then PRR-SSRB (RFC 6937, ``_prr_update``) paces cwnd down to ssthresh
+  per ACK; losses within the episode (retransmissions included) reduce nothing more;
+* DSACK (RFC 2883): the receiver reports duplicates in the first SACK block
+  (``_note_dsack``); the sender (``_on_dsack``) counts a duplicate of one of its
+  retransmissions as spurious, widens reo_wnd, and restores the window from before the episode
+  once every retransmission of it was spurious (RFC 3708, Linux's undo). Duplicates of first
+  transmissions (the network's) change nothing;
+* counters for each: ``rack_marks``, ``tlp_probes``, ``tlp_recoveries``, ``recoveries``,
+  ``timeouts`` (``rto_count``), ``spurious_retrans``, ``undo_count``, ``dsack_received`` /
+  ``dsack_sent``, ``prr_delivered`` / ``prr_out`` in :meth:`TcpConn.counters`.
 
 Outputs: segments in the caller's batch; events for Python (:class:`TcpEvent`, collected once
 per connection per batch through the stack's touched list); RSTs and zero-window probes queued
