@@ -1492,8 +1492,15 @@ cdef class TcpConn:
                 # RFC 8985 §7.3: send new data if the window allows, else resend the last segment
                 wnd_end = self.snd_una + self.snd_wnd
                 if seq_lt(self.snd_max, data_end) and seq_gt(wnd_end, self.snd_max):
-                    n = umin(umin(data_end - self.snd_max, self.smss), wnd_end - self.snd_max)
-                    self._send_range(tx, self.snd_max, n, data_end, now, False)
+                    # two segments where there are (RFC 9002 §6.2.4 allows two probes): a
+                    # receiver ACKs every second segment at once, a lone one only after its
+                    # delayed-ACK timer (Linux: 40 ms)
+                    for i in range(2):
+                        if not (seq_lt(self.snd_max, data_end) and seq_gt(wnd_end, self.snd_max)) \
+                                or tx.count >= tx.slots:
+                            break
+                        n = umin(umin(data_end - self.snd_max, self.smss), wnd_end - self.snd_max)
+                        self._send_range(tx, self.snd_max, n, data_end, now, False)
                     self.tlp_is_retrans = False
                 else:
                     rec = segq_at(&self.segq, self.segq.n - 1)
