@@ -31,8 +31,9 @@ Loss recovery, per segment and in C (Linux's defaults are the reference):
   sent more than RACK.rtt + reo_wnd before the most recently sent delivered one, so a lost
   retransmission is found like any other loss; reo_wnd is min_rtt / 4 (0 before reordering is
   seen, once three segments are SACKed), widened by DSACKs of spurious retransmissions and
-  capped at 2 SRTT (the RFC: SRTT); segments still inside it arm the reordering timer (``reo_at``). Without SACK,
-  three duplicate ACKs or a NewReno partial ACK mark the first segment;
+  capped at 2 SRTT (the RFC: SRTT); segments still inside it arm the reordering timer
+  (``reo_at``). Without SACK, three duplicate ACKs or a NewReno partial ACK mark the first
+  segment;
 * the tail-loss probe (RFC 8985 §7, ``tlp_at``) sends new data or the last segment after
   PTO = 2 SRTT (+ 2 ms, or + 200 ms for one segment in flight); as in QUIC also during
   recovery and again, doubled, when unanswered; only the first probe of a silence pushes the
