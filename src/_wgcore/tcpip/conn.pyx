@@ -1285,7 +1285,8 @@ cdef class TcpConn:
         if not seq_lt(left, right):
             return
         for j in range(self.retx_ranges.n):
-            if seq_le(self.retx_ranges.r[j].start, left) and seq_le(right, self.retx_ranges.r[j].end):
+            if seq_le(self.retx_ranges.r[j].start, left) \
+                    and seq_le(right, self.retx_ranges.r[j].end):
                 retx = True
                 break
         if not retx:

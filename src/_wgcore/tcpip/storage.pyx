@@ -16,8 +16,9 @@ functions are its only mutators besides ``conn``'s bookkeeping. No Python object
   or not (``recv_ring_write``, after ``recv_ring_space`` bounded it); the application takes
   in-order bytes from the head (``recv_ring_read``). Auto-tuning grows it (``recv_ring_grow``),
   keeping everything from ``read_seq`` to the old end.
-* **Range sets** (:c:type:`RangeSet`): at most ``cap`` (heap-allocated) sorted, disjoint, non-touching
-  ``[start, end)`` sequence ranges; inserting merges with every range it overlaps or touches.
+* **Range sets** (:c:type:`RangeSet`): at most ``cap`` (a heap array) sorted, disjoint,
+  non-touching ``[start, end)`` sequence ranges; inserting merges with every range it overlaps
+  or touches.
   - As the **assembler**: the out-of-order ranges already in the receive ring. When the hole
     before the first range fills, ``assembler_advance`` moves ``rcv_nxt`` over every range now
     in order and drops them. A full set refuses a new range (the segment is dropped, counted).
