@@ -183,7 +183,7 @@ class Relay:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, _ = self.proc.communicate()
-        return out.strip()
+        return str(out).strip()
 
 
 def _free_udp_port() -> int:
@@ -193,6 +193,7 @@ def _free_udp_port() -> int:
 
 
 def _run_async(coro: Any) -> Any:
+    loop: asyncio.AbstractEventLoop
     try:
         import uvloop
         loop = uvloop.new_event_loop()
@@ -284,7 +285,8 @@ def case_ours_ours(loss: float, nbytes: int, args: Any, seed: int) -> dict[str, 
             await a.close()
             await b.close()
 
-    return _run_async(main())
+    result: dict[str, Any] = _run_async(main())
+    return result
 
 
 def _tcp_timeouts(ns: Any) -> int:
@@ -300,7 +302,7 @@ def _tcp_timeouts(ns: Any) -> int:
 def kernel_topology() -> Iterator[dict[str, Any]]:
     """nsA (wireguard-go A + kernel client, and our socket for (c)) -veth- nsR (relay) -veth-
     nsB (wireguard-go B + kernel sink)."""
-    import netns
+    import netns  # type: ignore[import-not-found]
     from netns import Namespace, WireGuardGo, genkey, pubkey, veth_pair
 
     missing = netns.prerequisites(())
@@ -389,7 +391,7 @@ def case_ours_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any,
             await tunnel.close()
 
     try:
-        res = _run_async(main())
+        res: dict[str, Any] = _run_async(main())
         res["relay"] = relay.stop()
         return res
     finally:
@@ -424,6 +426,8 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                     continue
                 if case == "a":
                     res = case_ours_ours(loss, nbytes, args, args.seed)
+                elif topo is None:
+                    continue
                 elif case == "b":
                     res = case_kernel_kernel(topo, loss, nbytes, args, args.seed)
                 else:
