@@ -1508,7 +1508,11 @@ cdef class TcpConn:
                         self._send_range(tx, self.snd_max, n, data_end, now, False)
                     self.tlp_is_retrans = False
                 else:
-                    rec = segq_at(&self.segq, self.segq.n - 1)
+                    # the highest segment not SACKed (the last one, unless SACKs came back)
+                    i = self.segq.n
+                    while i > 1 and segq_at(&self.segq, i - 1).flags & SEG_SACKED:
+                        i -= 1
+                    rec = segq_at(&self.segq, i - 1)
                     seq = rec.start
                     n = rec.end - seq
                     if self.fin_sent and rec.end == self.fin_seq + 1:
