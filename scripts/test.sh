@@ -5,7 +5,8 @@
 #      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
-#   4. pip install the repaired wheel with the [test] extra
+#   4. pip install the repaired wheel with the [test] and [docs] extras; build the API
+#      reference (scripts/docs.sh: Sphinx, warnings are errors)
 #   5. python -m pytest tests -q -p no:cacheprovider "$@"
 #   6. the portable pass (issue 17): build a second wheel with AGENTCONN_PORTABLE=1 (the POSIX
 #      recvmsg/sendmsg path macOS and the BSDs get instead of recvmmsg/sendmmsg + UDP GRO/GSO),
@@ -110,7 +111,7 @@ WHEEL=${repaired[0]}
 
 # --- 4. install it with the test extra -----------------------------------------------------
 log "installing ${WHEEL##*/}[test]"
-"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test]"
+"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test,docs]"
 
 # The tests must exercise the installed wheel, never src/ (src layout: src/ is not on
 # sys.path when running from the repo root). Prove it.
@@ -129,6 +130,10 @@ while IFS= read -r f; do
     esac
     [[ $f == "$VENV"/* ]] || die "$f is not inside $VENV: the tests would not test the installed wheel"
 done <<<"$location"
+
+# --- 4b. the API reference builds from the installed package's docstrings, warning-free -----
+log "building the API reference (scripts/docs.sh, warnings are errors)"
+PYTHON=$VPY bash "$ROOT/scripts/docs.sh" || die "the API reference (docs/) does not build cleanly"
 
 # --- 5. run the tests ----------------------------------------------------------------------
 log "running pytest${CI:+ (CI=$CI)}"

@@ -199,6 +199,7 @@ class SyncTunnelTransport(httpx.BaseTransport):
         self._run = run
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the tunnel on the portal loop; the body streams back."""
         try:
             content: Any = request.content               # a body given as bytes
         except httpx.RequestNotRead:
