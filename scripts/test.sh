@@ -110,7 +110,7 @@ repaired=("$ROOT"/wheelhouse/agentconn-*manylinux*.whl)
 WHEEL=${repaired[0]}
 
 # --- 4. install it with the test extra -----------------------------------------------------
-log "installing ${WHEEL##*/}[test]"
+log "installing ${WHEEL##*/}[test,docs]"
 "$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test,docs]"
 
 # The tests must exercise the installed wheel, never src/ (src layout: src/ is not on
