@@ -53,6 +53,8 @@ extensions = [
 ]
 
 setup(
+    # Compile the extensions side by side (setuptools' build_ext --parallel).
+    options={"build_ext": {"parallel": os.cpu_count() or 1}},
     ext_modules=cythonize(
         extensions,
         compiler_directives={"language_level": "3", "linetrace": linetrace, "embedsignature": True},

@@ -12,7 +12,7 @@
 #      recvmsg/sendmsg path macOS and the BSDs get instead of recvmmsg/sendmmsg + UDP GRO/GSO),
 #      install it over the first and run the tests that drive the extensions' I/O again:
 #      $PORTABLE_TESTS (default: tests/wgcore tests/wg tests/aio tests/node tests/interop
-#      tests/client tests/cli; PORTABLE_TESTS=tests for all; PORTABLE_PASS=0 skips the pass).
+#      tests/client; PORTABLE_TESTS=tests for all; PORTABLE_PASS=0 skips the pass).
 #      tests/wgcore/test_portable.py asserts _wgcore.udpio.BACKEND == "portable" there.
 # CI=true is passed through untouched (interop tests then fail instead of skipping).
 # Exit status is the first failing pytest's, except that "no tests collected" (5) counts as a
@@ -24,7 +24,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv-test
 PYTHON=${PYTHON:-python3}
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+log() { printf '\n==> [+%ss] %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. system packages ------------------------------------------------------------------
@@ -150,7 +150,7 @@ if [[ ${PORTABLE_PASS:-1} == 0 ]]; then
     log "portable pass skipped (PORTABLE_PASS=0)"
     exit "$rc"
 fi
-read -r -a portable_tests <<<"${PORTABLE_TESTS:-tests/wgcore tests/wg tests/aio tests/node tests/interop tests/client tests/cli}"
+read -r -a portable_tests <<<"${PORTABLE_TESTS:-tests/wgcore tests/wg tests/aio tests/node tests/interop tests/client}"
 log "building the portable wheel (AGENTCONN_PORTABLE=1)"
 rm -rf "$ROOT/build" "$ROOT/dist-portable"
 AGENTCONN_PORTABLE=1 "$VPY" -m build --wheel --outdir "$ROOT/dist-portable" "$ROOT"
