@@ -39,7 +39,8 @@ from .client.conn import AgentConn, FileStream
 from .web.errors import ConnectionClosed
 from .web.websocket import WebSocket
 
-__all__ = ["SyncAgentConn", "SyncFileStream", "SyncWebSocket", "connect", "dial", "run"]
+__all__ = ["SyncAgentConn", "SyncFileStream", "SyncGitWatch", "SyncWebSocket", "connect", "dial",
+           "run"]
 
 T = TypeVar("T")
 
@@ -213,6 +214,40 @@ class SyncWebSocket:
         self.close()
 
 
+class SyncGitWatch:
+    """A blocking :class:`~agentconn.client.git.GitWatch`: ``with conn.watch_git(chat_id=c)
+    as w: for msg in w: ...``; :meth:`refresh`, :meth:`close`; ``repositories`` as there."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+
+    @property
+    def repositories(self) -> Any:
+        return self._watch.repositories
+
+    def __enter__(self) -> SyncGitWatch:
+        run(self._watch.open())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        msg = run(self._watch.receive())
+        if msg is None:
+            raise StopIteration
+        return msg
+
+    def refresh(self) -> None:
+        run(self._watch.refresh())
+
+    def close(self) -> None:
+        run(self._watch.close())
+
+
 class SyncAgentConn:
     """Every method of :class:`~agentconn.AgentConn`, blocking: same arguments, same typed
     results and exceptions. ``read_file`` gives a :class:`SyncFileStream`. Close it (or use
@@ -252,6 +287,10 @@ class SyncAgentConn:
 
         httpx_kwargs.setdefault("base_url", f"http://localhost:{port}")
         return httpx.Client(transport=SyncTunnelTransport(self._conn, run), **httpx_kwargs)
+
+    def watch_git(self, chat_id: Any = None) -> SyncGitWatch:
+        """Blocking :meth:`AgentConn.watch_git <agentconn.AgentConn.watch_git>`."""
+        return SyncGitWatch(self._conn.watch_git(chat_id))
 
     def close(self) -> None:
         """Close the connection (and its tunnel when it owns it)."""

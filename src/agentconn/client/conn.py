@@ -67,6 +67,7 @@ from agentconn.web.client import Response as HttpResponse
 
 if TYPE_CHECKING:
     from agentconn.aio.tunnel import Tunnel
+    from agentconn.client.git import GitWatch
     from agentconn.wg.config import InterfaceConfig
 
 __all__ = [
@@ -611,6 +612,18 @@ class AgentConn:
         """Instruction files and skills found in the workspace."""
         return await self._call("ContextConfig", ContextConfigResponse,
                                 timeout=max(self.timeout, 60.0))
+
+    # -- git watch (agent-api.md §10) ---------------------------------------------------------
+
+    def watch_git(self, chat_id: uuid.UUID | str | None = None) -> GitWatch:
+        """Watch the git repositories chat ``chat_id`` touched: ``async with
+        conn.watch_git(chat_id=...) as w: async for msg in w: ...`` yields typed
+        :class:`~agentconn.proto.git.GitServerMessage` messages (``changes``,
+        ``error``, ``progress``); ``await w.refresh()`` asks for a rescan. The socket opens on entry
+        (``AgentApiError`` if the agent refuses). Without a chat the agent watches nothing."""
+        from agentconn.client.git import GitWatch
+
+        return GitWatch(self, chat_id)
 
     # -- desktop (computer use, agent-api.md §11) ---------------------------------------------
 
