@@ -202,9 +202,7 @@ cdef class UdpIO:
         if force_name >= 0 and setsockopt(self.fd, SOL_SOCKET, force_name, &value,
                                           sizeof(int)) == 0:
             return
-        while value >= 65536:
-            if setsockopt(self.fd, SOL_SOCKET, name, &value, sizeof(int)) == 0:
-                return
+        while setsockopt(self.fd, SOL_SOCKET, name, &value, sizeof(int)) != 0 and value > 65536:
             value //= 2
 
     def __dealloc__(self):
