@@ -5,10 +5,18 @@
 #      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
-#   4. pip install the repaired wheel with the [test] extra
+#   4. pip install the repaired wheel with the [test] and [docs] extras; build the API
+#      reference (scripts/docs.sh: Sphinx, warnings are errors)
 #   5. python -m pytest tests -q -p no:cacheprovider "$@"
+#   6. the portable pass (issue 17): build a second wheel with AGENTCONN_PORTABLE=1 (the POSIX
+#      recvmsg/sendmsg path macOS and the BSDs get instead of recvmmsg/sendmmsg + UDP GRO/GSO),
+#      install it over the first and run the tests that drive the extensions' I/O again:
+#      $PORTABLE_TESTS (default: tests/wgcore tests/wg tests/aio tests/node tests/interop
+#      tests/client; PORTABLE_TESTS=tests for all; PORTABLE_PASS=0 skips the pass).
+#      tests/wgcore/test_portable.py asserts _wgcore.udpio.BACKEND == "portable" there.
 # CI=true is passed through untouched (interop tests then fail instead of skipping).
-# Exit status is pytest's, except that "no tests collected" (5) counts as a failure.
+# Exit status is the first failing pytest's, except that "no tests collected" (5) counts as a
+# failure.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +24,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv-test
 PYTHON=${PYTHON:-python3}
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+log() { printf '\n==> [+%ss] %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. system packages ------------------------------------------------------------------
@@ -104,8 +112,8 @@ repaired=("$ROOT"/wheelhouse/agentconn-*manylinux*.whl)
 WHEEL=${repaired[0]}
 
 # --- 4. install it with the test extra -----------------------------------------------------
-log "installing ${WHEEL##*/}[test]"
-"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test]"
+log "installing ${WHEEL##*/}[test,docs]"
+"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test,docs]"
 
 # The tests must exercise the installed wheel, never src/ (src layout: src/ is not on
 # sys.path when running from the repo root). Prove it.
@@ -125,6 +133,10 @@ while IFS= read -r f; do
     [[ $f == "$VENV"/* ]] || die "$f is not inside $VENV: the tests would not test the installed wheel"
 done <<<"$location"
 
+# --- 4b. the API reference builds from the installed package's docstrings, warning-free -----
+log "building the API reference (scripts/docs.sh, warnings are errors)"
+PYTHON=$VPY bash "$ROOT/scripts/docs.sh" || die "the API reference (docs/) does not build cleanly"
+
 # --- 5. run the tests ----------------------------------------------------------------------
 log "running pytest${CI:+ (CI=$CI)}"
 set +e
@@ -134,4 +146,28 @@ set -e
 if ((rc == 5)); then
     die "pytest collected no tests (exit 5): treating as failure"
 fi
-exit "$rc"
+
+# --- 6. the portable pass ------------------------------------------------------------------
+if [[ ${PORTABLE_PASS:-1} == 0 ]]; then
+    log "portable pass skipped (PORTABLE_PASS=0)"
+    exit "$rc"
+fi
+read -r -a portable_tests <<<"${PORTABLE_TESTS:-tests/wgcore tests/wg tests/aio tests/node tests/interop tests/client}"
+log "building the portable wheel (AGENTCONN_PORTABLE=1)"
+rm -rf "$ROOT/build" "$ROOT/dist-portable"
+AGENTCONN_PORTABLE=1 "$VPY" -m build --wheel --outdir "$ROOT/dist-portable" "$ROOT"
+portable=("$ROOT"/dist-portable/agentconn-*.whl)
+((${#portable[@]} == 1)) || die "expected one wheel in dist-portable/, got: ${portable[*]:-none}"
+"$VPY" -m pip install --quiet --force-reinstall --no-deps "${portable[0]}"
+backend=$("$VPY" -c 'import _wgcore.udpio as u; print(u.BACKEND)')
+[[ $backend == portable ]] || die "the AGENTCONN_PORTABLE=1 wheel compiled udpio backend '$backend'"
+log "running pytest on the portable wheel: ${portable_tests[*]}"
+set +e
+AGENTCONN_PORTABLE=1 "$VPY" -m pytest "${portable_tests[@]}" -q -p no:cacheprovider "$@"
+prc=$?
+set -e
+if ((prc == 5)); then
+    die "portable pass: pytest collected no tests (exit 5): treating as failure"
+fi
+((rc != 0)) && exit "$rc"
+exit "$prc"

@@ -419,6 +419,14 @@ class AgentConn:
 
         return http_client(self, port, **httpx_kwargs)
 
+    async def websocket(self, port: int, path: str = "/", **kwargs: Any) -> Any:
+        """An open :class:`~agentconn.web.websocket.WebSocket` to ``path`` on the agent's
+        ``port`` through the tunnel (``send``/``receive``/``close``); keyword arguments as
+        :func:`agentconn.client.websocket.websocket` (``headers``, ``subprotocols``, ...)."""
+        from agentconn.client.websocket import websocket
+
+        return await websocket(self, port, path, **kwargs)
+
     async def ssh_client(self, port: int = 1, **asyncssh_kwargs: Any) -> Any:
         """An ``asyncssh.SSHClientConnection`` to the agent, handshake done (host key not
         checked, "none" authentication), over the tunnel."""
