@@ -178,6 +178,7 @@ class Agent:
         from agentconn.agent.api.listening import ListeningPortsApi
         from agentconn.agent.api.mcp import McpManager
         from agentconn.agent.api.processes import ProcessManager
+        from agentconn.agent.containers import ContainersApi
         from agentconn.agent.desktop import DesktopApi
 
         opts = self.options
@@ -194,6 +195,7 @@ class Agent:
             context,
             mcp,
             DesktopApi(opts),
+            ContainersApi(opts),
         ]
         for module in self._modules:
             module.register(self.router)
