@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 from .client.conn import AgentConn, FileStream
 
-__all__ = ["SyncAgentConn", "SyncFileStream", "connect", "dial", "run"]
+__all__ = ["SyncAgentConn", "SyncContainersWatch", "SyncFileStream", "connect", "dial", "run"]
 
 T = TypeVar("T")
 
@@ -153,6 +153,33 @@ class SyncFileStream:
         self.close()
 
 
+class SyncContainersWatch:
+    """A blocking :class:`~agentconn.client.containers.ContainersWatch`: each ``next()``
+    waits for the next container list; a context manager that closes the websocket."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+        run(watch.open())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return run(self._watch.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        run(self._watch.aclose())
+
+    def __enter__(self) -> SyncContainersWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class SyncAgentConn:
     """Every method of :class:`~agentconn.AgentConn`, blocking: same arguments, same typed
     results and exceptions. ``read_file`` gives a :class:`SyncFileStream`. Close it (or use
@@ -178,6 +205,11 @@ class SyncAgentConn:
             return SyncFileStream(result) if isinstance(result, FileStream) else result
 
         return call
+
+    def watch_containers(self) -> SyncContainersWatch:
+        """Blocking :meth:`~agentconn.AgentConn.watch_containers`: iterate for each list;
+        use ``with`` (or :meth:`SyncContainersWatch.close`)."""
+        return SyncContainersWatch(self._conn.watch_containers())
 
     def close(self) -> None:
         """Close the connection (and its tunnel when it owns it)."""

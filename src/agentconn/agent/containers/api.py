@@ -33,7 +33,9 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Coroutine
 from datetime import UTC, datetime
+from typing import Any
 
 from agentconn.agent.api.router import ApiError, RequestContext, Router, json_ok
 from agentconn.agent.containers.devcontainer import UpError, discover, up
@@ -126,9 +128,8 @@ class ContainersApi:
         self._spawn(self._updater(), "containers updater")
         self._spawn(self._follow_events(), "docker events")
 
-    def _spawn(self, coro: object, name: str) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)  # type: ignore[arg-type]
-        task.set_name(name)
+    def _spawn(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return task

@@ -148,20 +148,19 @@ class DevcontainerTable:
             entry.container = None
         for folder, found in by_folder.items():
             container = _choose(found)
-            entry = self._known.get(folder)
-            if entry is None:
-                entry = self._known[folder] = Entry(id=uuid.uuid4(), workspace_folder=folder)
+            entry = self._known.get(folder) or Entry(id=uuid.uuid4(), workspace_folder=folder)
+            self._known[folder] = entry
             label = container.labels.get(CONFIG_FILE_LABEL, "")
             if label and not entry.config_path:
                 entry.config_path = label
             entry.container = container
         for folder, path in discovered.items():
-            entry = self._known.get(folder)
-            if entry is None:
+            known = self._known.get(folder)
+            if known is None:
                 self._known[folder] = Entry(id=uuid.uuid4(), workspace_folder=folder,
                                             config_path=path)
-            elif not entry.config_path:
-                entry.config_path = path
+            elif not known.config_path:
+                known.config_path = path
         for folder, entry in list(self._known.items()):
             if (entry.container is None and entry.status not in TRANSITIONING
                     and entry.status is not DevcontainerStatus.ERROR
