@@ -24,7 +24,7 @@ close; it pings every :data:`PING_INTERVAL` seconds.
 
 Recreate marks the dev container ``starting`` and broadcasts before the 202 is written, then
 :func:`.devcontainer.up` runs in a task of its own; delete runs ``stopping`` → ``docker stop``
-→ ``deleting`` → ``docker rm`` → forgotten, within the request, answering 204.
+→ ``deleting`` → ``docker rm`` → forgotten → a refresh, within the request, answering 204.
 """
 
 from __future__ import annotations
@@ -366,6 +366,8 @@ class ContainersApi:
                 raise ApiError(500, "An error occurred removing the container", str(e)) from None
         self.table.forget(folder)
         self._broadcast()
+        # The container list, too, without the removed container before we answer.
+        await self.refresh()
         return ServerResponse(204, [], b"")
 
 
