@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import TextIO
 
 from agentconn.cli.target import add_target_arguments, open_conn
+from agentconn.client.conn import AgentApiError
 from agentconn.proto._codec import go_json
 from agentconn.proto.containers import Container, ListContainersResponse
 
@@ -104,8 +105,21 @@ def _print(listing: ListContainersResponse, output: str, out: TextIO) -> None:
     out.flush()
 
 
+def _failed(command: str, err: AgentApiError) -> int:
+    # The agent's answer in one line (exit status 1: the request was made and refused).
+    print(f"agentconn {command}: {err}", file=sys.stderr)
+    return 1
+
+
 async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``agentconn containers``."""
+    try:
+        return await _run(args, out)
+    except AgentApiError as e:
+        return _failed("containers", e)
+
+
+async def _run(args: argparse.Namespace, out: TextIO) -> int:
     async with await open_conn(args) as conn:
         if not args.watch:
             _print(await conn.list_containers(), args.output, out)
@@ -124,6 +138,13 @@ async def run(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
 
 async def run_devcontainer(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
     """``agentconn devcontainer recreate|delete``."""
+    try:
+        return await _run_devcontainer(args, out)
+    except AgentApiError as e:
+        return _failed("devcontainer", e)
+
+
+async def _run_devcontainer(args: argparse.Namespace, out: TextIO) -> int:
     async with await open_conn(args) as conn:
         if args.devcontainer_command == "recreate":
             resp = await conn.recreate_devcontainer(args.id)
