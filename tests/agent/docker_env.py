@@ -46,6 +46,24 @@ def _busybox() -> str | None:
     return shutil.which("busybox")
 
 
+def _is_static(path: str) -> bool:
+    """True when the ELF file has no PT_INTERP program header (needs no dynamic loader:
+    it runs alone in an empty image)."""
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:  # 64-bit ELF only
+            return False
+        endian = "<" if head[5] == 1 else ">"
+        phoff, = struct.unpack_from(endian + "Q", head, 0x20)
+        phentsize, phnum = struct.unpack_from(endian + "HH", head, 0x36)
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    return all(struct.unpack_from(endian + "I", table, i * phentsize)[0] != 3
+               for i in range(phnum))
+
+
 def missing_prerequisites() -> list[str]:
     missing = []
     if os.geteuid() != 0:
@@ -53,8 +71,9 @@ def missing_prerequisites() -> list[str]:
     for cmd, pkg in (("dockerd", "docker.io"), ("docker", "docker.io")):
         if shutil.which(cmd) is None and not os.path.exists(f"/usr/sbin/{cmd}"):
             missing.append(f"{cmd} (apt {pkg})")
-    if _busybox() is None:
-        missing.append("busybox (apt busybox-static)")
+    busybox = _busybox()
+    if busybox is None or not _is_static(busybox):
+        missing.append("a static busybox (apt busybox-static)")
     return missing
 
 
