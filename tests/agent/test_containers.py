@@ -116,6 +116,10 @@ async def test_engine_unreachable_is_500(tmp_path: Path, monkeypatch: pytest.Mon
         assert e.value.status == 500
         assert e.value.message == "Could not get containers"
         assert "run docker ps" in e.value.detail and "no-such.sock" in e.value.detail
+        # Nothing to start a watch with: the agent ends it at once, as the Go agent does.
+        async with p.conn.watch_containers() as watch:
+            assert [listing async for listing in watch] == []
+        assert (watch.close_code, watch.close_reason) == (1011, "Could not get containers")
 
 
 # -- list ------------------------------------------------------------------------------------

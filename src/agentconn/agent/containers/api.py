@@ -258,6 +258,7 @@ class ContainersApi:
         gone = asyncio.Event()
         reader = asyncio.ensure_future(_read_until_closed(ws, wake, gone))
         self._watchers.add(wake)
+        first = True
         try:
             while not self._closing.is_set():
                 with contextlib.suppress(TimeoutError):
@@ -269,10 +270,15 @@ class ContainersApi:
                     continue
                 wake.clear()
                 if self._list_error is not None:
+                    if first:  # Go: no list to start with ends the watch
+                        await asyncio.wait_for(ws.close(1011, "Could not get containers"),
+                                               SEND_TIMEOUT)
+                        break
                     _log.debug("containers watch: %s", self._list_error)
                     continue  # Go: logs it and waits for the next update
                 message = go_json(self._response().to_json()).decode()
                 await asyncio.wait_for(ws.send(message), SEND_TIMEOUT)
+                first = False
         except (ConnectionClosed, ConnectionError, TimeoutError):
             pass
         finally:
@@ -280,7 +286,7 @@ class ContainersApi:
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            if not gone.is_set():
+            if not gone.is_set() and not ws.closed:
                 with contextlib.suppress(ConnectionError, OSError, TimeoutError):
                     await asyncio.wait_for(ws.close(1001 if self._closing.is_set() else 1000),
                                            5.0)
