@@ -11,9 +11,10 @@ image ``agentconn-test:busybox`` is ``docker import``-ed from a rootfs made of D
 
 Prerequisites: root, ``dockerd``, ``docker`` and a busybox binary; without them the tests
 skip, and fail under ``CI=true``. The daemon is stopped (SIGTERM, then SIGKILL), its
-containerd with it, leftover mounts under the directory unmounted and the directory removed
-at the end of the session, whatever happened; an ``atexit`` hook does the same if pytest
-dies first.
+containerd, the shims and the containers' processes with it, leftover mounts under the
+directory unmounted and the directory removed at the end of the session, whatever happened;
+an ``atexit`` hook does the same if pytest dies first (a SIGTERM is turned into ``sys.exit``
+for that).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import tarfile
 import tempfile
 import time
@@ -160,13 +162,43 @@ class DockerDaemon:
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait(10)
-        # Its containerd (and shims) live in dockerd's session: nothing may survive it.
+        # Its containerd lives in dockerd's session; the shims (and the containers under
+        # them) have sessions of their own but name our directory: nothing may survive.
         if proc is not None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)
+        _kill_leftovers(self.root)
         for mount in reversed(_mounts_under(self.root)):
             subprocess.run(["umount", "-l", mount], check=False, capture_output=True)
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _kill_leftovers(root: Path) -> None:
+    """SIGKILL every process whose command line names ``root`` (containerd, its shims) and
+    all their descendants (the containers' processes)."""
+    marker = str(root).encode()
+    parents: dict[int, int] = {}
+    named: list[int] = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            stat = Path(f"/proc/{entry}/stat").read_text()
+            cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+        except OSError:
+            continue
+        parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+        if marker in cmdline and int(entry) != os.getpid():
+            named.append(int(entry))
+    doomed = set(named)
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parents.items() if ppid in doomed} - doomed
+        doomed |= more
+        grew = bool(more)
+    for pid in doomed:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
 
 
 def _mounts_under(root: Path) -> list[str]:
@@ -227,6 +259,10 @@ def docker_daemon() -> Iterator[DockerDaemon]:
     global _daemon
     require_docker()
     if _daemon is None:
+        # A SIGTERM (a CI timeout) ends the run through sys.exit, so the atexit hook still
+        # stops the engine and its containers.
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
         daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir="/tmp")))
         try:
             daemon.start()
