@@ -13,8 +13,8 @@ Prerequisites: root, ``dockerd``, ``docker`` and a busybox binary; without them 
 skip, and fail under ``CI=true``. The daemon is stopped (SIGTERM, then SIGKILL), its
 containerd, the shims and the containers' processes with it, leftover mounts under the
 directory unmounted and the directory removed at the end of the session, whatever happened;
-an ``atexit`` hook does the same if pytest dies first (a SIGTERM is turned into ``sys.exit``
-for that).
+an ``atexit`` hook does the same if pytest exits first, and a SIGTERM handler before the
+signal ends the process.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -253,16 +252,21 @@ def _stop_at_exit() -> None:
 atexit.register(_stop_at_exit)
 
 
+def _stop_then_terminate(signum: int, frame: object) -> None:
+    _stop_at_exit()
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
 @pytest.fixture(scope="session")
 def docker_daemon() -> Iterator[DockerDaemon]:
     """The session's engine (started by the first module that asks, stopped after the last)."""
     global _daemon
     require_docker()
     if _daemon is None:
-        # A SIGTERM (a CI timeout) ends the run through sys.exit, so the atexit hook still
-        # stops the engine and its containers.
+        # A SIGTERM (a CI timeout) stops the engine and its containers before it ends us.
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
-            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+            signal.signal(signal.SIGTERM, _stop_then_terminate)
         daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir="/tmp")))
         try:
             daemon.start()
