@@ -122,6 +122,17 @@ async def test_engine_unreachable_is_500(tmp_path: Path, monkeypatch: pytest.Mon
         assert (watch.close_code, watch.close_reason) == (1011, "Could not get containers")
 
 
+async def test_docker_cli_missing_is_500(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                         ) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # the agent's session PATH: no docker on it
+    async with agent_pair(tmp_path, agent_options={"devcontainers": True}) as p:
+        with pytest.raises(ContainersFailedError) as e:
+            await p.conn.list_containers()
+        assert (e.value.message, e.value.detail) == (
+            "Could not get containers",
+            'run docker ps: exec: "docker": executable file not found in $PATH')
+
+
 # -- list ------------------------------------------------------------------------------------
 
 

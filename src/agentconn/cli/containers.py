@@ -30,6 +30,7 @@ __all__ = ["add_parser", "format_table", "run", "run_devcontainer"]
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add ``containers`` and ``devcontainer recreate|delete`` to the subcommands."""
     p = sub.add_parser("containers", help="list the agent's containers and dev containers",
                        description="List the containers of the agent's Docker engine and its "
                                    "dev containers (agent-api.md §9).")

@@ -96,6 +96,7 @@ class CommandResult:
 
     @property
     def stderr_text(self) -> str:
+        """stderr decoded (invalid UTF-8 replaced) and trimmed."""
         return self.stderr.decode("utf-8", "replace").strip()
 
     def check(self, what: str) -> CommandResult:
@@ -315,15 +316,21 @@ class DockerCli:
     async def list(self) -> ListResult:
         """Every container, running or not (the Go agent's ``List``). Raises CommandError
         when the engine cannot be asked (no CLI, no daemon, no permission)."""
-        ps = (await self.run("ps", "--all", "--quiet", "--no-trunc",
-                             timeout=LIST_TIMEOUT)).check("run docker ps")
+        try:
+            ps = await self.run("ps", "--all", "--quiet", "--no-trunc", timeout=LIST_TIMEOUT)
+        except CommandError as e:  # not started or timed out: named as the Go agent does
+            raise CommandError(f"run docker ps: {e}", e.argv) from None
+        ps.check("run docker ps")
         ids = [line.strip() for line in ps.stdout.decode("utf-8", "replace").splitlines()
                if line.strip()]
         warnings = [ps.stderr_text] if ps.stderr_text else []
         if not ids:
             return ListResult([], warnings)
-        inspect = await self.run("inspect", "--type", "container", *ids, timeout=LIST_TIMEOUT,
-                                 max_stdout=MAX_INSPECT_OUTPUT)
+        try:
+            inspect = await self.run("inspect", "--type", "container", *ids,
+                                     timeout=LIST_TIMEOUT, max_stdout=MAX_INSPECT_OUTPUT)
+        except CommandError as e:
+            raise CommandError(f"run docker inspect: {e}", e.argv) from None
         if inspect.returncode != 0 and "No such" not in inspect.stderr_text:
             inspect.check("run docker inspect")
         if inspect.stderr_text and inspect.returncode == 0:

@@ -127,6 +127,7 @@ class DevcontainerTable:
         return len(self._known)
 
     def get(self, workspace_folder: str) -> Entry | None:
+        """The entry of ``workspace_folder``, or None."""
         return self._known.get(workspace_folder)
 
     def _views(self) -> dict[str, tuple[object, ...]]:
@@ -259,6 +260,7 @@ class DevcontainerTable:
         return entry
 
     def set_status(self, workspace_folder: str, status: DevcontainerStatus) -> None:
+        """Move a running operation on (``stopping`` → ``deleting``); clears the error."""
         entry = self._known.get(workspace_folder)
         if entry is not None:
             entry.status = status
