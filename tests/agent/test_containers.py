@@ -232,6 +232,28 @@ async def test_watch_sends_the_list_then_each_change(pair: Pair, docker: DockerD
     assert watch.close_code == 1000
 
 
+async def test_docker_events_is_restarted_when_it_dies(pair: Pair, docker: DockerDaemon
+                                                       ) -> None:
+    api = containers_api(pair)
+    await wait_for(lambda: asyncio.sleep(0, api.docker.events_pid),
+                   lambda pid: pid is not None, "docker events to run")
+    first = api.docker.events_pid
+    assert first is not None
+    os.kill(first, 9)
+    await wait_for(lambda: asyncio.sleep(0, api.docker.events_pid),
+                   lambda pid: pid is not None and pid != first, "docker events to restart")
+    # ... and still drives the watch: a container started now shows up in a new list.
+    folder = pair.work / "late"
+    async with pair.conn.watch_containers() as watch:
+        await anext(watch)
+        docker.docker("run", "-d", "--network", "none", "--label",
+                      f"devcontainer.local_folder={folder}", IMAGE, "sleep", "1000")
+        async for listing in watch:
+            dc = devcontainer(listing, folder)
+            if dc is not None and dc.status is DevcontainerStatus.RUNNING:
+                break
+
+
 # -- recreate --------------------------------------------------------------------------------
 
 

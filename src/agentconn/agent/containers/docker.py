@@ -301,6 +301,8 @@ class DockerCli:
 
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = dict(environ)
+        #: The pid of the running ``docker events`` (None while there is none).
+        self.events_pid: int | None = None
 
     @property
     def available(self) -> bool:
@@ -364,6 +366,7 @@ class DockerCli:
                                 stderr=DEVNULL)
         except (OSError, ValueError) as e:
             raise CommandError(f"start docker events: {e}", argv) from e
+        self.events_pid = child.pid
         try:
             _, out, _ = await child.open_streams()
             assert out is not None
@@ -382,6 +385,7 @@ class DockerCli:
                 if isinstance(event, dict):
                     yield str(event.get("Action") or event.get("status") or "")
         finally:
+            self.events_pid = None
             if child.running:
                 with contextlib.suppress(OSError):
                     child.signal_group(signal.SIGKILL)
