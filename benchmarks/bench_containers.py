@@ -33,7 +33,7 @@ _HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(_HERE.parent / "tests" / "agent"))
 
 from agent_pair import agent_pair
-from docker_env import IMAGE, DockerDaemon, missing_prerequisites
+from docker_env import DAEMON_PARENT, IMAGE, DockerDaemon, missing_prerequisites
 
 from agentconn.agent.containers import ContainersApi
 from agentconn.proto.containers import DevcontainerStatus
@@ -73,7 +73,7 @@ def test_containers_list_and_watch(benchmark: Any, record: Any) -> None:
     missing = missing_prerequisites()
     if missing:
         pytest.skip("needs " + ", ".join(missing))
-    daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir="/tmp")))
+    daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir=DAEMON_PARENT)))
     try:
         daemon.start()
         asyncio.run(_run(daemon, benchmark, record))

@@ -36,6 +36,9 @@ from pathlib import Path
 import pytest
 
 IMAGE = "agentconn-test:busybox"
+#: Where the engine's directory goes: on disk (tmpfs has no immutable flag, which the delete
+#: failure test sets), short enough for the unix socket paths inside.
+DAEMON_PARENT = "/var/tmp" if os.path.isdir("/var/tmp") else tempfile.gettempdir()
 START_TIMEOUT = 90.0
 STOP_TIMEOUT = 30.0
 
@@ -267,7 +270,7 @@ def docker_daemon() -> Iterator[DockerDaemon]:
         # A SIGTERM (a CI timeout) stops the engine and its containers before it ends us.
         if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
             signal.signal(signal.SIGTERM, _stop_then_terminate)
-        daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir="/tmp")))
+        daemon = DockerDaemon(Path(tempfile.mkdtemp(prefix="acdk-", dir=DAEMON_PARENT)))
         try:
             daemon.start()
         except BaseException:

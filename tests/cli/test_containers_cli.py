@@ -129,6 +129,16 @@ def test_watch_prints_each_change(cli: Cli, agent: tuple[Path, Path, DockerDaemo
         proc.wait(10)
 
 
+def test_agent_flag_defaults_from_the_coder_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    from agentconn.cli.__main__ import build_parser
+
+    argv = ["agent", "--config", "a.conf", "--agent-id", str(AGENT_ID)]
+    assert build_parser().parse_args(argv).devcontainers is False
+    monkeypatch.setenv("CODER_AGENT_DEVCONTAINERS_ENABLE", "true")
+    assert build_parser().parse_args(argv).devcontainers is True
+    assert build_parser().parse_args([*argv, "--devcontainers"]).devcontainers is True
+
+
 def test_disabled_agent_error_line(cli: Cli, docker_daemon: DockerDaemon,  # noqa: F811
                                    tmp_path: Path) -> None:
     with agent_process(tmp_path, AGENT_ID) as (conf, _):
