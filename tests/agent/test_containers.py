@@ -37,6 +37,34 @@ from agentconn.proto.containers import (
 )
 
 WAIT = 120.0  # seconds; generous: the engine shares two cores with other test runs
+HERE = Path(__file__).parent
+
+
+@pytest.fixture(scope="session")
+def go_decoder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """go_containers/main.go built: decodes list responses strictly with the Go client's
+    types (see the file)."""
+    import shutil
+
+    go = shutil.which("go")
+    if go is None:
+        msg = "go not found (Debian package golang-go)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(msg, pytrace=False)
+        pytest.skip(msg)
+    out = tmp_path_factory.mktemp("go_containers")
+    env = dict(os.environ, GO111MODULE="off", GOFLAGS="", GOCACHE=str(out / "cache"))
+    subprocess.run([go, "build", "-o", str(out / "decode"), "main.go"], cwd=HERE /
+                   "go_containers", env=env, check=True, capture_output=True, timeout=600)
+    return out / "decode"
+
+
+def go_decodes(decoder: Path, *documents: bytes) -> list[str]:
+    """What the Go decoder says of each JSON document (``ok <dcs> <containers>``)."""
+    lines = b"".join(d.rstrip(b"\n") + b"\n" for d in documents)
+    r = subprocess.run([str(decoder)], input=lines, capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.decode().splitlines()
 
 
 @pytest.fixture
@@ -137,7 +165,7 @@ async def test_docker_cli_missing_is_500(tmp_path: Path, monkeypatch: pytest.Mon
 
 
 async def test_list_running_and_stopped_containers(pair: Pair, docker: DockerDaemon,
-                                                   tmp_path: Path) -> None:
+                                                   tmp_path: Path, go_decoder: Path) -> None:
     data = tmp_path / "data"
     data.mkdir()
     docker.docker("run", "-d", "--network", "none", "--name", "web", "--label", "app=web",
@@ -164,6 +192,7 @@ async def test_list_running_and_stopped_containers(pair: Pair, docker: DockerDae
     raw = json.loads(listing.to_json())
     assert set(raw["containers"][0]) == {"created_at", "id", "name", "image", "labels",
                                          "running", "ports", "status", "volumes"}
+    assert go_decodes(go_decoder, await pair.conn._bytes("ListContainers")) == ["ok 0 2"]
 
 
 async def test_labelled_and_discovered_devcontainers(pair: Pair, docker: DockerDaemon
@@ -345,7 +374,8 @@ async def test_recreate_builds_a_dockerfile(pair: Pair, docker: DockerDaemon) ->
     assert who == "docker build\n"
 
 
-async def test_recreate_failures_show_as_error(pair: Pair, docker: DockerDaemon) -> None:
+async def test_recreate_failures_show_as_error(pair: Pair, docker: DockerDaemon,
+                                              go_decoder: Path) -> None:
     unsupported = pair.work / "features"
     write_config(unsupported, {"image": IMAGE, "features": {"ghcr.io/x/y:1": {}}})
     failing = pair.work / "lifecycle"
@@ -374,6 +404,14 @@ async def test_recreate_failures_show_as_error(pair: Pair, docker: DockerDaemon)
     await containers_api(pair).refresh()
     again = devcontainer(await pair.conn.list_containers(), failing)
     assert again is not None and again.error == half.error
+    # What the agent sent (error, running, a container with labels and volumes) decodes with
+    # the Go client's types, unknown keys refused: the list body and a watch message.
+    raw = await pair.conn._bytes("ListContainers")
+    async with pair.conn.watch_containers() as watch:
+        assert watch._ws is not None
+        message = await watch._ws.receive()
+    assert isinstance(message, str)
+    assert go_decodes(go_decoder, raw, message.encode()) == ["ok 2 1", "ok 2 1"]
 
     with pytest.raises(DevcontainerNotFoundError) as nf:
         await pair.conn.recreate_devcontainer("not-a-known-id")
