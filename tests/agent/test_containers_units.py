@@ -275,6 +275,13 @@ def test_load_config_errors(tmp_path: Path, text: str, error: str) -> None:
     assert e.value.container_id is None
 
 
+def test_load_config_without_a_path_finds_either_name(tmp_path: Path) -> None:
+    (tmp_path / ".devcontainer.json").write_text('{"image": "x"}')
+    assert load_config(str(tmp_path), "", {}).config_path == str(tmp_path / ".devcontainer.json")
+    with pytest.raises(UpError, match="No such file"):
+        load_config(str(tmp_path / "nowhere"), "", {})
+
+
 def test_discover_is_bounded(tmp_path: Path) -> None:
     for rel in ("a", "b/c", "node_modules/x", ".git/y", "d/e/f/g/h/too-deep"):
         (tmp_path / rel / ".devcontainer").mkdir(parents=True)

@@ -276,10 +276,13 @@ def _command(value: Any, key: str, path: str) -> Command:
 
 def load_config(workspace_folder: str, config_path: str, environ: Mapping[str, str]
                 ) -> DevcontainerConfig:
-    """Read and check ``config_path`` for ``workspace_folder``. Raises :class:`UpError`
+    """Read and check ``config_path`` for ``workspace_folder`` (without one: its
+    ``.devcontainer/devcontainer.json``, else its ``.devcontainer.json``). Raises :class:`UpError`
     naming the file and the problem (unreadable, not JSONC, unsupported property, bad
     type)."""
-    path = config_path or os.path.join(workspace_folder, CONFIG_NAMES[0])
+    path = config_path or next(
+        (p for p in (os.path.join(workspace_folder, n) for n in CONFIG_NAMES)
+         if os.path.isfile(p)), os.path.join(workspace_folder, CONFIG_NAMES[0]))
     try:
         with open(path, "rb") as f:
             raw = f.read(MAX_CONFIG_SIZE + 1)
