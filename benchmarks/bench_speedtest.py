@@ -123,7 +123,7 @@ from agentconn.agent.services.speedtest import SpeedtestServer
 async def main():
     conf, agent_id = sys.argv[1], uuid.UUID(sys.argv[2])
     agent = Agent(Path(conf).read_text(), agent_id, options=make_options(Path(tempfile.mkdtemp())),
-                  listen_host="127.0.0.1")
+                  listen_host="127.0.0.1", services=("ssh", "pty", "forward"))
     await agent.start()
     server = SpeedtestServer(agent.options, min_duration=0.1)
     await server.start(agent.tunnel)

@@ -44,6 +44,8 @@ need_cmd Xvnc tigervnc-standalone-server
 need_cmd ffmpeg ffmpeg
 need_cmd ffprobe ffmpeg
 need_cmd xterm xterm
+# the git watch tests (agent-api.md §10) scan real repositories with the git CLI
+need_cmd git git
 # tests/coder builds a hashicorp/yamux peer from Debian's Go source tree (no module proxy)
 need_cmd go golang-go
 need_pkg() {  # need_pkg PACKAGE: for packages without a command of their own

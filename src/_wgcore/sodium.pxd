@@ -18,5 +18,6 @@ ctypedef struct SodiumApi:
     aead_encrypt_t chacha20poly1305_ietf_encrypt
     aead_decrypt_t chacha20poly1305_ietf_decrypt
     memzero_t memzero
+    aead_encrypt_t xchacha20poly1305_ietf_encrypt   # cookie replies (cookie.pyx)
 
 cdef const SodiumApi* sodium_api() noexcept

@@ -25,6 +25,7 @@ cdef uintptr_t _address(str name) except 0:
 _api.chacha20poly1305_ietf_encrypt = <aead_encrypt_t>_address("crypto_aead_chacha20poly1305_ietf_encrypt")
 _api.chacha20poly1305_ietf_decrypt = <aead_decrypt_t>_address("crypto_aead_chacha20poly1305_ietf_decrypt")
 _api.memzero = <memzero_t>_address("sodium_memzero")
+_api.xchacha20poly1305_ietf_encrypt = <aead_encrypt_t>_address("crypto_aead_xchacha20poly1305_ietf_encrypt")
 
 
 cdef const SodiumApi* sodium_api() noexcept:
@@ -37,4 +38,5 @@ def symbols() -> dict:
         "crypto_aead_chacha20poly1305_ietf_encrypt": <uintptr_t>_api.chacha20poly1305_ietf_encrypt,
         "crypto_aead_chacha20poly1305_ietf_decrypt": <uintptr_t>_api.chacha20poly1305_ietf_decrypt,
         "sodium_memzero": <uintptr_t>_api.memzero,
+        "crypto_aead_xchacha20poly1305_ietf_encrypt": <uintptr_t>_api.xchacha20poly1305_ietf_encrypt,
     }

@@ -32,7 +32,8 @@ from typing import Any, TypeVar
 
 from .client.conn import AgentConn, FileStream
 
-__all__ = ["SyncAgentConn", "SyncContainersWatch", "SyncFileStream", "connect", "dial", "run"]
+__all__ = ["SyncAgentConn", "SyncContainersWatch", "SyncFileStream", "SyncGitWatch", "connect",
+           "dial", "run"]
 
 T = TypeVar("T")
 
@@ -180,6 +181,40 @@ class SyncContainersWatch:
         self.close()
 
 
+class SyncGitWatch:
+    """A blocking :class:`~agentconn.client.git.GitWatch`: ``with conn.watch_git(chat_id=c)
+    as w: for msg in w: ...``; :meth:`refresh`, :meth:`close`; ``repositories`` as there."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+
+    @property
+    def repositories(self) -> Any:
+        return self._watch.repositories
+
+    def __enter__(self) -> SyncGitWatch:
+        run(self._watch.open())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        msg = run(self._watch.receive())
+        if msg is None:
+            raise StopIteration
+        return msg
+
+    def refresh(self) -> None:
+        run(self._watch.refresh())
+
+    def close(self) -> None:
+        run(self._watch.close())
+
+
 class SyncAgentConn:
     """Every method of :class:`~agentconn.AgentConn`, blocking: same arguments, same typed
     results and exceptions. ``read_file`` gives a :class:`SyncFileStream`. Close it (or use
@@ -210,6 +245,10 @@ class SyncAgentConn:
         """Blocking :meth:`~agentconn.AgentConn.watch_containers`: iterate for each list;
         use ``with`` (or :meth:`SyncContainersWatch.close`)."""
         return SyncContainersWatch(self._conn.watch_containers())
+
+    def watch_git(self, chat_id: Any = None) -> SyncGitWatch:
+        """Blocking :meth:`AgentConn.watch_git <agentconn.AgentConn.watch_git>`."""
+        return SyncGitWatch(self._conn.watch_git(chat_id))
 
     def close(self) -> None:
         """Close the connection (and its tunnel when it owns it)."""

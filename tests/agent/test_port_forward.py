@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import socket
 import sys
@@ -124,7 +125,9 @@ async def test_cli_ping_agent_prints_pongs_and_diagnostics(tmp_path: Path) -> No
     assert proc.returncode == 0, err
     lines = out.decode().splitlines()
     pongs = [line for line in lines if line.startswith(f"pong from agent {AGENT_ID} p2p via ")]
-    assert len(pongs) == 3 and all(line.endswith("ms") for line in pongs), lines
+    # coder's Duration.Round(time.Millisecond).String(): "0s" under half a millisecond
+    assert len(pongs) == 3, lines
+    assert all(re.search(r" in (0s|\d+ms|[\d.]+s)$", line) for line in pongs), lines
     assert any("last WireGuard handshake" in line for line in lines)
     assert any(agent.tunnel.public_key in line for line in lines)
 

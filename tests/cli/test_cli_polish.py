@@ -416,9 +416,9 @@ def test_ping_marks_a_missing_handshake_as_a_warning(cli: Cli, tmp_path: Path) -
     result = cli("ping", "--config", "client.conf", "--agent-id", agent_id, "-n", "1",
                  "-W", "0.1", module="never_handshaked",
                  env={"PYTHONPATH": os.pathsep.join([str(tmp_path), PYTHONPATH])})
-    assert (result.code, result.err) == (1, ""), result
+    assert (result.code, result.err) == (0, ""), result  # coder exits 0 (--require-pong: 1)
     assert result.out.splitlines() == [
-        f"ping to agent {agent_id} timed out after 0.1s",
+        f"ping to agent {agent_id} timed out ",
         "✔ agent address [fd7a:115c:a1e0::1] is routed to peer KEY=",
         ("⚠ last WireGuard handshake never; endpoint 192.0.2.1:51820; direct UDP (no DERP "
          "relay)"),

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "desktop record start": (("desktop", "record", "start"), ()),
     "desktop record stop": (("desktop", "record", "stop"), (RECORDING, "-o", "out.mp4")),
     "ping": (("ping",), ()),
+    "git-watch": (("git-watch",), ("--chat-id", str(uuid.UUID(int=9)))),
 }
 
 
@@ -260,9 +261,10 @@ def test_ssh_config_without_agent_id_even_with_a_command(cli: Cli) -> None:
 # -- output ------------------------------------------------------------------------------------
 
 def test_format_rtt_like_coder_ping() -> None:
-    assert format_rtt(0.0421) == "42ms"       # Go: dur.Round(time.Millisecond)
-    assert format_rtt(1.5) == "1500ms"
-    assert format_rtt(0.000412) == "0.412ms"  # rounding would say 0ms
+    # Go: dur.Round(time.Millisecond).String(); more in test_ping_coder.py
+    assert format_rtt(0.0421) == "42ms"
+    assert format_rtt(1.5) == "1.5s"
+    assert format_rtt(0.000412) == "0s"
 
 
 async def test_relay_region_names_the_derp_region(monkeypatch: pytest.MonkeyPatch) -> None:

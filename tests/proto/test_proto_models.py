@@ -468,9 +468,9 @@ def test_netcheck_example() -> None:
         (m.DesktopActionRequest, b'{"coordinate":[1,"2"]}', "coordinate[1]", "integer"),
         (m.DesktopActionRequest, b'{"duration":"1s"}', "duration", "integer"),
         (m.CallMCPToolRequest, b'{"tool_name":"a__b","arguments":[1]}', "arguments", "object"),
-        (m.MCPContent, b'{"type":"video"}', "type", "one of"),
+        (m.MCPContent, b'{"type":7}', "type", "string"),  # open enum (Go string)
         (m.NetcheckReport, b'{"net_info":[]}', "net_info", "object"),
-        (m.NetcheckReport, b'{"interfaces":{"severity":"bad"}}', "interfaces.severity", "one of"),
+        (m.NetcheckReport, b'{"interfaces":{"severity":1}}', "interfaces.severity", "string"),
         (
             m.Response,
             b'{"message":"m","validations":[{"field":"f"}]}',

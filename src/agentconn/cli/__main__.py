@@ -14,6 +14,7 @@ from . import containers as containers_cli
 from . import cp as cp_cli
 from . import derp as derp_cli
 from . import desktop as desktop_cli
+from . import gitwatch as gitwatch_cli
 from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
@@ -46,8 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "ICMP (or --tsmp) pings to an address inside that tunnel.")
     add_target_arguments(ping, positional=False)
     ping.add_argument("--num", "-n", "--count", dest="count", type=int, default=None,
-                      help="number of pings (default 10 to an agent, as `coder ping`; 4 to an "
-                           "address)")
+                      help="number of pings (default 10 to an agent, as `coder ping`, where 0 "
+                           "pings until interrupted; 4 to an address)")
     ping.add_argument("--wait", "--interval", "-i", dest="interval", type=parse_duration,
                       default=1.0, metavar="DURATION",
                       help="how long to wait between pings, e.g. 1s (default 1s)")
@@ -57,6 +58,12 @@ def build_parser() -> argparse.ArgumentParser:
     ping.add_argument("--tsmp", action="store_true",
                       help="send TSMP pings (IP protocol 99, as Coder clients do) instead of ICMP")
     ping.add_argument("--stats", action="store_true", help="print tunnel counters at the end")
+    ping.add_argument("--precise", action="store_true",
+                      help="to an agent: print each round-trip time unrounded (412.345µs) "
+                           "instead of coder's whole milliseconds (0s under half a millisecond)")
+    ping.add_argument("--require-pong", action="store_true",
+                      help="to an agent: exit 1 when no ping got a pong (`coder ping` exits 0 "
+                           "once its pings are done, answered or not)")
     ping.add_argument("address", nargs="?", metavar="WORKSPACE|ADDRESS",
                       help="[owner/]workspace[.agent] or an agent UUID on the Coder deployment "
                            "of CODER_URL and CODER_SESSION_TOKEN (or of 'coder login'); with "
@@ -104,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     desktop_cli.add_parser(sub)
     derp_cli.add_parser(sub)
     containers_cli.add_parser(sub)
+    gitwatch_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -116,7 +124,8 @@ async def _ping_agent(args: argparse.Namespace) -> int:
     try:
         return await commands.ping_agent(
             conn, name=args.workspace or f"agent {conn.agent_id}", quote=bool(args.workspace),
-            count=args.count, interval=args.interval, timeout=args.timeout)
+            count=args.count, interval=args.interval, timeout=args.timeout,
+            precise=args.precise, require_pong=args.require_pong)
     finally:
         await conn.close()
 
@@ -188,6 +197,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(containers_cli.run(args))
         if args.command == "devcontainer":
             return run_async(containers_cli.run_devcontainer(args))
+        if args.command == "git-watch":
+            return run_async(gitwatch_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

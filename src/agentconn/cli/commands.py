@@ -9,7 +9,7 @@ import sys
 import time
 from typing import Any, Literal
 
-from ..errors import NoRouteError, PingTimeoutError
+from ..errors import NoRouteError, PingTimeoutError, TunnelClosedError, TunnelError
 from ..wg.crypto import dh_generate, public_key
 from ..wg.keys import encode_key, parse_key
 
@@ -314,26 +314,99 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
     return 0
 
 
-def format_rtt(seconds: float) -> str:
-    """A round-trip time as `coder ping` shows it (rounded to the millisecond: ``42ms``), with
-    three decimals below a millisecond, where rounding would print ``0ms``."""
-    ms = seconds * 1000
-    return f"{ms:.0f}ms" if ms >= 1 else f"{ms:.3f}ms"
+_NS_PER_S = 1_000_000_000
+_INT64_MAX = 2**63 - 1
+
+
+def go_round(ns: int, m: int) -> int:
+    """Go ``time.Duration.Round``: ``ns`` to the nearest multiple of ``m``, halves away from
+    zero, saturating at the int64 range."""
+    if m <= 0:
+        return ns
+    r = abs(ns) % m  # Go's % truncates toward zero
+    if ns < 0:
+        out = ns + r if r + r < m else ns - m + r
+        return max(out, -_INT64_MAX - 1)
+    out = ns - r if r + r < m else ns + m - r
+    return min(out, _INT64_MAX)
+
+
+def _go_frac(v: int, prec: int) -> tuple[str, int]:
+    """Go's ``fmtFrac``: the ``prec`` low decimal digits of ``v`` as ``.ddd`` without trailing
+    zeros (no point at all when they are all zero), and ``v`` without them."""
+    digits = ""
+    printed = False
+    for _ in range(prec):
+        d = v % 10
+        printed = printed or d != 0
+        if printed:
+            digits = str(d) + digits
+        v //= 10
+    return ("." + digits if printed else ""), v
+
+
+def go_duration_string(ns: int) -> str:
+    """Go ``time.Duration.String`` of ``ns`` nanoseconds: ``0s``, ``1.5µs``, ``42ms``,
+    ``1.5s``, ``1m0s``, ``25h1m1.001s``."""
+    if ns == 0:
+        return "0s"
+    u = abs(ns)
+    if u < _NS_PER_S:
+        prec, unit = (0, "ns") if u < 1_000 else (3, "µs") if u < 1_000_000 else (6, "ms")
+        frac, u = _go_frac(u, prec)
+        text = f"{u}{frac}{unit}"
+    else:
+        frac, u = _go_frac(u, 9)
+        text = f"{u % 60}{frac}s"
+        u //= 60
+        if u:
+            text = f"{u % 60}m{text}"
+            u //= 60
+            if u:
+                text = f"{u}h{text}"
+    return "-" + text if ns < 0 else text
 
 
 def go_duration(seconds: float) -> str:
-    """Go ``d.Round(time.Millisecond).String()``: ``0s``, ``42ms``, ``1.5s``, ``1m2.003s``."""
-    ms = round(seconds * 1000)
-    if ms == 0:
-        return "0s"
-    if ms < 1000:
-        return f"{ms}ms"
-    minutes, rest = divmod(ms, 60_000)
-    secs = f"{rest / 1000:.3f}".rstrip("0").rstrip(".") + "s"
-    if not minutes:
-        return secs
-    hours, minutes = divmod(minutes, 60)
-    return (f"{hours}h" if hours else "") + f"{minutes}m{secs}"
+    """Go ``d.Round(time.Millisecond).String()`` (``0s``, ``42ms``, ``1.5s``, ``1m2.003s``):
+    how `coder ping` prints a round-trip time and the time to a p2p connection."""
+    return go_duration_string(go_round(round(seconds * _NS_PER_S), 1_000_000))
+
+
+_GO_ESCAPES = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+               "\t": "\\t", "\v": "\\v", '"': '\\"', "\\": "\\\\"}
+
+
+def go_quote(text: str) -> str:
+    """Go's ``%q`` (``strconv.Quote``): double quotes, ``\\n``-style escapes, ``\\xNN`` for other
+    ASCII controls (and for bytes that are not UTF-8, as ``surrogateescape`` keeps them),
+    ``\\uNNNN``/``\\UNNNNNNNN`` for other non-printable characters."""
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in _GO_ESCAPES:
+            out.append(_GO_ESCAPES[ch])
+        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte of argv
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif ch.isprintable():
+            out.append(ch)
+        elif code < 0x10000:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(f"\\U{code:08x}")
+    out.append('"')
+    return "".join(out)
+
+
+def format_rtt(seconds: float, *, precise: bool = False) -> str:
+    """A round-trip time as `coder ping` prints it: rounded to the millisecond, so anything
+    under half a millisecond is ``0s``. ``precise``: Go's unrounded ``Duration.String``
+    (``412.345µs``)."""
+    if precise:
+        return go_duration_string(round(seconds * _NS_PER_S))
+    return go_duration(seconds)
 
 
 def _agent_peer(conn: Any) -> dict[str, Any]:
@@ -352,24 +425,38 @@ def _path(conn: Any, endpoint: str) -> str:
 
 
 async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, interval: float,
-                     timeout: float) -> int:
-    """``coder ping``-style pings of the agent behind ``conn`` (an open AgentConn): one
-    ``pong from <name> p2p via <endpoint> | proxied via DERP(<region>) in <rtt>`` line per
-    reply, then the peer diagnostics. ``quote`` puts ``name`` in double quotes in the timeout
-    line (`coder ping` does for a workspace name). Exit 0 if any pong came back."""
-    shown = f'"{name}"' if quote else name
+                     timeout: float, precise: bool = False, require_pong: bool = False) -> int:
+    """``coder ping``-style pings of the agent behind ``conn`` (an open AgentConn), line for
+    line as `coder ping` prints them: ``p2p connection established in <d>`` before the first
+    direct pong, ``pong from <name> p2p via <endpoint> | proxied via DERP(<region>) in <rtt>``
+    per reply (Go ``Duration.Round(time.Millisecond).String()``, so ``0s`` under half a
+    millisecond; ``precise``: unrounded, ``412.345µs``), ``ping to "<name>" timed out `` per
+    timeout (coder's trailing space included), then the peer diagnostics. ``quote`` puts
+    ``name`` in double quotes in the timeout line (`coder ping` does for a workspace name).
+    ``count`` ≤ 0 pings until interrupted (as ``coder ping -n 0``).
+
+    Exit status as `coder ping`: 0 once the pings are done, answered or not. ``require_pong``
+    (opt-in): 1 when not one ping got a pong."""
+    shown = go_quote(name) if quote else name
     replies = 0
+    sent = 0
     did_p2p = False
     begun = time.monotonic()
-    for seq in range(count):
-        started = time.monotonic()
+    while count <= 0 or sent < count:
+        if sent:
+            await asyncio.sleep(interval)  # coder: time.Sleep(pingWait) before each later ping
+        sent += 1
         try:
             rtt, _, _ = await conn.ping(timeout=timeout)
         except PingTimeoutError:
-            print(f"ping to {shown} timed out after {timeout:g}s", flush=True)
-        except NoRouteError as exc:
+            print(f"ping to {shown} timed out ", flush=True)
+        except NoRouteError as exc:  # the config does not route the agent: no ping can work
             print(f"agentconn ping: {exc}", file=sys.stderr)
             return 2
+        except TunnelClosedError:
+            raise
+        except TunnelError as exc:  # e.g. no handshake: coder prints it and goes on
+            print(f"ping to {shown} failed {exc}", flush=True)
         else:
             replies += 1
             endpoint = _agent_peer(conn).get("endpoint") or ""
@@ -377,9 +464,8 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
                 did_p2p = True  # as `coder ping`, before the first direct pong
                 print(f"p2p connection established in {go_duration(time.monotonic() - begun)}",
                       flush=True)
-            print(f"pong from {name} {_path(conn, endpoint)} in {format_rtt(rtt)}", flush=True)
-        if seq + 1 < count:
-            await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+            print(f"pong from {name} {_path(conn, endpoint)} in "
+                  f"{format_rtt(rtt, precise=precise)}", flush=True)
     peer = _agent_peer(conn)
     last = peer.get("last_handshake_unix") or 0
     age = f"{time.time() - last:.1f}s ago" if last else "never"
@@ -395,5 +481,5 @@ async def ping_agent(conn: Any, *, name: str, quote: bool = False, count: int, i
         print(f"{mark} last WireGuard handshake {age}; endpoint {endpoint or 'unknown'}; "
               f"direct UDP (no DERP relay)")
     print(f"  rx {peer.get('rx_bytes', 0)} B, tx {peer.get('tx_bytes', 0)} B; "
-          f"{replies}/{count} pongs")
-    return 0 if replies else 1
+          f"{replies}/{sent} pongs")
+    return 1 if require_pong and not replies else 0

@@ -69,6 +69,7 @@ from agentconn.web.client import Response as HttpResponse
 if TYPE_CHECKING:
     from agentconn.aio.tunnel import Tunnel
     from agentconn.client.containers import ContainersWatch
+    from agentconn.client.git import GitWatch
     from agentconn.wg.config import InterfaceConfig
 
 __all__ = [
@@ -641,6 +642,17 @@ class AgentConn:
         from agentconn.client.containers import delete_devcontainer
 
         await delete_devcontainer(self, devcontainer_id)
+    # -- git watch (agent-api.md §10) ---------------------------------------------------------
+
+    def watch_git(self, chat_id: uuid.UUID | str | None = None) -> GitWatch:
+        """Watch the git repositories chat ``chat_id`` touched: ``async with
+        conn.watch_git(chat_id=...) as w: async for msg in w: ...`` yields typed
+        :class:`~agentconn.proto.git.GitServerMessage` messages (``changes``,
+        ``error``, ``progress``); ``await w.refresh()`` asks for a rescan. The socket opens on entry
+        (``AgentApiError`` if the agent refuses). Without a chat the agent watches nothing."""
+        from agentconn.client.git import GitWatch
+
+        return GitWatch(self, chat_id)
 
     # -- desktop (computer use, agent-api.md §11) ---------------------------------------------
 

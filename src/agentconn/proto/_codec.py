@@ -112,7 +112,10 @@ def format_time(value: datetime) -> str:
     off = value.utcoffset()
     if off is None:
         raise ProtocolError("timestamps must be timezone-aware")
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
+    # Not strftime: glibc's %Y drops the zero padding of years before 1000 (Go's zero time is
+    # "0001-01-01T00:00:00Z").
+    text = (f"{value.year:04d}-{value.month:02d}-{value.day:02d}T"
+            f"{value.hour:02d}:{value.minute:02d}:{value.second:02d}")
     if value.microsecond:
         text += "." + f"{value.microsecond:06d}".rstrip("0")
     if not off:
@@ -221,6 +224,19 @@ def _enc_identity(value: Any) -> Any:
     return value
 
 
+def _enc_int(value: Any) -> int:
+    """A Go integer field's JSON: digits only. Go's decoder rejects ``1.0``, ``1e3`` and
+    ``true`` for an ``int``/``int64``/``uint16``, so an integral float is written as an int and
+    anything else is a bug on our side (:class:`ProtocolError`), not a body Go cannot read."""
+    if type(value) is int:
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return int(value)
+    raise ProtocolError(f"an integer field (Go int) holds {value!r}")
+
+
 def _enc_enum(value: Any) -> Any:
     return value.value if isinstance(value, enum.Enum) else value
 
@@ -291,7 +307,7 @@ def _codec_for(tp: Any) -> tuple[Decoder, Encoder]:
     if tp is bool:
         return _dec_bool, _enc_identity
     if tp is int:
-        return _dec_int, _enc_identity
+        return _dec_int, _enc_int
     if tp is float:
         return _dec_float, _enc_identity
     if tp is uuid.UUID:

@@ -51,7 +51,7 @@ class InterfacesReport(Model):
     """``BaseReport`` + ``interfaces``; ``error`` omitted unless set."""
 
     error: str | None = key("error", omit=Omit.NONE, default=None)
-    severity: Severity = key("severity", default=Severity.OK)
+    severity: str = key("severity", default=Severity.OK, enum=Severity)
     warnings: list[HealthMessage] = key("warnings", default_factory=list)
     dismissed: bool = key("dismissed", default=False)
     interfaces: list[InterfaceInfo] = key("interfaces", default_factory=list)
@@ -68,7 +68,7 @@ class NetcheckReport(Model):
     them, the strings ``"true"``, ``"false"`` and ``""`` (:func:`normalize_net_info`)."""
 
     error: str | None = key("error", omit=Omit.NONE, default=None)
-    severity: Severity = key("severity", default=Severity.OK)
+    severity: str = key("severity", default=Severity.OK, enum=Severity)
     warnings: list[HealthMessage] = key("warnings", default_factory=list)
     dismissed: bool = key("dismissed", default=False)
     net_info: dict[str, JSON] | None = key("net_info", default=None)

@@ -165,10 +165,12 @@ class BundleManifestFile(Model):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BundleManifestError(Model):
-    """A per-path problem in the bundle's ``manifest.json`` (e.g. ``no matches``)."""
+    """A per-path problem in the bundle's ``manifest.json`` (e.g. ``no matches``). ``path`` is
+    ``omitempty`` in Go (``BundleFilesManifestError``): absent when the request matched no
+    path."""
 
     requested: str = key("requested")
-    path: str = key("path")
+    path: str = key("path", omit=Omit.EMPTY, default="")
     reason: str = key("reason")
 
 

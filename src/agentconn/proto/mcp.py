@@ -81,9 +81,12 @@ class MCPResourceContents(Model):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class MCPContent(Model):
-    """One content item of a tool result: text, image/audio (base64 ``data``), or resource."""
+    """One content item of a tool result: text, image/audio (base64 ``data``), or resource.
 
-    type: MCPContentType = key("type")
+    ``type`` is an open enum (Go: a plain ``string``): a type newer than :class:`MCPContentType`
+    is kept as its string instead of failing the whole response."""
+
+    type: str = key("type", enum=MCPContentType)
     text: str = key("text", omit=Omit.EMPTY, default="")
     data: str = key("data", omit=Omit.EMPTY, default="")
     media_type: str = key("media_type", omit=Omit.EMPTY, default="")

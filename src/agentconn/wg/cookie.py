@@ -21,9 +21,10 @@ Everything is sans-IO: ``now`` is monotonic time in seconds; randomness is injec
 
 from __future__ import annotations
 
-import hmac
 import os
 from collections.abc import Callable
+
+from _wgcore.cookie import CookieGate
 
 from agentconn.errors import InvalidKeyError
 from agentconn.wg.constants import (
@@ -45,7 +46,7 @@ from agentconn.wg.constants import (
     RATE_LIMITER_PACKETS_BURSTABLE,
     RATE_LIMITER_PACKETS_PER_SECOND,
 )
-from agentconn.wg.crypto import Buffer, hash_, mac, xaead_decrypt, xaead_encrypt
+from agentconn.wg.crypto import Buffer, hash_, mac, xaead_decrypt
 from agentconn.wg.messages import CookieReply, MessageError, message_type
 
 __all__ = ["CookieChecker", "CookieGenerator", "RateLimiter"]
@@ -147,8 +148,8 @@ class CookieChecker:
 
     def __init__(self, own_public: bytes, *, random: Callable[[int], bytes] = os.urandom) -> None:
         own_public = _check_public(own_public, "own public key")
-        self._mac1_key = hash_(LABEL_MAC1 + own_public)
-        self._cookie_key = hash_(LABEL_COOKIE + own_public)
+        # The per-message work (mac1, mac2, the reply's AEAD) runs in C: _wgcore.cookie.
+        self._gate = CookieGate(own_public)
         self._random = random
         self._secret = bytes(KEY_SIZE)
         self._secret_born_at: float | None = None
@@ -162,27 +163,28 @@ class CookieChecker:
             raise ValueError(f"cookie secret must be {KEY_SIZE} bytes, got {len(secret)}")
         self._secret = bytes(secret)
         self._secret_born_at = born_at
+        self._gate.set_secret(self._secret)
 
     def _secret_expired(self, now: float) -> bool:
         # wireguard-go cookie.go: the secret is stale once older than CookieRefreshTime.
         born = self._secret_born_at
         return born is None or now - born > COOKIE_REFRESH_TIME
 
-    def _cookie_for(self, source: bytes) -> bytes:
-        # cookie := MAC(secret, source address bytes)
-        return mac(self._secret, source)
+    def screen(self, message: Buffer) -> int:
+        """One C call for the receive path: the message's type (1, 2, 3) when its type,
+        reserved bytes and length are right and, for an initiation (1) or response (2), its mac1
+        is valid; ``-type`` for an initiation or response with a wrong mac1; 0 otherwise."""
+        return int(self._gate.screen(message))
 
     def check_mac1(self, message: Buffer) -> bool:
         """Return whether ``message`` (an initiation or response) carries a valid mac1.
 
         Any other input, including a wrong size or type, returns ``False``. Never raises.
         """
-        layout = _layout(message)
-        if layout is None:
+        try:
+            return self._gate.screen(message) in (MESSAGE_INITIATION, MESSAGE_RESPONSE)
+        except (TypeError, ValueError, BufferError):
             return False
-        off_mac1, off_mac2, _ = layout
-        expected = mac(self._mac1_key, message[:off_mac1])
-        return hmac.compare_digest(expected, bytes(message[off_mac1:off_mac2]))
 
     def check_mac2(self, message: Buffer, source: bytes, now: float) -> bool:
         """Return whether ``message`` carries a valid mac2 for ``source`` at monotonic ``now``.
@@ -191,12 +193,12 @@ class CookieChecker:
         A secret older than ``COOKIE_REFRESH_TIME`` makes every mac2 invalid. Call this only
         under load and after :meth:`check_mac1`. Never raises.
         """
-        layout = _layout(message)
-        if layout is None or self._secret_expired(now):
+        if self._secret_expired(now):
             return False
-        _, off_mac2, _ = layout
-        expected = mac(self._cookie_for(source), message[:off_mac2])
-        return hmac.compare_digest(expected, bytes(message[off_mac2 : off_mac2 + MAC_SIZE]))
+        try:
+            return bool(self._gate.check_mac2(message, source))
+        except (TypeError, ValueError, BufferError):
+            return False
 
     def create_reply(self, message: Buffer, source: bytes, now: float) -> bytes:
         """Build the 64-byte cookie reply to a handshake message from ``source`` (spec §5).
@@ -206,19 +208,11 @@ class CookieChecker:
         :class:`MessageError` if ``message`` is neither a 148-byte initiation nor a 92-byte
         response.
         """
-        off_mac1, off_mac2, off_sender = _require_layout(message)
+        _require_layout(message)
         if self._secret_expired(now):
-            self._secret = self._random(KEY_SIZE)
-            self._secret_born_at = now
-        nonce = self._random(COOKIE_NONCE_SIZE)
-        # msg.cookie := XAEAD(HASH(LABEL_COOKIE || S_own^pub), nonce, cookie, msg.mac1)
-        encrypted = xaead_encrypt(
-            self._cookie_key, nonce, self._cookie_for(source), message[off_mac1:off_mac2]
-        )
-        receiver_index = int.from_bytes(message[off_sender : off_sender + 4], "little")
-        return CookieReply(
-            receiver_index=receiver_index, nonce=bytes(nonce), encrypted_cookie=encrypted
-        ).emit()
+            self.set_secret(self._random(KEY_SIZE), now)
+        # msg.cookie := XAEAD(HASH(LABEL_COOKIE || S_own^pub), nonce, MAC(secret, source), mac1)
+        return bytes(self._gate.reply(message, source, self._random(COOKIE_NONCE_SIZE)))
 
 
 class _Bucket:

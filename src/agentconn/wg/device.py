@@ -77,6 +77,10 @@ RES_HANDSHAKE = RESULT["HANDSHAKE"]
 RES_STAGE = RESULT["STAGE"]
 
 
+#: Handshake datagrams and cookie replies queued for sending between two flushes, at most
+#: (a flood answered with cookie replies must not grow the queue without limit).
+MAX_QUEUED_DATAGRAMS = 4096
+
 class Device:
     """The WireGuard interface state for one static identity (sans-IO).
 
@@ -105,7 +109,9 @@ class Device:
         self._timer_heap: list[tuple[float, int, Peer]] = []
         self._index_owner: dict[int, Peer] = {}
         self._next_peer_id = 1
-        self._out: list[tuple[bytes, bytes]] = []            # (datagram, sockaddr)
+        # (datagram, sockaddr): handshake messages and cookie replies waiting for a batch,
+        # bounded so that a flood cannot queue without limit between two flushes.
+        self._out: collections.deque[tuple[bytes, bytes]] = collections.deque()
         self._flush: dict[Peer, bool] = {}                   # peer -> keepalive wanted
         self.counters = collections.Counter[str]()
 
@@ -199,10 +205,12 @@ class Device:
 
     def queue_datagram(self, datagram: bytes, sockaddr: bytes) -> None:
         """Send `datagram` unencrypted (handshake messages, cookie replies) at the next flush."""
-        if sockaddr:
-            self._out.append((datagram, sockaddr))
-        else:
+        if not sockaddr:
             self.counters["no_endpoint"] += 1
+        elif len(self._out) >= MAX_QUEUED_DATAGRAMS:
+            self.counters["drop_out_queue_full"] += 1
+        else:
+            self._out.append((datagram, sockaddr))
 
     def want_flush(self, peer: Peer, *, keepalive: bool) -> None:
         self._flush[peer] = self._flush.get(peer, False) or keepalive
@@ -235,24 +243,28 @@ class Device:
             self.receive_handshake(datagram, source, now, wall)
 
     def receive_handshake(self, data: bytes, source: bytes, now: float, wall: float) -> None:
-        """Consume one handshake-type datagram from `source` (a sockaddr). Never raises."""
-        kind = message_type(data)
-        if kind is not None:
-            self._count_handshake(now)
+        """Consume one handshake-type datagram from `source` (a sockaddr). Never raises.
+
+        Type, length and mac1 are one C call (``CookieGate.screen``), and under load so are
+        mac2 and the cookie reply: a forged initiation costs a few microseconds, never a
+        Diffie-Hellman (wireguard.md §9 step 5; hardening issue item 3)."""
+        checker = self.cookie_checker
+        kind = checker.screen(data)
+        if kind == 0:
+            self.counters["drop_bad_handshake"] += 1
+            return
+        self._count_handshake(now)
         if kind == MESSAGE_COOKIE_REPLY:
             self._consume_cookie_reply(data, now)
             return
-        if kind not in (MESSAGE_INITIATION, MESSAGE_RESPONSE):
-            self.counters["drop_bad_handshake"] += 1
-            return
-        # wireguard.md §9 step 5: mac1 before any DH; under load, mac2 and the rate limiter.
-        if not self.cookie_checker.check_mac1(data):
+        if kind < 0:
             self.counters["drop_mac1"] += 1
             return
+        # wireguard.md §9 step 5: under load, mac2 and the rate limiter, still before any DH.
         if self.under_load(now):
             src = source_bytes(source)
-            if not self.cookie_checker.check_mac2(data, src, now):
-                self.queue_datagram(self.cookie_checker.create_reply(data, src, now), source)
+            if not checker.check_mac2(data, src, now):
+                self.queue_datagram(checker.create_reply(data, src, now), source)
                 self.counters["cookie_replies_sent"] += 1
                 return
             if not self.rate_limiter.allow(source_ip(source), now):
@@ -326,7 +338,7 @@ class Device:
     def fill(self, batch: PacketBatch) -> None:
         """Put queued handshake datagrams, keepalives and releasable staged packets in `batch`."""
         while self._out and batch.count < batch.slots:
-            datagram, sockaddr = self._out.pop(0)
+            datagram, sockaddr = self._out.popleft()
             batch.add_raw(datagram, sockaddr)
         for peer in list(self._flush):
             keepalive = self._flush[peer]
