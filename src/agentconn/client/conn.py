@@ -642,6 +642,7 @@ class AgentConn:
         from agentconn.client.containers import delete_devcontainer
 
         await delete_devcontainer(self, devcontainer_id)
+
     # -- git watch (agent-api.md §10) ---------------------------------------------------------
 
     def watch_git(self, chat_id: uuid.UUID | str | None = None) -> GitWatch:
