@@ -2,7 +2,8 @@
 # Set up a fresh Debian machine (run as root) and run the whole test suite against the
 # *installed* wheel, the way users get agentconn:
 #   1. apt-get install what is missing (wireguard-go, wg, ip, iperf3, curl, ping, gcc, venv, headers,
-#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
+#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder, docker.io and
+#      busybox-static for the container tests)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
 #   4. pip install the repaired wheel with the [test] and [docs] extras; build the API
@@ -59,6 +60,11 @@ need_pkg() {  # need_pkg PACKAGE: for packages without a command of their own
     dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1")
 }
 need_pkg golang-github-hashicorp-yamux-dev
+# the container tests (agent-api.md §9) start their own Docker engine (dockerd, the docker
+# CLI) and import a test image made of a static busybox (no registry is reachable)
+need_cmd dockerd docker.io
+need_cmd docker docker.io
+need_pkg busybox-static
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     [[ $PYTHON == python3 ]] || die "PYTHON=$PYTHON not found"
     missing+=(python3 python3-venv python3-dev)

@@ -39,8 +39,8 @@ from .client.conn import AgentConn, FileStream
 from .web.errors import ConnectionClosed
 from .web.websocket import WebSocket
 
-__all__ = ["SyncAgentConn", "SyncFileStream", "SyncGitWatch", "SyncWebSocket", "connect", "dial",
-           "run"]
+__all__ = ["SyncAgentConn", "SyncContainersWatch", "SyncFileStream", "SyncGitWatch",
+           "SyncWebSocket", "connect", "dial", "run"]
 
 T = TypeVar("T")
 
@@ -214,6 +214,33 @@ class SyncWebSocket:
         self.close()
 
 
+class SyncContainersWatch:
+    """A blocking :class:`~agentconn.client.containers.ContainersWatch`: each ``next()``
+    waits for the next container list; a context manager that closes the websocket."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+        run(watch.open())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return run(self._watch.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        run(self._watch.aclose())
+
+    def __enter__(self) -> SyncContainersWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 class SyncGitWatch:
     """A blocking :class:`~agentconn.client.git.GitWatch`: ``with conn.watch_git(chat_id=c)
     as w: for msg in w: ...``; :meth:`refresh`, :meth:`close`; ``repositories`` as there."""
@@ -287,6 +314,11 @@ class SyncAgentConn:
 
         httpx_kwargs.setdefault("base_url", f"http://localhost:{port}")
         return httpx.Client(transport=SyncTunnelTransport(self._conn, run), **httpx_kwargs)
+
+    def watch_containers(self) -> SyncContainersWatch:
+        """Blocking :meth:`~agentconn.AgentConn.watch_containers`: iterate for each list;
+        use ``with`` (or :meth:`SyncContainersWatch.close`)."""
+        return SyncContainersWatch(self._conn.watch_containers())
 
     def watch_git(self, chat_id: Any = None) -> SyncGitWatch:
         """Blocking :meth:`AgentConn.watch_git <agentconn.AgentConn.watch_git>`."""

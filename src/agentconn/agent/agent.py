@@ -189,6 +189,7 @@ class Agent:
         from agentconn.agent.api.listening import ListeningPortsApi
         from agentconn.agent.api.mcp import McpManager
         from agentconn.agent.api.processes import ProcessManager
+        from agentconn.agent.containers import ContainersApi
         from agentconn.agent.desktop import DesktopApi
         from agentconn.agent.git import GitWatchApi
 
@@ -206,6 +207,7 @@ class Agent:
             context,
             mcp,
             DesktopApi(opts),
+            ContainersApi(opts),
             GitWatchApi(opts, self.paths),
         ]
         for module in self._modules:
