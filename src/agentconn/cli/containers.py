@@ -88,7 +88,8 @@ def format_table(listing: ListContainersResponse, now: datetime | None = None) -
                     "DIRTY"]]
         errors = []
         for d in listing.devcontainers:
-            dc_rows.append([str(d.id), d.name or "-", d.status.value, d.workspace_folder,
+            status = getattr(d.status, "value", d.status)     # an open enum: str when unknown
+            dc_rows.append([str(d.id), d.name or "-", status, d.workspace_folder,
                             d.container.id[:12] if d.container else "-",
                             "yes" if d.dirty else ""])
             if d.error:
