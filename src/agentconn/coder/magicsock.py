@@ -538,7 +538,7 @@ class Magicsock:
         """Expire pings, lapse trust (fall back to DERP), run due heartbeats."""
         for peer in list(self._peers.values()):
             for tx_id, sent in list(peer.sent.items()):
-                if now - sent.at >= PING_TIMEOUT:
+                if now >= sent.at + PING_TIMEOUT:
                     del peer.sent[tx_id]
                     self.counters["ping_timeouts"] += 1
             if now >= peer.next_heartbeat:
