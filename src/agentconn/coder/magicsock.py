@@ -84,8 +84,6 @@ _TXID_LEN = 12
 _IGNORED = (ipaddress.ip_network("fe80::/10"), ipaddress.ip_network("fd7a:115c:a1e0::/48"),
             ipaddress.ip_network("fd60:627a:a42b::/48"))
 
-_DERP_IP = derp_magic_endpoint(1)[0]
-
 
 @dataclass(frozen=True, slots=True)
 class Via:
@@ -526,6 +524,7 @@ class Magicsock:
 
     def _heartbeat(self, peer: _PeerPath, now: float) -> None:
         peer.next_heartbeat = now + HEARTBEAT_INTERVAL
+        self.counters["heartbeats"] += 1
         if not self._active(peer, now):
             return                                  # idle session: no heartbeats
         best = self._current(peer, now)
