@@ -177,6 +177,7 @@ class _PeerPath:
     next_heartbeat: float = 0.0
     reported: Endpoint | None = None      # the path last announced with PathChanged
     added_at: float = 0.0
+    counters: Counter[str] = field(default_factory=Counter)
 
 
 class Magicsock:
@@ -283,6 +284,9 @@ class Magicsock:
                                       "call-me-maybe" if st.call_me_maybe else "ping"}
                            for ep, st in peer.endpoints.items()},
             "pings_outstanding": len(peer.sent),
+            "pings_sent": peer.counters["pings_sent"],
+            "pongs_received": peer.counters["pongs_received"],
+            "path_switches": peer.counters["path_switches"],
         }
 
     # -- sealing ----------------------------------------------------------------------------
@@ -397,6 +401,7 @@ class Magicsock:
             self.drops["unsolicited_pong"] += 1
             return
         self.counters["pongs_received"] += 1
+        peer.counters["pongs_received"] += 1
         latency = now - sent.at
         self._events.append(PongReceived(peer.disco, peer.node_key, region, msg.tx_id,
                                          msg.src, latency))
@@ -456,6 +461,7 @@ class Magicsock:
         peer.sent[tx_id] = _SentPing(ep, now, purpose)
         self._queue(Via(udp=ep), self._seal(peer.disco, Ping(tx_id, self.node_key)))
         self.counters["pings_sent"] += 1
+        peer.counters["pings_sent"] += 1
 
     def ping_derp(self, disco: DiscoPublic, now: float) -> bytes:
         """Disco-ping a peer over its DERP region (a pong never makes a path); its tx id.
@@ -505,6 +511,7 @@ class Magicsock:
             peer.reported = path
             self.counters["path_switches"] += 1
             self.counters["to_direct" if path is not None else "to_derp"] += 1
+            peer.counters["path_switches"] += 1
             self._events.append(PathChanged(peer.node_key, peer.disco, path,
                                             peer.best_latency if path is not None else None))
 

@@ -313,6 +313,8 @@ class TailnetNode:
         peer = self.peers.setdefault(peer_id, _Peer(peer_id))
         if peer.key is not None and peer.key != key:
             peer.ready = False                     # a restarted peer: new key, new handshake
+        if peer.disco is not None and peer.disco != disco:
+            self.magicsock.remove_peer(peer.disco)     # a new disco key: start over on DERP
         peer.key, peer.disco, peer.region = key, disco, node.preferred_derp
         peer.allowed = [n for n in allowed if isinstance(n, ipaddress.IPv6Network)]
         endpoints = [ep for ep in map(parse_endpoint, node.endpoints) if ep is not None]
@@ -463,6 +465,7 @@ class TailnetNode:
         """Ask the DERP map's STUN servers where our socket is seen, now and then."""
         loop = asyncio.get_running_loop()
         while True:
+            self._update_endpoints()              # interfaces may have changed
             now = loop.time()
             for tx_id, at in list(self._stun_pending.items()):
                 if now - at > STUN_TIMEOUT:
