@@ -264,7 +264,7 @@ async def test_bad_disco_on_the_udp_socket_is_dropped_and_counted(tmp_path: Path
             assert peer_endpoint(tunnel).startswith("127.0.0.1:")
 
 
-async def test_ping_cli_reports_the_direct_path(tmp_path: Path) -> None:
+async def test_ping_and_speedtest_cli_report_the_direct_path(tmp_path: Path) -> None:
     import agentconn as pkg
 
     src = str(Path(pkg.__file__).resolve().parents[1])
@@ -273,12 +273,19 @@ async def test_ping_cli_reports_the_direct_path(tmp_path: Path) -> None:
                "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
                "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN,
                "AGENTCONN_TAILNET_LISTEN": "127.0.0.1"}
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "agentconn.cli", "ping", "dev", "-n", "4", env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-        out, err = await asyncio.wait_for(proc.communicate(), 90)
-        text = out.decode()
-        assert proc.returncode == 0, err
-        assert "p2p connection established in" in text, text
-        assert "pong from dev p2p via 127.0.0.1:" in text, text
-        assert "Traceback" not in err.decode()
+        async def run(*args: str) -> tuple[int, str, str]:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "agentconn.cli", *args, env=env,
+                stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 90)
+            assert proc.returncode is not None
+            return proc.returncode, out.decode(), err.decode()
+
+        code, out, err = await run("ping", "dev", "-n", "4")
+        assert code == 0, err
+        assert "p2p connection established in" in out, out
+        assert "pong from dev p2p via 127.0.0.1:" in out, out
+        assert "Traceback" not in err
+        # speedtest --direct waits for the direct path (coder's "<ms>ms via direct")
+        code, out, err = await run("speedtest", "dev", "-d", "--time", "1s", "--direction", "up")
+        assert code == 0 and "ms via direct" in err and "Mbits/sec" in out + err, (out, err)
