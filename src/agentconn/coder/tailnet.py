@@ -21,7 +21,7 @@ is our node key:
   ``block_endpoints`` keeps a node DERP-only.
 * **Coordinator.** A session task dials the coordinate websocket (``version=2.0``), runs yamux
   and the DRPC ``Coordinate`` and ``StreamDERPMaps`` calls, sends ``UpdateSelf`` with our node
-  (fresh node and disco keys, home region, our /128 as address and allowed IP, no endpoints)
+  (fresh node and disco keys, home region, our /128 as address and allowed IP, our UDP endpoints)
   and — in the client role — ``AddTunnel`` for each agent we want. Peer updates configure
   WireGuard: a client programs an agent after ``READY_FOR_HANDSHAKE`` or 5 s after its NODE;
   an agent programs a client as soon as its NODE arrives and answers ``ReadyForHandshake``.
@@ -53,13 +53,13 @@ from ..proto.ports import agent_addresses
 from ..web.errors import WebSocketRejected
 from ..web.websocket import websocket_connect
 from ..wg.config import PeerConfig
-from .derp import Connected, DerpMap, DerpPool, PacketReceived
 from ..wg.endpoint import parse_sockaddr
 from . import stun
+from .derp import Connected, DerpMap, DerpPool, PacketReceived
 from .disco import MAGIC
-from .magicsock import Magicsock, PathChanged, Via, format_endpoint, parse_endpoint
-from .netcheck import local_endpoints, stun_servers
 from .keys import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic, random_node_id
+from .magicsock import Magicsock, PathChanged, format_endpoint, parse_endpoint
+from .netcheck import local_endpoints, stun_servers
 from .tailnet_pb import (
     CoordinateRequest,
     Node,
@@ -320,6 +320,8 @@ class TailnetNode:
         endpoints = [ep for ep in map(parse_endpoint, node.endpoints) if ep is not None]
         self.magicsock.add_peer(disco, key, node.preferred_derp, endpoints, self._now())
         self._pump()
+        if peer.configured == key:
+            self._pin(key, self.magicsock.path(key))   # e.g. back to DERP after a new disco key
         if self.role == "agent":
             self._configure(peer)
             asyncio.get_running_loop().create_task(session.send(CoordinateRequest(
