@@ -228,6 +228,11 @@ async def test_stun_endpoint_and_direct_path(tmp_path: Path) -> None:
             host, port = conn._tunnel.local_address
             assert node.stun_endpoint == (ipaddress.ip_address(host), port)
             assert node.counters["stun_responses"] >= 1
+            # the coordinator has our endpoints (UpdateSelf), and the agent's
+            announced = {info.kind: tuple(info.node.endpoints)
+                         for info in plane.coordinator_peers().values() if info.node}
+            assert announced["client"] == (f"{host}:{port}",)
+            assert announced["agent"] == (f"127.0.0.1:{agent.tunnel.listen_port}",)
             direct = f"127.0.0.1:{agent.tunnel.listen_port}"
             await until(lambda: peer_endpoint(conn._tunnel) == direct, "direct path")
             await round_trip(conn, tmp_path / "agent0" / "s.bin", 1 << 20, b"stun")

@@ -272,3 +272,17 @@ def test_parse_endpoint() -> None:
     assert parse_endpoint("[::ffff:1.2.3.4]:5") == (ipaddress.ip_address("1.2.3.4"), 5)
     for bad in ("", "x", "1.2.3.4", "1.2.3.4:0", "host:1", "1.2.3.4:99999"):
         assert parse_endpoint(bad) is None
+
+
+def test_new_local_endpoints_are_offered_to_every_peer() -> None:
+    net = Net()
+    a, b, c = net.side(1000), net.side(2000), net.side(3000)
+    net.introduce(a, b)
+    net.introduce(a, c)
+    net.run(0.5)
+    sent = a.ms.counters["call_me_maybe_sent"]
+    assert a.ms.set_local_endpoints([a.addr]) is False          # unchanged: nothing sent
+    assert a.ms.set_local_endpoints([a.addr, ep(1001)]) is True
+    assert a.ms.counters["call_me_maybe_sent"] == sent + 2
+    net.run(1.0)
+    assert all(s.ms.counters["call_me_maybe_received"] >= 1 for s in (b, c))
