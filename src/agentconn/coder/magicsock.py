@@ -534,9 +534,8 @@ class Magicsock:
         self.counters["heartbeats"] += 1
         if not self._active(peer, now):
             return                                  # idle session: no heartbeats
-        best = self._current(peer, now)
-        if best is not None:
-            self._ping(peer, best, now, "heartbeat")
+        if peer.best is not None:                   # trusted or not, as addrForSendLocked
+            self._ping(peer, peer.best, now, "heartbeat")
         if self._want_full_ping(peer, now):
             self._send_pings(peer, now, call_me_maybe=True)
 
