@@ -239,9 +239,10 @@ class Agent:
             _log.exception("starting MCP servers failed")
 
     async def join_tailnet(self, url: str, agent_token: str, *, timeout: float = 30.0,
-                           ssl_context: Any = None) -> Any:
-        """Join a Coder-style coordinator as this agent and be reachable through its DERP
-        relays only (no static peers needed).
+                           ssl_context: Any = None, block_endpoints: bool = False) -> Any:
+        """Join a Coder-style coordinator as this agent, reachable through its DERP relays and,
+        once disco finds one, a direct UDP path (no static peers needed; ``block_endpoints``
+        or a deployment with direct connections disabled: DERP only).
 
         Fetches the DERP map (``GET /api/v2/workspaceagents/connection`` with
         ``Coder-Session-Token: <agent_token>``), connects the home region, and runs the agent
@@ -270,7 +271,8 @@ class Agent:
                            DerpMap.from_json(info.derp_map), target, role="agent",
                            force_websockets=info.derp_force_websockets,
                            addresses=list(agent_addresses(self.agent_id)),
-                           rewrite_derp_map=lambda m: rewrite_derp_map(m, credentials.url))
+                           rewrite_derp_map=lambda m: rewrite_derp_map(m, credentials.url),
+                           block_endpoints=block_endpoints or info.disable_direct_connections)
         await node.start(timeout)
         self.tailnet = node
         return node

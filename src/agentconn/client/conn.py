@@ -240,12 +240,16 @@ class AgentConn:
             return True
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, bool, dict[str, Any]]:
-        """One TSMP ping: (RTT seconds, direct path, result). Our tunnel has no DERP relay,
-        so every path is direct."""
+        """One TSMP ping: (RTT seconds, direct path, result). Direct unless the agent peer's
+        WireGuard endpoint is a relay path (DERP, until disco finds a direct UDP path);
+        the result names the UDP ``Endpoint`` of a direct path (ipnstate.PingResult)."""
         rtt = await self._tunnel.ping(self._host, timeout=timeout, kind="tsmp")
         self._last_ok = time.monotonic()
-        return rtt, True, {"IP": self._host, "LatencySeconds": rtt, "Endpoint": "",
-                           "NodeIP": self._host, "PeerAPIPort": 0}
+        endpoint = str((self.get_peer_diagnostics().get("peer") or {}).get("endpoint") or "")
+        direct = not endpoint.startswith("relay:")
+        return rtt, direct, {"IP": self._host, "LatencySeconds": rtt,
+                             "Endpoint": endpoint if direct else "",
+                             "NodeIP": self._host, "PeerAPIPort": 0}
 
     def get_peer_diagnostics(self) -> dict[str, Any]:
         """Tunnel-level diagnostics for the agent peer (handshake, endpoint, counters)."""
