@@ -2,13 +2,22 @@
 # Set up a fresh Debian machine (run as root) and run the whole test suite against the
 # *installed* wheel, the way users get agentconn:
 #   1. apt-get install what is missing (wireguard-go, wg, ip, iperf3, curl, ping, gcc, venv, headers,
-#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder)
+#      Xvnc, ffmpeg, xterm, Go and hashicorp/yamux's source for tests/coder, docker.io and
+#      busybox-static for the container tests)
 #   2. fresh venv .venv-test
 #   3. python -m build --wheel, then auditwheel repair into wheelhouse/ (manylinux)
-#   4. pip install the repaired wheel with the [test] extra
+#   4. pip install the repaired wheel with the [test] and [docs] extras; build the API
+#      reference (scripts/docs.sh: Sphinx, warnings are errors)
 #   5. python -m pytest tests -q -p no:cacheprovider "$@"
+#   6. the portable pass (issue 17): build a second wheel with AGENTCONN_PORTABLE=1 (the POSIX
+#      recvmsg/sendmsg path macOS and the BSDs get instead of recvmmsg/sendmmsg + UDP GRO/GSO),
+#      install it over the first and run the tests that drive the extensions' I/O again:
+#      $PORTABLE_TESTS (default: tests/wgcore tests/wg tests/aio tests/node tests/interop
+#      tests/client; PORTABLE_TESTS=tests for all; PORTABLE_PASS=0 skips the pass).
+#      tests/wgcore/test_portable.py asserts _wgcore.udpio.BACKEND == "portable" there.
 # CI=true is passed through untouched (interop tests then fail instead of skipping).
-# Exit status is pytest's, except that "no tests collected" (5) counts as a failure.
+# Exit status is the first failing pytest's, except that "no tests collected" (5) counts as a
+# failure.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -16,7 +25,7 @@ ROOT=$PWD
 VENV=$ROOT/.venv-test
 PYTHON=${PYTHON:-python3}
 
-log() { printf '\n==> %s\n' "$*" >&2; }
+log() { printf '\n==> [+%ss] %s\n' "$SECONDS" "$*" >&2; }  # seconds since the start
 die() { printf '\nERROR: %s\n' "$*" >&2; exit 1; }
 
 # --- 1. system packages ------------------------------------------------------------------
@@ -43,12 +52,19 @@ need_cmd Xvnc tigervnc-standalone-server
 need_cmd ffmpeg ffmpeg
 need_cmd ffprobe ffmpeg
 need_cmd xterm xterm
+# the git watch tests (agent-api.md §10) scan real repositories with the git CLI
+need_cmd git git
 # tests/coder builds a hashicorp/yamux peer from Debian's Go source tree (no module proxy)
 need_cmd go golang-go
 need_pkg() {  # need_pkg PACKAGE: for packages without a command of their own
     dpkg -s "$1" >/dev/null 2>&1 || missing+=("$1")
 }
 need_pkg golang-github-hashicorp-yamux-dev
+# the container tests (agent-api.md §9) start their own Docker engine (dockerd, the docker
+# CLI) and import a test image made of a static busybox (no registry is reachable)
+need_cmd dockerd docker.io
+need_cmd docker docker.io
+need_pkg busybox-static
 if ! command -v "$PYTHON" >/dev/null 2>&1; then
     [[ $PYTHON == python3 ]] || die "PYTHON=$PYTHON not found"
     missing+=(python3 python3-venv python3-dev)
@@ -102,8 +118,8 @@ repaired=("$ROOT"/wheelhouse/agentconn-*manylinux*.whl)
 WHEEL=${repaired[0]}
 
 # --- 4. install it with the test extra -----------------------------------------------------
-log "installing ${WHEEL##*/}[test]"
-"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test]"
+log "installing ${WHEEL##*/}[test,docs]"
+"$VPY" -m pip install --quiet --find-links "$ROOT/wheelhouse" "${WHEEL}[test,docs]"
 
 # The tests must exercise the installed wheel, never src/ (src layout: src/ is not on
 # sys.path when running from the repo root). Prove it.
@@ -123,6 +139,10 @@ while IFS= read -r f; do
     [[ $f == "$VENV"/* ]] || die "$f is not inside $VENV: the tests would not test the installed wheel"
 done <<<"$location"
 
+# --- 4b. the API reference builds from the installed package's docstrings, warning-free -----
+log "building the API reference (scripts/docs.sh, warnings are errors)"
+PYTHON=$VPY bash "$ROOT/scripts/docs.sh" || die "the API reference (docs/) does not build cleanly"
+
 # --- 5. run the tests ----------------------------------------------------------------------
 log "running pytest${CI:+ (CI=$CI)}"
 set +e
@@ -132,4 +152,28 @@ set -e
 if ((rc == 5)); then
     die "pytest collected no tests (exit 5): treating as failure"
 fi
-exit "$rc"
+
+# --- 6. the portable pass ------------------------------------------------------------------
+if [[ ${PORTABLE_PASS:-1} == 0 ]]; then
+    log "portable pass skipped (PORTABLE_PASS=0)"
+    exit "$rc"
+fi
+read -r -a portable_tests <<<"${PORTABLE_TESTS:-tests/wgcore tests/wg tests/aio tests/node tests/interop tests/client}"
+log "building the portable wheel (AGENTCONN_PORTABLE=1)"
+rm -rf "$ROOT/build" "$ROOT/dist-portable"
+AGENTCONN_PORTABLE=1 "$VPY" -m build --wheel --outdir "$ROOT/dist-portable" "$ROOT"
+portable=("$ROOT"/dist-portable/agentconn-*.whl)
+((${#portable[@]} == 1)) || die "expected one wheel in dist-portable/, got: ${portable[*]:-none}"
+"$VPY" -m pip install --quiet --force-reinstall --no-deps "${portable[0]}"
+backend=$("$VPY" -c 'import _wgcore.udpio as u; print(u.BACKEND)')
+[[ $backend == portable ]] || die "the AGENTCONN_PORTABLE=1 wheel compiled udpio backend '$backend'"
+log "running pytest on the portable wheel: ${portable_tests[*]}"
+set +e
+AGENTCONN_PORTABLE=1 "$VPY" -m pytest "${portable_tests[@]}" -q -p no:cacheprovider "$@"
+prc=$?
+set -e
+if ((prc == 5)); then
+    die "portable pass: pytest collected no tests (exit 5): treating as failure"
+fi
+((rc != 0)) && exit "$rc"
+exit "$prc"

@@ -49,6 +49,7 @@ cdef class Datapath:
     cdef public uint32_t mtu
     cdef uint64_t rx_packets, rx_bytes, tx_packets, tx_bytes
     cdef uint64_t drops[DROP_REASONS]
+    cdef public uint64_t disco_rx      # RES_DISCO datagrams seen (the tunnel polls it per batch)
 
     cdef inline uint32_t _hash(self, uint32_t index) noexcept nogil
     cdef KeypairState* lookup(self, uint32_t index) noexcept nogil

@@ -62,10 +62,18 @@ DROP_REASON_NAMES = {
     -DROP_SEND: "send_failed",
 }
 
+# Disco (Tailscale magicsock discovery) datagrams share the WireGuard socket: "TS💬" and at
+# least magic + sender key + nonce (LooksLikeDiscoWrapper); so do STUN binding responses
+# (type 0x0101, magic cookie 0x2112A442 at offset 4).
+cdef const char* DISCO_MAGIC = b"TS\xf0\x9f\x92\xac"
+cdef const char* STUN_COOKIE = b"\x21\x12\xa4\x42"
+cdef enum:
+    DISCO_HEADER_LEN = 62
+
 RESULT = {
     "EMPTY": RES_EMPTY, "DATA": RES_DATA, "KEEPALIVE": RES_KEEPALIVE,
     "HANDSHAKE": RES_HANDSHAKE, "PENDING": RES_PENDING, "SEALED": RES_SEALED, "RAW": RES_RAW,
-    "STAGE": RES_STAGE,
+    "STAGE": RES_STAGE, "DISCO": RES_DISCO,
 }
 RESULT.update({"DROP_" + name.upper(): -code for code, name in DROP_REASON_NAMES.items()})
 
@@ -312,7 +320,8 @@ cdef class PacketBatch:
             d = &self.desc[i]
             if d.result != result:
                 continue
-            if result == RES_HANDSHAKE or result == RES_RAW or result == RES_SEALED:
+            if (result == RES_HANDSHAKE or result == RES_RAW or result == RES_SEALED
+                    or result == RES_DISCO):
                 payload = bytes(self._arena[d.off:d.off + d.len])
             else:
                 payload = bytes(self._arena[d.inner_off:d.inner_off + d.inner_len])
@@ -657,6 +666,13 @@ cdef class Datapath:
                         or (kind == MESSAGE_RESPONSE and length == RESPONSE_LEN)
                         or (kind == MESSAGE_COOKIE_REPLY and length == COOKIE_REPLY_LEN)):
                     d.result = RES_HANDSHAKE
+                elif ((length >= DISCO_HEADER_LEN and memcmp(p, DISCO_MAGIC, 6) == 0)
+                        or (length >= 20 and memcmp(p + 4, STUN_COOKIE, 4) == 0
+                            and p[0] == 0x01 and p[1] == 0x01)):
+                    # magicsock's disco, or a STUN binding response (RFC 5389), sharing the
+                    # socket: for the Python control path
+                    d.result = RES_DISCO
+                    self.disco_rx += 1
                 else:
                     d.result = DROP_TYPE
                     self.count_drop(DROP_TYPE)

@@ -3,15 +3,35 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy
 
-cdef extern from "<endian.h>" nogil:
-    uint16_t htobe16(uint16_t)
-    uint16_t be16toh(uint16_t)
-    uint32_t htobe32(uint32_t)
-    uint32_t be32toh(uint32_t)
-    uint32_t htole32(uint32_t)
-    uint32_t le32toh(uint32_t)
-    uint64_t htole64(uint64_t)
-    uint64_t le64toh(uint64_t)
+# glibc's <endian.h> names (htobe16 ...), defined here from the compiler's byte order and bswap
+# builtins (GCC and clang, on every platform), so no Linux-only header is needed: macOS has no
+# <endian.h> and the BSDs keep it in <sys/endian.h>.
+cdef extern from *:
+    """
+    #ifndef AGENTCONN_OCTETS_ENDIAN
+    #define AGENTCONN_OCTETS_ENDIAN
+    #include <stdint.h>
+    #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    #define agentconn_htobe16(x) ((uint16_t)(x))
+    #define agentconn_htobe32(x) ((uint32_t)(x))
+    #define agentconn_htole32(x) __builtin_bswap32(x)
+    #define agentconn_htole64(x) __builtin_bswap64(x)
+    #else
+    #define agentconn_htobe16(x) __builtin_bswap16(x)
+    #define agentconn_htobe32(x) __builtin_bswap32(x)
+    #define agentconn_htole32(x) ((uint32_t)(x))
+    #define agentconn_htole64(x) ((uint64_t)(x))
+    #endif
+    #endif
+    """
+    uint16_t htobe16 "agentconn_htobe16" (uint16_t) nogil
+    uint16_t be16toh "agentconn_htobe16" (uint16_t) nogil
+    uint32_t htobe32 "agentconn_htobe32" (uint32_t) nogil
+    uint32_t be32toh "agentconn_htobe32" (uint32_t) nogil
+    uint32_t htole32 "agentconn_htole32" (uint32_t) nogil
+    uint32_t le32toh "agentconn_htole32" (uint32_t) nogil
+    uint64_t htole64 "agentconn_htole64" (uint64_t) nogil
+    uint64_t le64toh "agentconn_htole64" (uint64_t) nogil
 
 
 cdef inline uint32_t load_u32le(const uint8_t* p) noexcept nogil:

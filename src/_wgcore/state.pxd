@@ -52,6 +52,7 @@ cdef enum:
     RES_SEALED = 5        # tx: transport message ready at off/len for addr
     RES_RAW = 6           # tx: handshake message to send as-is
     RES_STAGE = 7         # tx: no usable keypair or endpoint: Python stages it and handshakes
+    RES_DISCO = 8         # rx: disco-looking (magic "TS\xf0\x9f\x92\xac", >= 62 bytes), for Python
     DROP_SHORT = -1
     DROP_TYPE = -2
     DROP_NO_KEYPAIR = -3

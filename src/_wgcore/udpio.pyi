@@ -3,6 +3,8 @@ from typing import Any
 
 from _wgcore.datapath import PacketBatch
 
+BACKEND: str
+
 class UdpIO:
     gro: bool
     gso: bool

@@ -1,12 +1,15 @@
 # cython: language_level=3
 """The UDP socket side of the data path: batched reads and writes straight into PacketBatches.
 
-Linux: ``recvmmsg`` with UDP_GRO (one read returns many coalesced datagrams, split here by the
-segment size in the cmsg) and ``sendmmsg`` with UDP_SEGMENT/GSO (consecutive same-size datagrams
-to one destination leave as one super-buffer), as wireguard-go's conn/bind_std.go and
-gso_linux.go do (wireguard.md §13). Where the kernel lacks GRO or GSO, the same calls run with
-one datagram per message. The socket stays owned by Python (the event loop watches it); this
-class only borrows its file descriptor.
+Linux (``BACKEND == "linux"``): ``recvmmsg`` with UDP_GRO (one read returns many coalesced
+datagrams, split here by the segment size in the cmsg) and ``sendmmsg`` with UDP_SEGMENT/GSO
+(consecutive same-size datagrams to one destination leave as one super-buffer), as
+wireguard-go's conn/bind_std.go and gso_linux.go do (wireguard.md §13). Where the kernel lacks
+GRO or GSO, the same calls run with one datagram per message. Other POSIX systems (macOS, the
+BSDs), and Linux builds made with ``AGENTCONN_PORTABLE=1`` (``BACKEND == "portable"``), loop
+over plain POSIX ``recvmsg``/``sendmsg`` with GRO and GSO off: the same batches and the same
+contract, one syscall per datagram. The socket stays owned by Python (the event loop watches
+it); this class only borrows its file descriptor.
 """
 cimport cython
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_Calloc, PyMem_Realloc
@@ -17,6 +20,68 @@ from libc.string cimport memcpy, memset, memcmp
 from _wgcore.datapath cimport PacketBatch
 from _wgcore.state cimport (PacketDesc, Endpoint, ENDPOINT_MAX, RES_EMPTY, RES_SEALED, RES_RAW,
                             DROP_TRUNCATED, DROP_SEND, DROP_REASONS)
+
+# The one platform seam of the package (issue 17): everything Linux-only is chosen here, by the C
+# preprocessor, at compile time. On Linux the real recvmmsg/sendmmsg and UDP_GRO/UDP_SEGMENT are
+# used. Elsewhere (macOS, the BSDs, any POSIX system), or on Linux when the build defines
+# AGENTCONN_PORTABLE (`AGENTCONN_PORTABLE=1 pip install .`, see setup.py), recvmmsg/sendmmsg are
+# loops of plain POSIX recvmsg/sendmsg calls with the same contract (the number of messages
+# done, -1 and errno only when the first fails), GRO and GSO are off, and the FORCE buffer
+# options are absent. The batching above the syscalls (one Python call per wake-up, no Python
+# object per datagram) is the same on both paths; only the number of syscalls differs.
+cdef extern from *:
+    """
+    #include <sys/types.h>
+    #include <sys/socket.h>
+    #include <sys/uio.h>
+    #include <netinet/in.h>
+    #include <errno.h>
+    #if defined(__linux__) && !defined(AGENTCONN_PORTABLE)
+    #define AGENTCONN_UDPIO_LINUX 1
+    #define AGENTCONN_UDPIO_BACKEND "linux"
+    typedef struct mmsghdr agentconn_mmsghdr;
+    #define agentconn_recvmmsg(fd, m, n, fl) recvmmsg((fd), (m), (n), (fl), NULL)
+    #define agentconn_sendmmsg(fd, m, n, fl) sendmmsg((fd), (m), (n), (fl))
+    #else
+    #define AGENTCONN_UDPIO_LINUX 0
+    #define AGENTCONN_UDPIO_BACKEND "portable"
+    typedef struct { struct msghdr msg_hdr; unsigned int msg_len; } agentconn_mmsghdr;
+    static int agentconn_recvmmsg(int fd, agentconn_mmsghdr* m, unsigned int n, int flags) {
+        unsigned int i = 0;
+        while (i < n) {
+            ssize_t r = recvmsg(fd, &m[i].msg_hdr, flags);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                return i ? (int)i : -1;
+            }
+            m[i].msg_len = (unsigned int)r;
+            i++;
+        }
+        return (int)n;
+    }
+    static int agentconn_sendmmsg(int fd, agentconn_mmsghdr* m, unsigned int n, int flags) {
+        unsigned int i = 0;
+        while (i < n) {
+            ssize_t r = sendmsg(fd, &m[i].msg_hdr, flags);
+            if (r < 0) {
+                if (errno == EINTR) continue;
+                return i ? (int)i : -1;
+            }
+            m[i].msg_len = (unsigned int)r;
+            i++;
+        }
+        return (int)n;
+    }
+    #endif
+    #ifndef SO_RCVBUFFORCE
+    #define SO_RCVBUFFORCE (-1)
+    #endif
+    #ifndef SO_SNDBUFFORCE
+    #define SO_SNDBUFFORCE (-1)
+    #endif
+    """
+    const bint UDPIO_LINUX "AGENTCONN_UDPIO_LINUX"
+    const char* UDPIO_BACKEND "AGENTCONN_UDPIO_BACKEND"
 
 cdef extern from "<sys/uio.h>" nogil:
     struct iovec:
@@ -37,9 +102,6 @@ cdef extern from "<sys/socket.h>" nogil:
         size_t cmsg_len
         int cmsg_level
         int cmsg_type
-    struct mmsghdr:
-        msghdr msg_hdr
-        unsigned int msg_len
     cmsghdr* CMSG_FIRSTHDR(msghdr*)
     cmsghdr* CMSG_NXTHDR(msghdr*, cmsghdr*)
     unsigned char* CMSG_DATA(cmsghdr*)
@@ -50,12 +112,21 @@ cdef extern from "<sys/socket.h>" nogil:
     int SOL_SOCKET
     int SO_RCVBUF
     int SO_SNDBUF
-    int SO_RCVBUFFORCE
+    int SO_RCVBUFFORCE            # -1 where the platform has none (see the block above)
     int SO_SNDBUFFORCE
-    int recvmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags, void* timeout)
-    int sendmmsg(int fd, mmsghdr* msgs, unsigned int vlen, int flags)
     int setsockopt(int fd, int level, int name, const void* value, socklen_t length)
     int getsockopt(int fd, int level, int name, void* value, socklen_t* length)
+
+cdef extern from * nogil:
+    ctypedef struct mmsghdr "agentconn_mmsghdr":
+        msghdr msg_hdr
+        unsigned int msg_len
+    int recvmmsg "agentconn_recvmmsg" (int fd, mmsghdr* msgs, unsigned int vlen, int flags)
+    int sendmmsg "agentconn_sendmmsg" (int fd, mmsghdr* msgs, unsigned int vlen, int flags)
+
+#: Which I/O path this build compiled in: ``"linux"`` (recvmmsg/sendmmsg, UDP_GRO/UDP_SEGMENT)
+#: or ``"portable"`` (POSIX recvmsg/sendmsg loops; GRO and GSO always off).
+BACKEND = UDPIO_BACKEND.decode()
 
 cdef enum:
     SOL_UDP = 17
@@ -115,14 +186,24 @@ cdef class UdpIO:
         self.last_send_errno = 0
         cdef int value = buffer_size
         # Big socket buffers absorb bursts (DATAPATH.md); FORCE needs CAP_NET_ADMIN.
-        if setsockopt(self.fd, SOL_SOCKET, SO_RCVBUFFORCE, &value, sizeof(int)) != 0:
-            setsockopt(self.fd, SOL_SOCKET, SO_RCVBUF, &value, sizeof(int))
-        if setsockopt(self.fd, SOL_SOCKET, SO_SNDBUFFORCE, &value, sizeof(int)) != 0:
-            setsockopt(self.fd, SOL_SOCKET, SO_SNDBUF, &value, sizeof(int))
+        self._size_buffer(SO_RCVBUFFORCE, SO_RCVBUF, value)
+        self._size_buffer(SO_SNDBUFFORCE, SO_SNDBUF, value)
         value = 1
-        self.gro = gro and setsockopt(self.fd, SOL_UDP, UDP_GRO, &value, sizeof(int)) == 0
+        self.gro = (UDPIO_LINUX and gro
+                    and setsockopt(self.fd, SOL_UDP, UDP_GRO, &value, sizeof(int)) == 0)
         cdef socklen_t vlen = sizeof(int)
-        self.gso = gso and getsockopt(self.fd, SOL_UDP, UDP_SEGMENT, &value, &vlen) == 0
+        self.gso = (UDPIO_LINUX and gso
+                    and getsockopt(self.fd, SOL_UDP, UDP_SEGMENT, &value, &vlen) == 0)
+
+    cdef void _size_buffer(self, int force_name, int name, int value) noexcept:
+        # Linux: FORCE (CAP_NET_ADMIN) ignores rmem_max/wmem_max, the plain option clamps to them.
+        # The BSDs and macOS have no FORCE and refuse (ENOBUFS) a size above kern.ipc.maxsockbuf
+        # instead of clamping, so halve until one is accepted.
+        if force_name >= 0 and setsockopt(self.fd, SOL_SOCKET, force_name, &value,
+                                          sizeof(int)) == 0:
+            return
+        while setsockopt(self.fd, SOL_SOCKET, name, &value, sizeof(int)) != 0 and value > 65536:
+            value //= 2
 
     def __dealloc__(self):
         PyMem_Free(self.rmsgs)
@@ -188,7 +269,7 @@ cdef class UdpIO:
             h.msg_flags = 0
         with nogil:
             while True:
-                got = recvmmsg(self.fd, self.rmsgs, n, MSG_DONTWAIT, NULL)
+                got = recvmmsg(self.fd, self.rmsgs, n, MSG_DONTWAIT)
                 if got < 0:
                     err = errno
                     if err == EINTR:

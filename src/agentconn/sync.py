@@ -19,6 +19,11 @@ objects. At interpreter exit the portal closes every connection it opened, then 
             print(f.read())
     with sync.dial("myworkspace") as conn:          # a Coder workspace (CODER_URL/token)
         print(conn.list_processes())
+        with conn.http_client(8000) as http:        # a blocking httpx.Client to port 8000
+            print(http.get("/").text)
+        with conn.websocket(8000, "/ws") as ws:     # a blocking websocket to port 8000
+            ws.send("hi")
+            print(ws.receive())
 """
 from __future__ import annotations
 
@@ -31,8 +36,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
 
 from .client.conn import AgentConn, FileStream
+from .web.errors import ConnectionClosed
+from .web.websocket import WebSocket
 
-__all__ = ["SyncAgentConn", "SyncFileStream", "connect", "dial", "run"]
+__all__ = ["SyncAgentConn", "SyncContainersWatch", "SyncFileStream", "SyncGitWatch",
+           "SyncWebSocket", "connect", "dial", "run"]
 
 T = TypeVar("T")
 
@@ -153,6 +161,120 @@ class SyncFileStream:
         self.close()
 
 
+class SyncWebSocket:
+    """A blocking :class:`~agentconn.web.websocket.WebSocket`: :meth:`send`, :meth:`receive`,
+    :meth:`close`; iterating yields messages until the peer closes. Use as a context manager."""
+
+    def __init__(self, ws: WebSocket) -> None:
+        self._ws = ws
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The subprotocol the server chose, if any."""
+        return self._ws.subprotocol
+
+    @property
+    def closed(self) -> bool:
+        """True once a close frame was sent or received, or the connection dropped."""
+        return self._ws.closed
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code once closed (1006: dropped without a close frame)."""
+        return self._ws.close_code
+
+    def send(self, message: bytes | str) -> None:
+        """Send one message: ``str`` as text, ``bytes`` as binary."""
+        run(self._ws.send(message))
+
+    def receive(self, timeout: float | None = None) -> bytes | str:
+        """The next whole message; raises :class:`~agentconn.web.errors.ConnectionClosed`
+        when the peer closes, ``TimeoutError`` after ``timeout`` seconds."""
+        return run(self._ws.receive(), timeout)
+
+    def ping(self, payload: bytes = b"") -> None:
+        """Send a ping (the pong is consumed by :meth:`receive`)."""
+        run(self._ws.ping(payload))
+
+    def __iter__(self) -> Iterator[bytes | str]:
+        while True:
+            try:
+                yield self.receive()
+            except ConnectionClosed:
+                return
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame, wait briefly for the peer's, hang up. Idempotent."""
+        run(self._ws.close(code, reason))
+
+    def __enter__(self) -> SyncWebSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncContainersWatch:
+    """A blocking :class:`~agentconn.client.containers.ContainersWatch`: each ``next()``
+    waits for the next container list; a context manager that closes the websocket."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+        run(watch.open())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return run(self._watch.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        run(self._watch.aclose())
+
+    def __enter__(self) -> SyncContainersWatch:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SyncGitWatch:
+    """A blocking :class:`~agentconn.client.git.GitWatch`: ``with conn.watch_git(chat_id=c)
+    as w: for msg in w: ...``; :meth:`refresh`, :meth:`close`; ``repositories`` as there."""
+
+    def __init__(self, watch: Any) -> None:
+        self._watch = watch
+
+    @property
+    def repositories(self) -> Any:
+        return self._watch.repositories
+
+    def __enter__(self) -> SyncGitWatch:
+        run(self._watch.open())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        msg = run(self._watch.receive())
+        if msg is None:
+            raise StopIteration
+        return msg
+
+    def refresh(self) -> None:
+        run(self._watch.refresh())
+
+    def close(self) -> None:
+        run(self._watch.close())
+
+
 class SyncAgentConn:
     """Every method of :class:`~agentconn.AgentConn`, blocking: same arguments, same typed
     results and exceptions. ``read_file`` gives a :class:`SyncFileStream`. Close it (or use
@@ -175,9 +297,32 @@ class SyncAgentConn:
         @functools.wraps(attr)
         def call(*args: Any, **kwargs: Any) -> Any:
             result = run(attr(*args, **kwargs))
-            return SyncFileStream(result) if isinstance(result, FileStream) else result
+            if isinstance(result, FileStream):
+                return SyncFileStream(result)
+            if isinstance(result, WebSocket):
+                return SyncWebSocket(result)
+            return result
 
         return call
+
+    def http_client(self, port: int, **httpx_kwargs: Any) -> Any:
+        """A blocking ``httpx.Client`` to the web app on the agent's ``port`` (base URL
+        ``http://localhost:<port>``), through the tunnel, keep-alive pooled. Needs ``httpx``."""
+        import httpx
+
+        from .client.http import SyncTunnelTransport
+
+        httpx_kwargs.setdefault("base_url", f"http://localhost:{port}")
+        return httpx.Client(transport=SyncTunnelTransport(self._conn, run), **httpx_kwargs)
+
+    def watch_containers(self) -> SyncContainersWatch:
+        """Blocking :meth:`~agentconn.AgentConn.watch_containers`: iterate for each list;
+        use ``with`` (or :meth:`SyncContainersWatch.close`)."""
+        return SyncContainersWatch(self._conn.watch_containers())
+
+    def watch_git(self, chat_id: Any = None) -> SyncGitWatch:
+        """Blocking :meth:`AgentConn.watch_git <agentconn.AgentConn.watch_git>`."""
+        return SyncGitWatch(self._conn.watch_git(chat_id))
 
     def close(self) -> None:
         """Close the connection (and its tunnel when it owns it)."""

@@ -468,13 +468,13 @@ async def test_exited_processes_are_reaped(make_procs: MakeHarness) -> None:
 
 
 async def test_exit_hook_for_chat_processes(make_procs: MakeHarness, tmp_path: Path) -> None:
-    calls: list[tuple[uuid.UUID, str]] = []
+    calls: list[tuple[tuple[uuid.UUID, ...], str]] = []
     h = await make_procs(on_process_exit=lambda chat, workdir: calls.append((chat, workdir)))
     chat = uuid.uuid4()
     await h.finished(await h.start("true", chat=chat, workdir=str(tmp_path)))
     await h.finished(await h.start("true", chat=chat))
     await h.finished(await h.start("true"))
-    assert calls == [(chat, str(tmp_path)), (chat, "")]
+    assert calls == [((chat,), str(tmp_path)), ((chat,), "")]
 
 
 async def test_close_kills_everything(make_procs: MakeHarness) -> None:

@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,9 +58,11 @@ def free_udp_port() -> int:
 
 
 @contextlib.contextmanager
-def agent_process(root: Path, agent_id: uuid.UUID) -> Iterator[tuple[Path, Path]]:
+def agent_process(root: Path, agent_id: uuid.UUID, extra_args: Sequence[str] = (),
+                  env: Mapping[str, str] | None = None) -> Iterator[tuple[Path, Path]]:
     """`agentconn agent` in a subprocess on a fresh pair of configs under `root`; yields
-    (client.conf, the agent's work directory) once the agent serves, terminates it after."""
+    (client.conf, the agent's work directory) once the agent serves, terminates it after.
+    ``extra_args`` go on the agent's command line, ``env`` over the environment."""
     from agentconn.cli.commands import pair_configs
 
     port = free_udp_port()
@@ -70,11 +72,12 @@ def agent_process(root: Path, agent_id: uuid.UUID) -> Iterator[tuple[Path, Path]
     (root / "client.conf").write_text(client_conf)
     work = root / "work"
     work.mkdir()
-    env = {**os.environ, "PYTHONPATH": PYTHONPATH}
+    child_env = {**os.environ, **(env or {}), "PYTHONPATH": PYTHONPATH}
     proc = subprocess.Popen(
         [sys.executable, "-m", "agentconn.cli", "agent", "--config", str(root / "agent.conf"),
          "--agent-id", str(agent_id), "--directory", str(work), "--log-dir",
-         str(root / "log")], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+         str(root / "log"), *extra_args], env=child_env, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE)
     assert proc.stdout is not None and proc.stderr is not None
     line = proc.stdout.readline()
     assert b"API on" in line, (line, proc.stderr.read() if proc.poll() is not None else b"")

@@ -43,6 +43,7 @@ COMMANDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "desktop record start": (("desktop", "record", "start"), ()),
     "desktop record stop": (("desktop", "record", "stop"), (RECORDING, "-o", "out.mp4")),
     "ping": (("ping",), ()),
+    "git-watch": (("git-watch",), ("--chat-id", str(uuid.UUID(int=9)))),
 }
 
 

@@ -342,7 +342,8 @@ def test_cli_target_errors(tmp_path: Path, agent: tuple[Path, Path]) -> None:
 
 
 async def test_cli_by_workspace_name(tmp_path: Path) -> None:
-    """`agentconn cp f dev:/path` and back, on the test Coder control plane (over DERP)."""
+    """`agentconn cp f dev:/path` and back, on the test Coder control plane (DERP, then the
+    direct UDP path disco finds)."""
     import asyncio
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "coder"))
@@ -354,7 +355,8 @@ async def test_cli_by_workspace_name(tmp_path: Path) -> None:
     remote = tmp_path / "remote"
     async with plane_with_agents(tmp_path, "dev") as (plane, _):
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "PYTHONPATH": PYTHONPATH,
-               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN}
+               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN,
+               "AGENTCONN_TAILNET_LISTEN": "127.0.0.1"}   # disco endpoints: loopback only
 
         async def run(*args: str) -> tuple[int, str]:
             proc = await asyncio.create_subprocess_exec(

@@ -81,3 +81,10 @@ async def session_pair() -> AsyncIterator[SessionPair]:
     finally:
         await pair.client.close()
         await pair.server.close()
+
+
+@pytest.fixture(autouse=True)
+def _tailnet_on_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Deployments our tests open bind their WireGuard socket to 127.0.0.1, so the endpoints
+    they advertise and disco-ping are loopback ones only."""
+    monkeypatch.setenv("AGENTCONN_TAILNET_LISTEN", "127.0.0.1")

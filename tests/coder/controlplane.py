@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from http.cookies import CookieError, SimpleCookie
 from typing import Any, Self
 
+from agentconn.coder import stun
 from agentconn.coder.derp import DerpMap, DerpServer
 from agentconn.coder.drpc_aio import Call, TypedCall
 from agentconn.coder.errors import DrpcError, ProtobufError
@@ -665,6 +666,37 @@ async def _first(*aws: Awaitable[Any]) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+class StunResponder(asyncio.DatagramProtocol):
+    """A tiny STUN server on 127.0.0.1: answers each binding request with the address it came
+    from (XOR-MAPPED-ADDRESS); anything else is counted and ignored."""
+
+    def __init__(self) -> None:
+        self.port = 0
+        self.requests = 0
+        self.ignored = 0
+        self._transport: asyncio.DatagramTransport | None = None
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(lambda: self,
+                                                           local_addr=("127.0.0.1", 0))
+        self._transport = transport
+        self.port = transport.get_extra_info("sockname")[1]
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        tx_id = stun.parse_request(data)
+        if tx_id is None or self._transport is None:
+            self.ignored += 1
+            return
+        self.requests += 1
+        self._transport.sendto(
+            stun.binding_response(tx_id, (ipaddress.ip_address(addr[0]), addr[1])), addr)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+
 class ControlPlane:
     """A test coderd on 127.0.0.1 (see module doc).
 
@@ -679,8 +711,10 @@ class ControlPlane:
     def __init__(self, *, token: str = TOKEN, user: str = "alice",
                  api_version: tuple[int, int] = API_VERSION,
                  response_buffer: int = RESPONSE_BUFFER_SIZE,
-                 heartbeat: float | None = HEARTBEAT_INTERVAL) -> None:
+                 heartbeat: float | None = HEARTBEAT_INTERVAL, stun: bool = False) -> None:
         self.token = token
+        #: Serve STUN (RFC 5389 binding) on a loopback UDP port named in the DERP map.
+        self.stun = StunResponder() if stun else None
         self.user = user
         self.api_version = api_version
         self.response_buffer = response_buffer
@@ -720,7 +754,8 @@ class ControlPlane:
             "EmbeddedRelay": False, "RegionID": 1, "RegionCode": "test",
             "RegionName": "test server",
             "Nodes": [{"Name": "test0", "RegionID": 1, "HostName": "127.0.0.1",
-                       "IPv4": "127.0.0.1", "IPv6": "none", "STUNPort": -1,
+                       "IPv4": "127.0.0.1", "IPv6": "none",
+                       "STUNPort": self.stun.port if self.stun is not None else -1,
                        "DERPPort": self.port, "InsecureForTests": True, "ForceHTTP": True}]}}}
 
     def derp_map(self) -> dict[str, Any] | None:
@@ -815,6 +850,8 @@ class ControlPlane:
                 self._http_tasks.discard(task)
                 self._http_writers.discard(writer)
 
+        if self.stun is not None:
+            await self.stun.start()
         self._server = await asyncio.start_server(serve, "127.0.0.1", 0)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.url
@@ -835,6 +872,8 @@ class ControlPlane:
             conn.ws.abort()
         await self._wait_connections(connections, 5.0)
         await self.derp.close()
+        if self.stun is not None:
+            self.stun.close()
         for writer in list(self._http_writers):
             writer.transport.abort()
         if self._http_tasks:

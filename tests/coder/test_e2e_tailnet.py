@@ -1,6 +1,6 @@
 """The whole system with no static keys: our Agent joins the test control plane as the agent
 peer, ``agentconn.coder.dial("dev")`` reaches it by name, and everything travels through the
-DERP relay (the UDP sockets carry nothing). Also: the websocket DERP fallback, a dropped
+DERP relay (with direct connections disabled, the UDP sockets carry nothing). Also: the websocket DERP fallback, a dropped
 coordinator with a live TCP connection, a DERP restart, an agent restart with a new key, and
 many dials sharing one deployment."""
 from __future__ import annotations
@@ -59,7 +59,10 @@ def udp_sent(tunnel: Any) -> int:
     return int(tunnel.stats()["udp"]["tx_datagrams"])
 
 
-async def test_dial_by_name_everything_over_derp(tmp_path: Path) -> None:
+async def test_dial_by_name_everything_over_derp(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # DERP only: coder's --disable-direct-connections (direct paths: test_direct_paths.py)
+    monkeypatch.setenv("CODER_DISABLE_DIRECT_CONNECTIONS", "true")
     async with plane_with_agents(tmp_path, "dev") as (plane, (agent,)):
         (tmp_path / "agent0" / "hello.txt").write_text("hello over DERP\n")
         async with await agentconn.coder.dial("dev", url=plane.url, token=TOKEN) as conn:
@@ -187,7 +190,9 @@ async def test_cli_by_workspace_name(tmp_path: Path) -> None:
     async with plane_with_agents(tmp_path, "dev") as (plane, _):
         env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
                "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
-               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN}
+               "CODER_URL": plane.url, "CODER_SESSION_TOKEN": TOKEN,
+               "AGENTCONN_TAILNET_LISTEN": "127.0.0.1",
+               "CODER_DISABLE_DIRECT_CONNECTIONS": "true"}
 
         async def run(*args: str) -> tuple[int, str, str]:
             proc = await asyncio.create_subprocess_exec(

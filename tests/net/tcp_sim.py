@@ -5,7 +5,8 @@ with seeded loss, duplication, reordering (extra random delay) and a fixed one-w
 only moves when :meth:`Link.run` advances it to the next event (packet arrival or stack timer),
 so a transfer that takes minutes of simulated retransmission timeouts runs in milliseconds.
 
-Besides the link itself: taps see every packet a stack emits (before the faults), `inject`
+Besides the link itself: taps see every packet a stack emits (before the faults), `drop` and
+`extra_delay` hooks lose or delay chosen packets (scripted loss patterns), `inject`
 delivers hand-made packets, `watch` records each connection's state changes step by step,
 events raised by connections and listeners are collected (`events_of`), `Flow` pumps bytes
 from one connection to another, and `tcp_packet`/`parse_tcp` build and read raw segments.
@@ -66,6 +67,10 @@ class Link:
         self.on_events: Callable[[int, list[TcpConn | TcpListener]], None] | None = None
         # every packet a stack emits, before faults: tap(sending side, packet)
         self.taps: list[Callable[[int, bytes], None]] = []
+        # drop(sending side, packet) -> True: lose this packet (before the seeded faults)
+        self.drop: Callable[[int, bytes], bool] | None = None
+        # delay(sending side, packet) -> extra one-way delay for this packet (seconds)
+        self.extra_delay: Callable[[int, bytes], float] | None = None
         self.trace: dict[TcpConn, list[tuple[float, str]]] = {}
         self._events: dict[TcpConn | TcpListener, int] = {}
 
@@ -92,6 +97,10 @@ class Link:
             tap(side, packet)
         f = self.faults[side]
         rng = self.rng
+        if self.drop is not None and self.drop(side, packet):
+            self.dropped[side] += 1
+            return
+        extra = self.extra_delay(side, packet) if self.extra_delay is not None else 0.0
         if rng.random() < f.loss:
             self.dropped[side] += 1
             return
@@ -102,7 +111,8 @@ class Link:
                 b = bytearray(packet)
                 b[rng.randrange(len(b))] ^= 1 << rng.randrange(8)
                 data = bytes(b)
-            delay = f.delay + (f.reorder_delay * rng.random() if rng.random() < f.reorder else 0.0)
+            delay = f.delay + extra + \
+                (f.reorder_delay * rng.random() if rng.random() < f.reorder else 0.0)
             self._seq += 1
             heapq.heappush(self.queue, _Arrival(self.now + delay, self._seq, 1 - side, data))
 

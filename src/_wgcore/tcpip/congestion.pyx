@@ -17,7 +17,8 @@ gives a valid sample, what is a congestion event) and these functions decide *ho
   below the Reno-friendly estimate W_est (§4.3), growing at most 1.5x per RTT (§4.2 "target").
   ``cubic_on_congestion`` (a loss, a timeout) remembers W_max with fast convergence (§4.7) and
   sets ssthresh = beta * window (§4.6), at least two segments; the connection then sets the
-  window itself (ssthresh in fast recovery, one segment after a timeout).
+  window itself (PRR down to ssthresh in fast recovery, one segment after a timeout), calls
+  it once per congestion episode, and may undo it (a spurious episode, shown by DSACKs).
 
 Invariants: ``rto`` stays within [RTO_MIN, RTO_MAX] once initialised; ``cwnd`` stays within
 (0, 2**30]; ``epoch_start == 0`` means no epoch is running (the next ACK in congestion

@@ -4,7 +4,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 
 from _wgcore.datapath cimport PacketBatch
 from _wgcore.tcpip.wire cimport ConnKey, Segment, D_COUNT
-from _wgcore.tcpip.storage cimport SendRing, RecvRing, RangeSet
+from _wgcore.tcpip.storage cimport SendRing, RecvRing, RangeSet, SegQueue, SegRec
 from _wgcore.tcpip.congestion cimport RttEstimator, Cubic
 
 # RFC 9293 §3.3.2 states, spelled as the RFC spells them (Python: conn.TcpState).
@@ -131,15 +131,48 @@ cdef class TcpConn:
     cdef double rcv_rtt                  # receiver's RTT estimate (timestamp echoes), for tuning
     cdef double space_time               # start of the current auto-tuning measurement
     cdef uint64_t space_mark             # bytes_read at space_time
-    # SACK scoreboard of our sent data (RFC 6675) and loss recovery
+    # receiver side of DSACK (RFC 2883): a duplicate to report in the next ACK's first block
+    cdef bint dsack_pending
+    cdef uint32_t quick_acks             # in-order segments still to ACK at once (Linux quickack)
+    cdef uint32_t dsack_start, dsack_end
+    # SACK scoreboard of our sent data (RFC 6675): `sacked` holds the SACKed ranges already
+    # applied to `segq`, the per-segment retransmission queue that RACK (RFC 8985) works on
     cdef RangeSet sacked
-    cdef uint32_t sacked_bytes
-    cdef uint32_t lost_end               # unSACKed data below this is deemed lost
-    cdef uint32_t rexmit_nxt             # next lost byte not yet retransmitted
+    cdef SegQueue segq
+    cdef uint32_t sacked_bytes           # bytes of SACKed records
+    cdef uint32_t lost_bytes             # bytes of records marked lost, not yet resent
+    cdef uint32_t rexmit_hint            # no lost record starts below this sequence number
     cdef bint in_recovery
     cdef bint rto_recovery               # recovery started by a timeout: slow start inside it
     cdef uint32_t recover                # snd_max when recovery started (RFC 6582)
     cdef int dupacks
+    # RACK (RFC 8985 §6)
+    cdef double rack_xmit_ts             # latest transmit time of a delivered segment
+    cdef double ack_first_ts             # this ACK: oldest first transmission it acknowledged
+    cdef double sack_first_ts            # ... and oldest first transmission it SACKed (0: none)
+    cdef bint ack_retrans                # ... it acknowledged a retransmitted segment
+    cdef uint32_t rack_end_seq
+    cdef double rack_rtt
+    cdef bint rack_retrans               # that segment was a retransmission
+    cdef uint32_t rack_fack              # highest end_seq delivered
+    cdef bint reordering_seen
+    cdef int reo_wnd_mult
+    cdef int reo_wnd_persist
+    cdef bint dsack_round_set
+    cdef uint32_t dsack_round
+    # TLP (RFC 8985 §7)
+    cdef bint tlp_active                 # a probe is outstanding (TLP.end_seq set)
+    cdef bint tlp_is_retrans
+    cdef uint32_t tlp_end_seq
+    cdef int tlp_count                   # probes since the ACKs last made progress
+    # PRR (RFC 6937)
+    cdef uint32_t prr_delivered, prr_out, recover_fs
+    # undo of a spurious reduction (RFC 3708 / Linux): the state before the episode
+    cdef bint undo_valid
+    cdef uint32_t undo_marker            # snd_una when the episode started
+    cdef int undo_retrans                # retransmissions not yet shown spurious by DSACK
+    cdef RangeSet retx_ranges            # what the episode retransmitted
+    cdef Cubic prior_cc
     # RTT / RTO (RFC 6298)
     cdef RttEstimator rtt
     cdef int retries
@@ -158,13 +191,14 @@ cdef class TcpConn:
     cdef double expire_at                # TIME_WAIT end, FIN_WAIT_2 / SYN_RECEIVED give-up
     cdef double tlp_at                   # tail-loss probe (RFC 8985 §7)
     cdef bint tlp_send                   # the probe is due at the next output
-    cdef bint tlp_done                   # one probe per episode (until the ACK advances)
+    cdef double reo_at                   # RACK reordering timer (RFC 8985 §6.2 step 5)
     cdef bint persist
     # counters
     cdef readonly uint64_t bytes_sent, bytes_acked, bytes_received, bytes_read
     cdef readonly uint64_t segs_in, segs_out, retransmits, fast_retransmits, timeouts
     cdef readonly uint64_t ooo_segments, dup_segments, sack_blocks_received, window_probes
-    cdef readonly uint64_t tail_probes
+    cdef readonly uint64_t tail_probes, tlp_recoveries, rack_marks, spurious_retrans
+    cdef readonly uint64_t undo_count, dsack_received, dsack_sent, recoveries
 
     cdef int _setup(self, _StackBase stack, const ConnKey* key, double now) except -1
     cdef inline uint32_t _readable(self) noexcept
@@ -186,6 +220,20 @@ cdef class TcpConn:
     cdef int _input_syn_sent(self, Segment* s, double now) except -1
     cdef int _process_ack(self, Segment* s, double now) except -1
     cdef void _detect_loss(self, double now)
+    cdef void _rack_delivered(self, SegRec* rec, double now, uint32_t tsecr_ms)
+    cdef double _reo_wnd(self) noexcept
+    cdef bint _rack_detect(self, double now)
+    cdef void _mark_lost(self, SegRec* rec)
+    cdef void _enter_recovery(self, double now)
+    cdef void _prr_update(self, uint32_t delivered)
+    cdef void _exit_recovery(self)
+    cdef void _on_dsack(self, uint32_t left, uint32_t right)
+    cdef void _start_episode(self)
+    cdef void _note_dsack(self, uint32_t start, uint32_t end)
+    cdef void _sack_span(self, uint32_t left, uint32_t right, double now, uint32_t tsecr_ms)
+    cdef void _sack_records(self, uint32_t left, uint32_t right, double now, uint32_t tsecr_ms)
+    cdef uint32_t _ack_records(self, uint32_t ack, double now, uint32_t tsecr_ms)
+    cdef int _record_sent(self, uint32_t seq, uint32_t end, double now, bint new) except -1
     cdef uint32_t _pipe(self) noexcept
     cdef void _receive_data(self, Segment* s, double now)
     cdef void _receive_fin(self, double now)

@@ -45,6 +45,13 @@ class TcpConn:
     sack_blocks_received: int
     window_probes: int
     tail_probes: int
+    tlp_recoveries: int
+    rack_marks: int
+    spurious_retrans: int
+    undo_count: int
+    dsack_received: int
+    dsack_sent: int
+    recoveries: int
     @property
     def state(self) -> TcpState: ...
     @property

@@ -19,8 +19,36 @@ Inputs, each a method of :class:`TcpConn`:
 * expired deadlines, from the stack: ``_on_timer`` (retransmission or zero-window probe, delayed
   ACK, tail-loss probe, TIME_WAIT / FIN_WAIT_2 / SYN_RECEIVED expiry);
 * an output opportunity, from the stack: ``_output`` cuts what is due into a packet batch:
-  SYN/SYN-ACK, a tail-loss probe, lost data first (RFC 6675 NextSeg), new data within
+  SYN/SYN-ACK, a tail-loss probe, segments marked lost first (RFC 6675 NextSeg), new data within
   min(cwnd, peer window), our FIN, then an owed ACK (``_emit`` lays each segment out).
+
+Loss recovery, per segment and in C (Linux's defaults are the reference):
+
+* every segment sent and not yet cumulatively acknowledged has a record in ``segq`` (sequence
+  range, latest transmit time, SACKed / lost / retransmitted flags); SACK blocks mark records
+  (``_sack_records``), the cumulative ACK retires them (``_ack_records``);
+* RACK (RFC 8985 §6, ``_rack_delivered`` / ``_rack_detect``) marks lost every unSACKed segment
+  sent more than RACK.rtt + reo_wnd before the most recently sent delivered one, so a lost
+  retransmission is found like any other loss; reo_wnd is min_rtt / 4 (0 before reordering is
+  seen, once three segments are SACKed), widened by DSACKs of spurious retransmissions and
+  capped at 2 SRTT (the RFC: SRTT); segments still inside it arm the reordering timer
+  (``reo_at``). Without SACK, three duplicate ACKs or a NewReno partial ACK mark the first
+  segment;
+* the tail-loss probe (RFC 8985 §7, ``tlp_at``) sends new data or the last segment after
+  PTO = 2 SRTT (+ 2 ms, or + 200 ms for one segment in flight); as in QUIC also during
+  recovery and again, doubled, when unanswered; only the first probe of a silence pushes the
+  RTO back;
+* the first segment marked lost starts an episode (``_enter_recovery``): one CUBIC reduction
+  (beta 0.7, RFC 9438), then PRR-SSRB (RFC 6937, ``_prr_update``) paces cwnd down to ssthresh
+  per ACK; losses within the episode (retransmissions included) reduce nothing more;
+* DSACK (RFC 2883): the receiver reports duplicates in the first SACK block
+  (``_note_dsack``); the sender (``_on_dsack``) counts a duplicate of one of its
+  retransmissions as spurious, widens reo_wnd, and restores the window from before the episode
+  once every retransmission of it was spurious (RFC 3708, Linux's undo). Duplicates of first
+  transmissions (the network's) change nothing;
+* counters for each: ``rack_marks``, ``tlp_probes``, ``tlp_recoveries``, ``recoveries``,
+  ``timeouts`` (``rto_count``), ``spurious_retrans``, ``undo_count``, ``dsack_received`` /
+  ``dsack_sent``, ``prr_delivered`` / ``prr_out`` in :meth:`TcpConn.counters`.
 
 Outputs: segments in the caller's batch; events for Python (:class:`TcpEvent`, collected once
 per connection per batch through the stack's touched list); RSTs and zero-window probes queued
@@ -48,7 +76,7 @@ and CUBIC in ``congestion``, header layout in ``wire``; the stack (``stack``) ow
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from cpython.mem cimport PyMem_Malloc, PyMem_Free, PyMem_Realloc
-from libc.stdint cimport int32_t
+from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy, memset
 
 from _wgcore.datapath cimport PacketBatch
@@ -63,8 +91,10 @@ from _wgcore.tcpip.wire cimport (
 from _wgcore.tcpip.storage cimport (
     send_ring_init, send_ring_release, send_ring_append, send_ring_ack, send_ring_copy,
     recv_ring_init, recv_ring_release, recv_ring_space, recv_ring_write, recv_ring_read,
-    recv_ring_grow, ranges_insert, ranges_total, assembler_advance, scoreboard_update,
-    scoreboard_trim, scoreboard_unsacked, scoreboard_lost_end, scoreboard_next_hole,
+    recv_ring_grow, ranges_init, ranges_release, ranges_insert, assembler_advance,
+    scoreboard_trim, OOO_RANGES, SACK_RANGES,
+    SEG_SACKED, SEG_LOST, SEG_RETRANS, SEG_EVER_RETRANS, SegRec, segq_init, segq_release,
+    segq_push, segq_insert_after, segq_find, segq_pop_front, segq_at,
 )
 from _wgcore.tcpip.congestion cimport (
     INITIAL_CWND_SEGMENTS, rtt_init, rtt_sample, rto_backoff, cubic_init, cubic_on_congestion,
@@ -77,11 +107,18 @@ import hashlib as _hashlib
 
 # Seconds (and counts) of the connection's own timers.
 cdef double DELACK_TIMEOUT = 0.04      # RFC 9293 §3.8.6.3: < 0.5 s; Linux's minimum
+cdef double DELACK_MIN = 0.001         # ... shorter on a short path: 2 x the receiver's RTT
 cdef double TIME_WAIT_TIMEOUT = 60.0   # 2 * MSL, Linux's TCP_TIMEWAIT_LEN (stack.time_wait)
 cdef double FIN_WAIT_2_TIMEOUT = 60.0  # Linux tcp_fin_timeout, after the application closed
 cdef double SYN_RECEIVED_TIMEOUT = 75.0  # a half-open connection gives up (Linux: 63-75 s)
 cdef int SYN_RETRIES = 6               # 1+2+4+...+64 s: gives up after ~127 s, as Linux
 cdef int DATA_RETRIES = 12
+cdef double TLP_MIN_EXTRA = 0.002      # Linux TCP_TIMEOUT_MIN, added to the 2 * SRTT probe timeout
+cdef double WC_DELACK = 0.2            # RFC 8985 §7.2 WCDelAckT: one segment in flight
+cdef int REO_WND_PERSIST = 16          # RFC 8985 §6.2: recoveries a grown reo_wnd_mult lasts
+cdef int DUP_THRESH = 3
+cdef double REO_WND_CAP = 2.0          # reo_wnd <= this x SRTT (RFC 8985 §6.2 and Linux: 1)
+cdef uint32_t QUICK_ACKS = 16          # Linux TCP_MAX_QUICKACKS
 
 
 # -- Python names for states and events ------------------------------------------------------
@@ -201,6 +238,10 @@ cdef class TcpConn:
     def __dealloc__(self):
         send_ring_release(&self.sbuf)
         recv_ring_release(&self.rbuf)
+        segq_release(&self.segq)
+        ranges_release(&self.ooo)
+        ranges_release(&self.sacked)
+        ranges_release(&self.retx_ranges)
         if self.stack is not None:
             self.stack.buffer_bytes -= self.buf_bytes
 
@@ -215,6 +256,11 @@ cdef class TcpConn:
         self.snd_wscale = 0
         self.rcv_wscale = 0
         send_ring_init(&self.sbuf, 65536, stack.send_buffer)
+        segq_init(&self.segq, 64)
+        ranges_init(&self.ooo, OOO_RANGES)
+        ranges_init(&self.sacked, SACK_RANGES)
+        ranges_init(&self.retx_ranges, SACK_RANGES)
+        self.reo_wnd_mult = 1
         recv_ring_init(&self.rbuf, umin(stack.receive_buffer_initial, stack.receive_buffer),
                        stack.receive_buffer)
         cdef bytes digest = stack._isn_hash(key)
@@ -224,6 +270,7 @@ cdef class TcpConn:
         self.ts_offset = load_u32be(d + 4)
         self.snd_una = self.iss
         self.snd_max = self.iss
+        self.rack_fack = self.iss
         self.sbuf.seq = self.iss + 1
         self._account()
         cubic_init(&self.cc, INITIAL_CWND_SEGMENTS * 1220)   # until the MSS is known
@@ -413,7 +460,15 @@ cdef class TcpConn:
             "retransmits": self.retransmits, "fast_retransmits": self.fast_retransmits,
             "timeouts": self.timeouts, "ooo_segments": self.ooo_segments,
             "dup_segments": self.dup_segments, "window_probes": self.window_probes,
-            "tail_probes": self.tail_probes,
+            "tail_probes": self.tail_probes, "tlp_probes": self.tail_probes,
+            "tlp_recoveries": self.tlp_recoveries, "rack_marks": self.rack_marks,
+            "recoveries": self.recoveries, "rto_count": self.timeouts,
+            "spurious_retrans": self.spurious_retrans, "undo_count": self.undo_count,
+            "dsack_received": self.dsack_received, "dsack_sent": self.dsack_sent,
+            "lost": self.lost_bytes, "in_recovery": self.in_recovery,
+            "reordering_seen": self.reordering_seen,
+            "reo_wnd": self._reo_wnd(), "reo_wnd_mult": self.reo_wnd_mult,
+            "prr_delivered": self.prr_delivered, "prr_out": self.prr_out,
             "sack": self.sack_ok, "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale),
             "error": self.error,
@@ -438,6 +493,7 @@ cdef class TcpConn:
         self.delack_at = 0
         self.expire_at = 0
         self.tlp_at = 0
+        self.reo_at = 0
         self.stack._remove(self)      # also forgets the listener, if any
         self._free_buffers()
         self._event(TEV_CLOSED)
@@ -460,9 +516,12 @@ cdef class TcpConn:
             send_ring_release(&self.sbuf)
         if self.rbuf.data != NULL and self._readable() == 0:
             recv_ring_release(&self.rbuf)
-        self.ooo.n = 0
-        self.sacked.n = 0
+        ranges_release(&self.ooo)
+        ranges_release(&self.sacked)
+        ranges_release(&self.retx_ranges)
         self.sacked_bytes = 0
+        self.lost_bytes = 0
+        segq_release(&self.segq)
         self._account()
 
     cdef void _enter_time_wait(self, double now) noexcept:
@@ -472,6 +531,7 @@ cdef class TcpConn:
         self.expire_at = now + self.stack.time_wait
         self.rtx_at = 0
         self.tlp_at = 0
+        self.reo_at = 0
         self.persist = False
         self._free_buffers()
 
@@ -519,14 +579,23 @@ cdef class TcpConn:
                 self.stack._send_rst_for(self, self.snd_max)
                 self._close(0)
                 return 0
+        if self.reo_at and self.reo_at <= now:
+            # RFC 8985 §6.3: the reordering window of a segment passed; mark what is lost.
+            self.reo_at = 0
+            if self.snd_una != self.snd_max and self._rack_detect(now):
+                if not self.in_recovery:
+                    self._enter_recovery(now)
+                    self._prr_update(0)
+                self.stack._want_output(self)
         if self.tlp_at and self.tlp_at <= now:
             self.tlp_at = 0
-            if not self.in_recovery and not self.tlp_done and self.snd_una != self.snd_max \
-                    and self._state >= ESTABLISHED and not self.persist:
-                self.tlp_done = True
+            if self.snd_una != self.snd_max and self._state >= ESTABLISHED and not self.persist \
+                    and not (self.tlp_count and self.rtx_at and self.rtx_at <= now):
                 self.tlp_send = True
                 self.tail_probes += 1
-                self.rtx_at = now + self.rtt.rto   # the RTO restarts behind the probe
+                if self.tlp_count == 0:
+                    self.rtx_at = now + self.rtt.rto   # the RTO restarts behind a first probe
+                self.tlp_count += 1
                 self.stack._want_output(self)
         if self.rtx_at and self.rtx_at <= now:
             self.rtx_at = 0
@@ -536,16 +605,22 @@ cdef class TcpConn:
 
     cdef void _arm_tlp(self, double now):
         # RFC 8985 §7.2: PTO = 2 * SRTT, plus the peer's delayed-ACK time when only one
-        # segment is in flight; never later than the RTO.
+        # segment is in flight (else Linux's 2 ms); never later than the RTO. Unlike RFC 8985
+        # (and like QUIC's PTO, RFC 9002 §6.2) also during recovery and again after an
+        # unanswered probe, doubling each time: when the last ACKs of a recovery are lost,
+        # nothing else would reveal the loss before the RTO. Only the first probe of a
+        # silence pushes the RTO back, so a dead path still times out.
         cdef double pto
-        if self.rtt.srtt == 0 or self.in_recovery or self.tlp_done or self.snd_una == self.snd_max:
+        if self.rtt.srtt == 0 or self.snd_una == self.snd_max:
             self.tlp_at = 0
             return
         pto = 2 * self.rtt.srtt
-        if self.snd_max - self.snd_una <= self.smss:
-            pto += 0.2
-        if pto < 0.01:
-            pto = 0.01
+        if self.snd_max - self.snd_una <= self.smss and not self.in_recovery:
+            pto += WC_DELACK             # (a retransmission fills a hole: ACKed at once)
+        else:
+            pto += TLP_MIN_EXTRA
+        if self.tlp_count:
+            pto *= 1 << (self.tlp_count if self.tlp_count < 6 else 6)
         if self.rtx_at and now + pto >= self.rtx_at:
             self.tlp_at = self.rtx_at      # RFC 8985 §7.2: the probe replaces the first RTO
             return
@@ -586,17 +661,26 @@ cdef class TcpConn:
             self._close(_errno.ETIMEDOUT)
             return 0
         # RFC 5681 §3.1 eq. 4 / RFC 9438 §4.6: a timeout is a congestion event; then slow
-        # start from one segment. RFC 2018 §8: SACK information is dropped after a timeout.
+        # start from one segment. Every segment not SACKed is lost (Linux keeps the SACK
+        # scoreboard across a timeout, as RFC 6675 §5.1 allows).
+        if not self.in_recovery:
+            self._start_episode()
         if not self.in_recovery or self.retries == 1:
             cubic_on_congestion(&self.cc, self.smss, self.snd_max - self.snd_una)
         self.cc.cwnd = self.smss
         self.in_recovery = True
         self.rto_recovery = True
         self.recover = self.snd_max
-        self.sacked.n = 0
-        self.sacked_bytes = 0
-        self.lost_end = self.snd_max
-        self.rexmit_nxt = self.snd_una
+        cdef uint32_t i
+        cdef SegRec* rec
+        for i in range(self.segq.n):
+            rec = segq_at(&self.segq, i)
+            if not (rec.flags & (SEG_SACKED | SEG_LOST)):
+                rec.flags = (rec.flags | SEG_LOST) & ~SEG_RETRANS
+                self.lost_bytes += rec.end - rec.start
+        self.rexmit_hint = self.snd_una
+        self.tlp_active = False
+        self.reo_at = 0
         self.rtt_timing = False
         self.dupacks = 0
         rto_backoff(&self.rtt)
@@ -659,6 +743,8 @@ cdef class TcpConn:
         if self.ts_ok and s.has_ts and not (s.flags & F_RST) and self.ts_recent \
                 and <int32_t>(s.tsval - self.ts_recent) < 0:
             stack.drops[D_PAWS] += 1
+            if s.len and seq_le(s.seq + s.len, self.rcv_nxt):
+                self._note_dsack(s.seq, s.seq + s.len)
             self._owe_ack_now()
             return 0
         # First: sequence number acceptable? (§3.10.7.4, the four cases)
@@ -689,6 +775,8 @@ cdef class TcpConn:
                     return 0
                 if seq_lt(s.seq + seg_len, self.rcv_nxt) or s.seq + seg_len == self.rcv_nxt:
                     self.dup_segments += 1
+                    if s.len:
+                        self._note_dsack(s.seq, s.seq + s.len)   # RFC 2883 §4.1.1
                 else:
                     stack.drops[D_OUT_OF_WINDOW] += 1
                 self._owe_ack_now()
@@ -706,6 +794,8 @@ cdef class TcpConn:
                 s.flags &= ~F_SYN
                 s.seq += 1
                 cut -= 1
+            if cut and s.len:
+                self._note_dsack(s.seq, s.seq + umin(cut, s.len))   # RFC 2883 §4.1.1
             if cut >= s.len:
                 if cut > s.len:
                     s.flags &= ~F_FIN
@@ -837,15 +927,23 @@ cdef class TcpConn:
         return 0
 
     cdef int _process_ack(self, Segment* s, double now) except -1:
-        """RFC 9293 §3.10.7.4 fifth step for synchronized states, plus RFC 6675/5681 loss
-        recovery and the congestion window. Returns 1 when the segment must be dropped."""
-        cdef uint32_t acked, freed, flight_before, old_wnd
+        """RFC 9293 §3.10.7.4 fifth step for synchronized states, plus loss recovery (SACK
+        scoreboard, RACK-TLP, PRR, DSACK undo) and the congestion window. Returns 1 when the
+        segment must be dropped."""
+        cdef uint32_t acked, freed, flight_before, old_wnd, una_before, sacked_before
+        cdef uint32_t left, right, i
+        cdef uint32_t tsecr_ms = 0
+        cdef int64_t delivered
+        cdef bint dsack = False
+        cdef SegRec* rec
         if seq_gt(s.ack, self.snd_max):
             self.stack.drops[D_BAD_ACK] += 1
             self._owe_ack_now()
             return 1
         flight_before = self.snd_max - self.snd_una
         old_wnd = self.snd_wnd
+        una_before = self.snd_una
+        sacked_before = self.sacked_bytes
         self.probes_unanswered = 0
         # Window update (RFC 9293 §3.10.7.4: SND.WL1/WL2 rule).
         if seq_lt(self.snd_wl1, s.seq) or (self.snd_wl1 == s.seq and seq_le(self.snd_wl2, s.ack)):
@@ -856,51 +954,79 @@ cdef class TcpConn:
                 self.max_snd_wnd = self.snd_wnd
             if self.snd_wnd > old_wnd:
                 self.stack._want_output(self)
+        if self.ts_ok and s.has_ts and s.tsecr:
+            tsecr_ms = s.tsecr - self.ts_offset     # our ts_clock when the echoed segment left
+        self.ack_first_ts = 0
+        self.sack_first_ts = 0
+        self.ack_retrans = False
         if self.sack_ok and s.nsack:
             self.sack_blocks_received += s.nsack
-            scoreboard_update(&self.sacked, s.sack, s.nsack, s.ack, self.snd_max)
-            self.sacked_bytes = ranges_total(&self.sacked)
+            # RFC 2883 §4: a DSACK is a first block below the ACK or inside the second block.
+            if seq_le(s.sack[1], s.ack) or (s.nsack > 1 and seq_ge(s.sack[0], s.sack[2])
+                                             and seq_le(s.sack[1], s.sack[3])):
+                dsack = True
+                self._on_dsack(s.sack[0], s.sack[1])
+            for i in range(s.nsack):
+                left = s.sack[2 * i]
+                right = s.sack[2 * i + 1]
+                # RFC 2018 §5 / 6675: only what lies above the cumulative ACK and was sent.
+                if not seq_lt(left, right) or seq_gt(right, self.snd_max):
+                    continue
+                left = seq_max(left, seq_max(s.ack, self.snd_una))
+                if seq_lt(left, right):
+                    self._sack_records(left, right, now, tsecr_ms)
         if seq_gt(s.ack, self.snd_una):
             acked = s.ack - self.snd_una
+            self._ack_records(s.ack, now, tsecr_ms)
             self.snd_una = s.ack
-            if seq_lt(self.rexmit_nxt, self.snd_una):
-                self.rexmit_nxt = self.snd_una
             # Free acknowledged bytes from the send ring (the FIN has no byte in it).
             freed = send_ring_ack(&self.sbuf, s.ack)
             if freed:
                 self.bytes_acked += freed
                 self._event(TEV_WRITABLE)
-            # RTT (RFC 7323 §4.1 with timestamps, else Karn's one timed segment).
-            if self.ts_ok and s.has_ts and s.tsecr:
-                rtt_sample(&self.rtt, <double>(ts_clock(now) - (s.tsecr - self.ts_offset)) / 1000.0)
+            # RTT, as Linux (tcp_ack_update_rtt): from the transmit time of the oldest segment
+            # this ACK acknowledged, unless it acknowledged a retransmission (Karn); else of
+            # the oldest it SACKed; else the timestamp echo (RFC 7323 §4.1), which after a
+            # loss echoes an older segment; else Karn's one timed segment.
+            if self.ack_first_ts and not self.ack_retrans:
+                rtt_sample(&self.rtt, now - self.ack_first_ts)
+            elif self.sack_first_ts:
+                rtt_sample(&self.rtt, now - self.sack_first_ts)
+            elif tsecr_ms:
+                rtt_sample(&self.rtt, <double>(ts_clock(now) - tsecr_ms) / 1000.0)
             elif self.rtt_timing and seq_gt(s.ack, self.rtt_seq):
-                self.rtt_timing = False
                 rtt_sample(&self.rtt, now - self.rtt_time)
+            self.rtt_timing = False if self.rtt_timing and seq_gt(s.ack, self.rtt_seq) \
+                else self.rtt_timing
             self.retries = 0
             self.dupacks = 0
             scoreboard_trim(&self.sacked, self.snd_una)
-            self.sacked_bytes = ranges_total(&self.sacked)
             if self.in_recovery:
                 if seq_ge(s.ack, self.recover):
-                    # RFC 6582 §3.2 step 3 / RFC 6675: full ACK ends recovery.
-                    self.in_recovery = False
-                    self.lost_end = self.snd_una
-                    if self.cc.cwnd > self.cc.ssthresh:
-                        self.cc.cwnd = self.cc.ssthresh
-                elif not self.sack_ok:
+                    self._exit_recovery()    # RFC 6582 §3.2 step 3 / RFC 6675: full ACK
+                elif not self.sack_ok and self.segq.n:
                     # NewReno partial ACK: the next segment is lost too.
-                    self.lost_end = seq_max(self.lost_end, self.snd_una + self.smss)
-                    if seq_lt(self.rexmit_nxt, self.snd_una):
-                        self.rexmit_nxt = self.snd_una
+                    rec = segq_at(&self.segq, 0)
+                    if not (rec.flags & (SEG_LOST | SEG_RETRANS | SEG_SACKED)):
+                        self._mark_lost(rec)
                 if self.in_recovery and self.rto_recovery and self.cc.cwnd < self.cc.ssthresh:
                     # slow start back up after a timeout, still retransmitting lost data
                     self.cc.cwnd += umin(acked, 2 * self.smss)
             else:
                 cubic_on_ack(&self.cc, acked, flight_before, self.smss, self.rtt.srtt, now)
-            self.tlp_done = False
+            # RFC 8985 §7.4: the end of a TLP episode (Linux tcp_process_tlp_ack).
+            self.tlp_count = 0
+            if self.tlp_active and seq_ge(s.ack, self.tlp_end_seq):
+                self.tlp_active = False
+                if self.tlp_is_retrans and not dsack and not self.in_recovery:
+                    # the probe repaired a loss on its own: a congestion event (§7.4.2)
+                    self.tlp_recoveries += 1
+                    cubic_on_congestion(&self.cc, self.smss, flight_before)
+                    self.cc.cwnd = self.cc.ssthresh
             if self.snd_una == self.snd_max:
                 self.rtx_at = 0
                 self.tlp_at = 0
+                self.reo_at = 0
             else:
                 self.rtx_at = now + self.rtt.rto
                 self._arm_tlp(now)
@@ -922,55 +1048,345 @@ cdef class TcpConn:
                 and self.snd_una != self.snd_max and self.snd_wnd == old_wnd:
             # RFC 5681 §2 duplicate ACK
             self.dupacks += 1
-        # Loss detection: RFC 6675 IsLost via the scoreboard, or three duplicate ACKs.
+            if self.sack_first_ts:
+                rtt_sample(&self.rtt, now - self.sack_first_ts)
+            if self.sacked_bytes != sacked_before:
+                self.tlp_count = 0
+                self._arm_tlp(now)       # progress: the probe waits from here
         if self.snd_una != self.snd_max:
             self._detect_loss(now)
+        if self.in_recovery and not self.rto_recovery:
+            # RFC 6937: DeliveredData = change in snd.una + change in SACKed bytes
+            delivered = <int64_t>(self.snd_una - una_before) + <int64_t>self.sacked_bytes \
+                - <int64_t>sacked_before
+            self._prr_update(<uint32_t>delivered if delivered > 0 else 0)
+        if self.in_recovery or self.sacked_bytes != sacked_before:
+            self.stack._want_output(self)     # the window or the pipe changed
         return 0
 
-    cdef void _detect_loss(self, double now):
-        cdef uint32_t lost = self.snd_una
-        cdef uint32_t flight = self.snd_max - self.snd_una
-        cdef uint32_t thresh = 2 * self.smss
-        # RFC 5827 early retransmit: with fewer than 4 segments outstanding and nothing new to
-        # send, three duplicate ACKs can never come; lower the threshold to (segments - 1).
-        if flight < 4 * self.smss and self.snd_max == self.sbuf.seq + self.sbuf.len + \
-                (1 if self.fin_sent else 0):
-            thresh = self.smss if flight > 2 * self.smss else 0
-        # RFC 6675 §4 IsLost(seq): more than (DupThresh - 1) * SMSS bytes SACKed above it.
-        if self.sack_ok and self.sacked.n:
-            lost = scoreboard_lost_end(&self.sacked, thresh, self.snd_una)
-        if seq_gt(lost, self.snd_una) or self.dupacks >= 3:
-            if not self.in_recovery:
-                # RFC 6675 §5 step 4 / RFC 5681 §3.2: enter fast recovery.
-                self.in_recovery = True
-                self.recover = self.snd_max
-                self.fast_retransmits += 1
-                cubic_on_congestion(&self.cc, self.smss, self.snd_max - self.snd_una)
+    # -- loss recovery: scoreboard, RACK-TLP, PRR, DSACK -----------------------------------
+
+    cdef uint32_t _ack_records(self, uint32_t ack, double now, uint32_t tsecr_ms):
+        """The cumulative ACK reached `ack`: retire the records below it (RACK learns from
+        those not SACKed before); returns how many records were retired."""
+        cdef SegRec* rec
+        cdef uint32_t cut, k = 0
+        while self.segq.n:
+            rec = segq_at(&self.segq, 0)
+            if seq_le(rec.end, ack):
+                if rec.flags & SEG_SACKED:
+                    self.sacked_bytes -= rec.end - rec.start
+                else:
+                    self._rack_delivered(rec, now, tsecr_ms)
+                    if rec.flags & SEG_EVER_RETRANS:
+                        self.ack_retrans = True
+                    elif self.ack_first_ts == 0 or rec.xmit_ts < self.ack_first_ts:
+                        self.ack_first_ts = rec.xmit_ts
+                if rec.flags & SEG_LOST:
+                    self.lost_bytes -= rec.end - rec.start
+                segq_pop_front(&self.segq)
+                k += 1
+            elif seq_lt(rec.start, ack):
+                cut = ack - rec.start
+                if rec.flags & SEG_LOST:
+                    self.lost_bytes -= cut
+                if rec.flags & SEG_SACKED:
+                    self.sacked_bytes -= cut
+                rec.start = ack
+                break
+            else:
+                break
+        if seq_lt(self.rexmit_hint, ack):
+            self.rexmit_hint = ack
+        return k
+
+    cdef void _sack_records(self, uint32_t left, uint32_t right, double now, uint32_t tsecr_ms):
+        """A SACK block [left, right): mark the records it newly covers. `sacked` remembers
+        the ranges already applied, so only the new parts are walked."""
+        cdef uint32_t cur = left
+        cdef int j
+        for j in range(self.sacked.n):
+            if seq_le(self.sacked.r[j].end, cur):
+                continue
+            if seq_ge(self.sacked.r[j].start, right):
+                break
+            if seq_lt(cur, self.sacked.r[j].start):
+                self._sack_span(cur, self.sacked.r[j].start, now, tsecr_ms)
+            cur = self.sacked.r[j].end
+            if seq_ge(cur, right):
+                break
+        if seq_lt(cur, right):
+            self._sack_span(cur, right, now, tsecr_ms)
+        ranges_insert(&self.sacked, left, right)    # full: forgotten, the walk is idempotent
+
+    cdef void _sack_span(self, uint32_t left, uint32_t right, double now, uint32_t tsecr_ms):
+        cdef uint32_t i = segq_find(&self.segq, left)
+        cdef SegRec* rec
+        while i < self.segq.n:
+            rec = segq_at(&self.segq, i)
+            if seq_gt(rec.end, right):
+                break
+            if seq_ge(rec.start, left) and not (rec.flags & SEG_SACKED):
+                rec.flags |= SEG_SACKED
+                self.sacked_bytes += rec.end - rec.start
+                if rec.flags & SEG_LOST:
+                    rec.flags &= ~SEG_LOST
+                    self.lost_bytes -= rec.end - rec.start
+                self._rack_delivered(rec, now, tsecr_ms)
+                if not (rec.flags & SEG_EVER_RETRANS) and (
+                        self.sack_first_ts == 0 or rec.xmit_ts < self.sack_first_ts):
+                    self.sack_first_ts = rec.xmit_ts
+            i += 1
+
+    cdef void _rack_delivered(self, SegRec* rec, double now, uint32_t tsecr_ms):
+        """RFC 8985 §6.2 steps 2-3 for one newly delivered segment."""
+        cdef double rtt = now - rec.xmit_ts
+        # step 3: reordering is a segment delivered below the highest one delivered
+        # (retransmissions excepted)
+        if seq_gt(rec.end, self.rack_fack):
+            self.rack_fack = rec.end
+        elif seq_lt(rec.end, self.rack_fack) and not (rec.flags & SEG_EVER_RETRANS):
+            self.reordering_seen = True
+        # step 2: an ACK of a retransmitted segment sooner than min_rtt after it was sent
+        # acknowledges the original (the timestamp echo cannot tell: for data above a hole
+        # the receiver echoes an older timestamp, RFC 7323 §4.3)
+        if rec.flags & SEG_EVER_RETRANS and rtt + 1e-6 < self.rtt.min_rtt:
+            return
+        if self.rack_xmit_ts == 0 or rec.xmit_ts > self.rack_xmit_ts or \
+                (rec.xmit_ts == self.rack_xmit_ts and seq_gt(rec.end, self.rack_end_seq)):
+            self.rack_xmit_ts = rec.xmit_ts
+            self.rack_end_seq = rec.end
+            self.rack_rtt = rtt
+            self.rack_retrans = (rec.flags & SEG_EVER_RETRANS) != 0
+
+    cdef double _reo_wnd(self) noexcept:
+        """RFC 8985 §6.2 step 4: the reordering window. Capped at 2 SRTT rather than SRTT:
+        on a path faster than its reordering (a 0.3 ms RTT, datagrams held up to 1 ms) the
+        RFC's cap makes every late segment a spurious retransmission and window cut."""
+        cdef double w
+        if not self.reordering_seen:
+            if self.in_recovery or self.sacked_bytes >= DUP_THRESH * self.smss:
+                return 0
+        w = self.rtt.min_rtt * self.reo_wnd_mult / 4
+        return w if w < REO_WND_CAP * self.rtt.srtt else REO_WND_CAP * self.rtt.srtt
+
+    cdef bint _rack_detect(self, double now):
+        """RFC 8985 §6.2 step 5: mark lost every segment sent before the most recently sent
+        delivered one by more than RACK.rtt + reo_wnd; arm the reordering timer for the
+        others. True when something was marked."""
+        cdef double reo, remaining, timeout = 0
+        cdef uint32_t i
+        cdef bint marked = False
+        cdef SegRec* rec
+        if self.rack_xmit_ts == 0:
+            return False
+        reo = self._reo_wnd()
+        for i in range(self.segq.n):
+            rec = segq_at(&self.segq, i)
+            if rec.flags & (SEG_SACKED | SEG_LOST):
+                continue
+            if not self.rack_retrans and seq_ge(rec.start, self.rack_end_seq) \
+                    and not (rec.flags & SEG_RETRANS):
+                # sent after RACK's segment (first transmissions go out in sequence order);
+                # a retransmission further up is later still
+                break
+            if not (self.rack_xmit_ts > rec.xmit_ts or (self.rack_xmit_ts == rec.xmit_ts
+                                                        and seq_gt(self.rack_end_seq, rec.end))):
+                continue
+            remaining = rec.xmit_ts + self.rack_rtt + reo - now
+            if remaining <= 1e-9:
+                self._mark_lost(rec)
+                marked = True
+            elif remaining > timeout:
+                timeout = remaining
+        self.reo_at = now + timeout if timeout > 0 else 0
+        return marked
+
+    cdef void _mark_lost(self, SegRec* rec):
+        rec.flags = (rec.flags | SEG_LOST) & ~SEG_RETRANS
+        self.lost_bytes += rec.end - rec.start
+        self.rack_marks += 1
+        if seq_lt(rec.start, self.rexmit_hint):
+            self.rexmit_hint = rec.start
+
+    cdef void _start_episode(self):
+        """A congestion episode begins: remember what to restore if DSACKs later show every
+        retransmission of it was spurious (RFC 3708, Linux's undo)."""
+        self.prior_cc = self.cc
+        self.undo_valid = True
+        self.undo_marker = self.snd_una
+        self.undo_retrans = 0
+        self.retx_ranges.n = 0
+
+    cdef void _enter_recovery(self, double now):
+        # RFC 6675 §5 step 4 / RFC 5681 §3.2 with RFC 9438 §4.6: one reduction per episode;
+        # PRR (RFC 6937) then paces the window down to ssthresh.
+        self.in_recovery = True
+        self.rto_recovery = False
+        self.recover = self.snd_max
+        self.fast_retransmits += 1
+        self.recoveries += 1
+        self._start_episode()
+        cubic_on_congestion(&self.cc, self.smss, self.snd_max - self.snd_una)
+        self.prr_delivered = 0
+        self.prr_out = 0
+        self.recover_fs = self.snd_max - self.snd_una
+
+    cdef void _prr_update(self, uint32_t delivered):
+        """RFC 6937 with the slow-start reduction bound (PRR-SSRB), per ACK in recovery."""
+        cdef int64_t pipe = self._pipe()
+        cdef int64_t ssthresh = self.cc.ssthresh
+        cdef int64_t sndcnt, limit, fs
+        if delivered == 0:
+            if self.prr_out == 0:
+                self.cc.cwnd = <uint32_t>(pipe + self.smss)   # the fast retransmit itself
+            return
+        self.prr_delivered += delivered
+        if pipe > ssthresh:
+            fs = self.recover_fs if self.recover_fs else 1
+            sndcnt = (<int64_t>self.prr_delivered * ssthresh + fs - 1) // fs - self.prr_out
+        else:
+            limit = <int64_t>self.prr_delivered - self.prr_out
+            if limit < delivered:
+                limit = delivered
+            limit += self.smss
+            sndcnt = ssthresh - pipe
+            if sndcnt > limit:
+                sndcnt = limit
+        if sndcnt < 0:
+            sndcnt = 0
+        if self.prr_out == 0 and sndcnt < self.smss:
+            sndcnt = self.smss
+        self.cc.cwnd = <uint32_t>(pipe + sndcnt)
+        if self.cc.cwnd < self.smss:
+            self.cc.cwnd = self.smss
+
+    cdef void _exit_recovery(self):
+        self.in_recovery = False
+        if self.rto_recovery:
+            if self.cc.cwnd > self.cc.ssthresh:
                 self.cc.cwnd = self.cc.ssthresh
-                self.rexmit_nxt = self.snd_una
-                self.lost_end = self.snd_una
+        else:
+            self.cc.cwnd = self.cc.ssthresh     # RFC 6937: the reduction ends at ssthresh
+        self.rto_recovery = False
+        # RFC 8985 §6.2 step 4: a grown reordering window lasts REO_WND_PERSIST recoveries
+        self.reo_wnd_persist -= 1
+        if self.reo_wnd_persist <= 0:
+            self.reo_wnd_mult = 1
+
+    cdef void _on_dsack(self, uint32_t left, uint32_t right):
+        """The peer reported [left, right) received twice (RFC 2883). A duplicate of one of
+        our retransmissions means it was spurious: widen RACK's reordering window (once per
+        round trip, RFC 8985 §6.2) and undo the episode's reduction once every one of its
+        retransmissions was (RFC 3708). Network duplicates of first transmissions only count."""
+        cdef int j, segs
+        cdef bint retx = False
+        self.dsack_received += 1
+        if not seq_lt(left, right):
+            return
+        for j in range(self.retx_ranges.n):
+            if seq_le(self.retx_ranges.r[j].start, left) \
+                    and seq_le(right, self.retx_ranges.r[j].end):
+                retx = True
+                break
+        if not retx:
+            return
+        segs = <int>((right - left + self.smss - 1) // self.smss)
+        self.spurious_retrans += segs
+        self.reordering_seen = True      # what looked lost was only late
+        if self.dsack_round_set and seq_ge(self.snd_una, self.dsack_round):
+            self.dsack_round_set = False
+        if not self.dsack_round_set:
+            self.dsack_round_set = True
+            self.dsack_round = self.snd_max
+            self.reo_wnd_mult += 1
+            self.reo_wnd_persist = REO_WND_PERSIST
+        if self.undo_valid and seq_ge(left, self.undo_marker):
+            self.undo_retrans -= segs
+            if self.undo_retrans <= 0:
+                # every retransmission was spurious: back to the window before the episode
+                self.undo_valid = False
+                self.undo_count += 1
+                if self.prior_cc.cwnd > self.cc.cwnd:
+                    self.cc.cwnd = self.prior_cc.cwnd
+                if self.prior_cc.ssthresh > self.cc.ssthresh:
+                    self.cc.ssthresh = self.prior_cc.ssthresh
+                self.cc.w_max = self.prior_cc.w_max
+                self.cc.epoch_start = 0
+                self.in_recovery = False
                 self.rto_recovery = False
-            if seq_gt(lost, self.lost_end):
-                self.lost_end = lost
-            if not seq_gt(self.lost_end, self.snd_una):
-                # no SACK information: the first unacknowledged segment is lost
-                self.lost_end = self.snd_una + umin(self.smss, self.snd_max - self.snd_una)
+
+    cdef void _note_dsack(self, uint32_t start, uint32_t end):
+        """Receiver: report [start, end) as a duplicate in the next ACK (RFC 2883)."""
+        self.quick_acks = QUICK_ACKS
+        if self.sack_ok:
+            self.dsack_pending = True
+            self.dsack_start = start
+            self.dsack_end = end
+
+    cdef void _detect_loss(self, double now):
+        """RACK (RFC 8985) marks lost segments from what the peer SACKed and acknowledged;
+        without SACK, three duplicate ACKs or a NewReno partial ACK mark the first one. A
+        first loss starts fast recovery."""
+        cdef bint marked = False
+        cdef SegRec* rec
+        if self.sack_ok:
+            if self.sacked_bytes or self.in_recovery:
+                marked = self._rack_detect(now)
+        elif self.dupacks >= DUP_THRESH and self.segq.n and not self.in_recovery:
+            rec = segq_at(&self.segq, 0)
+            if not (rec.flags & (SEG_LOST | SEG_SACKED)):
+                self._mark_lost(rec)
+                marked = True
+        if marked and not self.in_recovery:
+            self._enter_recovery(now)
+        if self.lost_bytes:
             self.stack._want_output(self)
 
     cdef uint32_t _pipe(self) noexcept:
-        """RFC 6675 §4 SetPipe, by ranges: in flight minus SACKed minus lost-not-resent."""
+        """RFC 6675 §4 SetPipe: in flight minus SACKed minus lost and not yet resent."""
         cdef uint32_t flight = self.snd_max - self.snd_una
-        cdef uint32_t lost = 0
-        cdef uint32_t start
-        if self.in_recovery and seq_lt(self.rexmit_nxt, self.lost_end):
-            start = seq_max(self.rexmit_nxt, self.snd_una)
-            if seq_lt(start, self.lost_end):
-                lost = scoreboard_unsacked(&self.sacked, start, self.lost_end)
-        cdef uint32_t used = self.sacked_bytes + lost
+        cdef uint32_t used = self.sacked_bytes + self.lost_bytes
         return flight - used if used < flight else 0
+
+    cdef int _record_sent(self, uint32_t seq, uint32_t end, double now, bint new) except -1:
+        """Keep the segment queue up to date with a transmission of [seq, end)."""
+        cdef SegRec* rec
+        cdef uint32_t i
+        if new:
+            if self.segq.n == 0 or seq_ge(seq, segq_at(&self.segq, self.segq.n - 1).end):
+                segq_push(&self.segq, seq, end, now)
+                return 0
+        i = segq_find(&self.segq, seq)
+        if i >= self.segq.n:
+            return 0
+        rec = segq_at(&self.segq, i)
+        if seq_gt(rec.start, seq):
+            return 0
+        if seq_lt(rec.start, seq):
+            segq_insert_after(&self.segq, i)
+            segq_at(&self.segq, i).end = seq
+            i += 1
+            segq_at(&self.segq, i).start = seq
+        rec = segq_at(&self.segq, i)
+        if seq_gt(rec.end, end):
+            segq_insert_after(&self.segq, i)
+            segq_at(&self.segq, i).end = end
+            segq_at(&self.segq, i + 1).start = end
+            rec = segq_at(&self.segq, i)
+        if rec.flags & SEG_LOST:
+            self.lost_bytes -= rec.end - rec.start
+        rec.flags = (rec.flags & ~SEG_LOST) | SEG_RETRANS | SEG_EVER_RETRANS
+        rec.xmit_ts = now
+        if self.undo_valid:
+            self.undo_retrans += 1
+            if not ranges_insert(&self.retx_ranges, rec.start, rec.end):
+                self.undo_valid = False       # too scattered to account for: no undo
+        return 0
 
     cdef void _receive_data(self, Segment* s, double now):
         cdef uint32_t end, n
+        cdef int k
         cdef double rtt
         n = s.len
         # The ring holds bytes from read_seq; refuse what does not fit (counted).
@@ -995,13 +1411,24 @@ cdef class TcpConn:
                 # the hole filled: merge the ranges now in order (RFC 5681 §4.2: ACK at once)
                 self.rcv_nxt = assembler_advance(&self.ooo, self.rcv_nxt)
                 self.ack_now = True
+                self.quick_acks = QUICK_ACKS
                 if self.peer_fin_pending and self.rcv_nxt == self.peer_fin_seq:
                     self._receive_fin(now)
             self.segs_unacked += 1
+            if self.quick_acks:
+                # after loss or reordering, ACK every segment for a while (Linux quickack
+                # mode): the sender's window is small then, delayed ACKs would stall it
+                self.quick_acks -= 1
+                self.ack_now = True
             self._event(TEV_READABLE)
             self.stack._want_output(self)
         else:
             self.ooo_segments += 1
+            self.quick_acks = QUICK_ACKS
+            for k in range(self.ooo.n):
+                if seq_le(self.ooo.r[k].start, s.seq) and seq_le(end, self.ooo.r[k].end):
+                    self._note_dsack(s.seq, end)   # RFC 2883 §4.1.2: a duplicate above a hole
+                    break
             if not ranges_insert(&self.ooo, s.seq, end):
                 self.stack.drops[D_OOO_OVERFLOW] += 1
             self.ooo_recent_start = s.seq
@@ -1033,8 +1460,10 @@ cdef class TcpConn:
         """Cut what is due into `tx`. Returns 1 when tx filled up before we were done."""
         cdef uint32_t sent_any = 0
         cdef uint32_t pipe, room, wnd_end, data_end, n, seq, hole_end
-        cdef uint32_t in_flight
+        cdef uint32_t in_flight, i
         cdef uint8_t flags
+        cdef double delack
+        cdef SegRec* rec
         if self._state == CLOSED:
             return 0
         if self._state == SYN_SENT or (self._state == SYN_RECEIVED and not self.syn_acked):
@@ -1064,42 +1493,62 @@ cdef class TcpConn:
             if tx.count >= tx.slots:
                 return 1
             self.tlp_send = False
-            if self.snd_una != self.snd_max:
+            if self.snd_una != self.snd_max and self.segq.n:
                 # RFC 8985 §7.3: send new data if the window allows, else resend the last segment
                 wnd_end = self.snd_una + self.snd_wnd
                 if seq_lt(self.snd_max, data_end) and seq_gt(wnd_end, self.snd_max):
-                    n = umin(umin(data_end - self.snd_max, self.smss), wnd_end - self.snd_max)
-                    self._send_range(tx, self.snd_max, n, data_end, now, False)
+                    # two segments where there are (RFC 9002 §6.2.4 allows two probes): a
+                    # receiver ACKs every second segment at once, a lone one only after its
+                    # delayed-ACK timer (Linux: 40 ms)
+                    for i in range(2):
+                        if not (seq_lt(self.snd_max, data_end) and seq_gt(wnd_end, self.snd_max)) \
+                                or tx.count >= tx.slots:
+                            break
+                        n = umin(umin(data_end - self.snd_max, self.smss), wnd_end - self.snd_max)
+                        self._send_range(tx, self.snd_max, n, data_end, now, False)
+                    self.tlp_is_retrans = False
                 else:
-                    seq = seq_max(self.snd_una, seq_min(self.snd_max, data_end) - self.smss) \
-                        if seq_gt(seq_min(self.snd_max, data_end), self.snd_una + self.smss) else self.snd_una
-                    n = seq_min(self.snd_max, data_end) - seq if seq_lt(seq, data_end) else 0
-                    if n or (self.fin_sent and seq == self.fin_seq):
-                        self._send_range(tx, seq, n, data_end, now, True)
+                    # the highest segment not SACKed (the last one, unless SACKs came back)
+                    i = self.segq.n
+                    while i > 1 and segq_at(&self.segq, i - 1).flags & SEG_SACKED:
+                        i -= 1
+                    rec = segq_at(&self.segq, i - 1)
+                    seq = rec.start
+                    n = rec.end - seq
+                    if self.fin_sent and rec.end == self.fin_seq + 1:
+                        n -= 1
+                    self._send_range(tx, seq, n, data_end, now, True)
+                    self.tlp_is_retrans = True
+                self.tlp_active = True
+                self.tlp_end_seq = self.snd_max
                 sent_any += 1
         while True:
             if tx.count >= tx.slots:
                 return 1
             pipe = self._pipe()
-            # 1. RFC 6675 §5 NextSeg rule 1: retransmit lost, unSACKed data.
-            if self.in_recovery and seq_lt(seq_max(self.rexmit_nxt, self.snd_una), self.lost_end) \
-                    and pipe < self.cc.cwnd:
-                hole_end = self.lost_end
-                seq = scoreboard_next_hole(&self.sacked, seq_max(self.rexmit_nxt, self.snd_una),
-                                           &hole_end)
-                if seq_lt(seq, self.lost_end) and seq_lt(seq, self.snd_max):
-                    hole_end = seq_min(hole_end, self.snd_max)
-                    n = umin(hole_end - seq, self.smss)
-                    if seq_ge(seq, data_end):
-                        n = 0
-                    elif seq_gt(seq + n, data_end):
-                        n = data_end - seq
+            # 1. RFC 6675 §5 NextSeg rule 1: retransmit what RACK (or the timeout) marked lost.
+            if self.lost_bytes and pipe < self.cc.cwnd:
+                i = segq_find(&self.segq, self.rexmit_hint)
+                while i < self.segq.n and not (segq_at(&self.segq, i).flags & SEG_LOST):
+                    i += 1
+                if i < self.segq.n:
+                    rec = segq_at(&self.segq, i)
+                    self.rexmit_hint = rec.start
+                    seq = rec.start
+                    n = rec.end - seq
+                    if self.fin_sent and rec.end == self.fin_seq + 1:
+                        n -= 1
+                    if seq_gt(seq + n, data_end):
+                        n = data_end - seq if seq_lt(seq, data_end) else 0
                     if n or (self.fin_sent and seq == self.fin_seq):
-                        n = self._send_range(tx, seq, n, data_end, now, True)
-                        self.rexmit_nxt = seq + n if n else seq + 1
-                        sent_any += 1
-                        continue
-                self.rexmit_nxt = self.lost_end
+                        self._send_range(tx, seq, n, data_end, now, True)
+                    else:                     # nothing left to send for it (cannot happen)
+                        rec.flags &= ~SEG_LOST
+                        self.lost_bytes -= rec.end - rec.start
+                    sent_any += 1
+                    continue
+                self.rexmit_hint = self.snd_max
+                self.lost_bytes = 0           # (cannot happen: every lost record was found)
             # 2. New data within min(cwnd, the peer's window).
             in_flight = self.snd_max - self.snd_una
             if seq_lt(self.snd_max, data_end):
@@ -1131,7 +1580,11 @@ cdef class TcpConn:
                 return 1
             self._emit(tx, self.snd_max, F_ACK, 0, now)
         elif self.segs_unacked == 1 and not sent_any and self.delack_at == 0:
-            self.delack_at = now + DELACK_TIMEOUT
+            # A lone segment waits for a second one at most 2 RTTs (within [1, 40] ms): on a
+            # short path a sender with a small window (after a loss) would stall far longer.
+            delack = 2 * self.rcv_rtt if self.rcv_rtt > 0 else DELACK_TIMEOUT
+            self.delack_at = now + (DELACK_MIN if delack < DELACK_MIN else
+                                    DELACK_TIMEOUT if delack > DELACK_TIMEOUT else delack)
         return 0
 
     cdef uint32_t _send_range(self, PacketBatch tx, uint32_t seq, uint32_t n, uint32_t data_end,
@@ -1150,11 +1603,15 @@ cdef class TcpConn:
         cdef uint32_t end = seq + n + (1 if flags & F_FIN else 0)
         if flags & F_FIN:
             self.fin_sent = True
+        if self.in_recovery:
+            self.prr_out += end - seq
         if rexmit or seq_lt(seq, self.snd_max):
             self.retransmits += 1
             if self.rtt_timing and seq_le(seq, self.rtt_seq):
                 self.rtt_timing = False     # Karn: never time a retransmitted segment
+            self._record_sent(seq, end, now, False)
         else:
+            self._record_sent(seq, end, now, True)
             self.bytes_sent += n
             if not self.rtt_timing and not self.ts_ok:
                 self.rtt_timing = True
@@ -1165,8 +1622,8 @@ cdef class TcpConn:
         if self.rtx_at == 0 or self.persist:
             self.persist = False
             self.rtx_at = now + self.rtt.rto
-        if not rexmit and self.tlp_at == 0:
-            self._arm_tlp(now)
+        if not rexmit or self.tlp_at == 0:
+            self._arm_tlp(now)       # RFC 8985 §7.2: (re)start the probe timer after new data
         return n
 
     cdef uint32_t _emit(self, PacketBatch tx, uint32_t seq, uint8_t flags, uint32_t n,
@@ -1215,9 +1672,11 @@ cdef class TcpConn:
                 store_u32be(opts + 4, ts_clock(now) + self.ts_offset)
                 store_u32be(opts + 8, self.ts_recent)
                 olen = 12
-            if self.sack_ok and self.ooo.n and not (flags & F_RST):
-                # RFC 2018 §4: the first block holds the most recently received segment.
-                nblocks = umin(self.ooo.n, 3 if self.ts_ok else 4)
+            if self.sack_ok and (self.ooo.n or self.dsack_pending) and not (flags & F_RST):
+                # RFC 2018 §4: the first block holds the most recently received segment;
+                # RFC 2883: a duplicate to report goes before it.
+                nblocks = umin(self.ooo.n + (1 if self.dsack_pending else 0),
+                               3 if self.ts_ok else 4)
                 opts[olen] = 1
                 opts[olen + 1] = 1
                 opts[olen + 2] = 5
@@ -1230,11 +1689,18 @@ cdef class TcpConn:
                         k = j
                         break
                 i = 0
-                if k < <uint32_t>self.ooo.n:
+                if self.dsack_pending:
+                    store_u32be(opts + olen, self.dsack_start)
+                    store_u32be(opts + olen + 4, self.dsack_end)
+                    olen += 8
+                    i = 1
+                    self.dsack_pending = False
+                    self.dsack_sent += 1
+                if k < <uint32_t>self.ooo.n and i < nblocks:
                     store_u32be(opts + olen, self.ooo.r[k].start)
                     store_u32be(opts + olen + 4, self.ooo.r[k].end)
                     olen += 8
-                    i = 1
+                    i += 1
                 for j in range(self.ooo.n):
                     if i >= nblocks:
                         break

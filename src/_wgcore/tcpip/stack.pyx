@@ -15,7 +15,8 @@ batches to read from or write into (STYLE §3).
   layer (ICMP, UDP). Malformed or unwanted segments are counted by reason and dropped, or
   answered with a RST as RFC 9293 §3.10.7.1 says. A SYN for a port with a listener opens a
   connection in SYN_RECEIVED (the listener bitmap keeps the common "no listener" case to one
-  bit test). ACKs owed mid-batch (every ACK_EVERY segments) are written straight into `tx`
+  bit test). ACKs owed mid-batch (every ACK_EVERY segments, and every out-of-order or
+  duplicate segment's immediate ACK) are written straight into `tx`
   while it has room; the rest go out with the next ``output``.
 * ``output(tx, now)`` writes the queued bare RSTs and zero-window probes, then lets every
   connection that asked for output (data within min(cwnd, peer window), retransmissions,
@@ -456,6 +457,9 @@ cdef class TcpStack(_StackBase):
             d = c.tlp_at
             if d and (best == 0 or d < best):
                 best = d
+            d = c.reo_at
+            if d and (best == 0 or d < best):
+                best = d
         return best if best else None
 
     def handle_timer(self, double now) -> None:
@@ -467,7 +471,8 @@ cdef class TcpStack(_StackBase):
         for i in range(self.all_n):
             c = <TcpConn>self.all_conns[i]
             if (c.rtx_at and c.rtx_at <= now) or (c.delack_at and c.delack_at <= now) or \
-                    (c.expire_at and c.expire_at <= now) or (c.tlp_at and c.tlp_at <= now):
+                    (c.expire_at and c.expire_at <= now) or (c.tlp_at and c.tlp_at <= now) or \
+                    (c.reo_at and c.reo_at <= now):
                 due.append(c)
         for c in due:
             c._on_timer(now)
@@ -556,7 +561,13 @@ cdef class TcpStack(_StackBase):
             c = None
         if c is not None:
             c._input(&s, now)
-            if c.segs_unacked >= ACK_EVERY and c.list_index >= 0 and tx.count < tx.slots:
+            # Mid-batch ACKs: every ACK_EVERY segments; at once for each segment that arrives
+            # out of order or duplicated (RFC 5681 §4.2), and every second one for a while
+            # after (Linux's quick ACKs), so the sender's SACK scoreboard and RACK see every
+            # arrival even when ACKs are lost.
+            if c.list_index >= 0 and tx.count < tx.slots and (
+                    c.segs_unacked >= ACK_EVERY or (c.ack_now and (c.ooo.n or c.dsack_pending))
+                    or (c.quick_acks and c.segs_unacked >= 2)):
                 c._output(tx, now)
             return True
         self._no_connection(&key, &s, tx, now)

@@ -4,7 +4,8 @@
 from libc.stdint cimport uint8_t, uint32_t
 
 cdef enum:
-    MAX_SACK_BLOCKS = 32           # ranges kept per set (out-of-order data, SACKed data)
+    OOO_RANGES = 256               # out-of-order ranges the assembler keeps (Linux: no limit)
+    SACK_RANGES = 64               # SACKed ranges applied, retransmitted ranges of an episode
 
 
 cdef struct Range:
@@ -13,8 +14,9 @@ cdef struct Range:
 
 
 cdef struct RangeSet:
-    Range r[MAX_SACK_BLOCKS]       # sorted, disjoint, not touching
+    Range* r                       # sorted, disjoint, not touching; `cap` allocated
     int n
+    int cap
 
 
 cdef struct SendRing:
@@ -38,6 +40,29 @@ cdef struct RecvRing:
     uint32_t max
 
 
+# Per-segment records of what was sent and is not yet cumulatively acknowledged (RACK,
+# RFC 8985 §5.2: each segment's latest transmit time), in sequence order.
+cdef enum:
+    SEG_SACKED = 1                 # the peer SACKed it
+    SEG_LOST = 2                   # marked lost and not retransmitted since
+    SEG_RETRANS = 4                # its latest transmission is a retransmission
+    SEG_EVER_RETRANS = 8           # retransmitted at least once
+
+
+cdef struct SegRec:
+    uint32_t start
+    uint32_t end                   # exclusive; a FIN counts one
+    double xmit_ts                 # time of the latest transmission
+    uint32_t flags
+
+
+cdef struct SegQueue:
+    SegRec* r                      # ring of `cap` (a power of two) records from `head`
+    uint32_t cap
+    uint32_t head
+    uint32_t n
+
+
 cdef int send_ring_init(SendRing* r, uint32_t cap, uint32_t max) except -1
 cdef void send_ring_release(SendRing* r) noexcept
 cdef uint32_t send_ring_append(SendRing* r, const uint8_t* src, uint32_t n) except? 0xffffffff
@@ -51,6 +76,8 @@ cdef void recv_ring_write(RecvRing* r, uint32_t seq, const uint8_t* src, uint32_
 cdef void recv_ring_read(RecvRing* r, uint8_t* dst, uint32_t n) noexcept nogil
 cdef int recv_ring_grow(RecvRing* r, uint32_t cap) except -1
 
+cdef int ranges_init(RangeSet* s, int cap) except -1
+cdef void ranges_release(RangeSet* s) noexcept
 cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nogil
 cdef uint32_t ranges_total(const RangeSet* s) noexcept nogil
 cdef uint32_t assembler_advance(RangeSet* s, uint32_t rcv_nxt) noexcept nogil
@@ -62,3 +89,13 @@ cdef uint32_t scoreboard_lost_end(const RangeSet* s, uint32_t thresh,
                                   uint32_t snd_una) noexcept nogil
 cdef uint32_t scoreboard_next_hole(const RangeSet* s, uint32_t seq,
                                    uint32_t* hole_end) noexcept nogil
+
+cdef int segq_init(SegQueue* q, uint32_t cap) except -1
+cdef void segq_release(SegQueue* q) noexcept
+cdef SegRec* segq_push(SegQueue* q, uint32_t start, uint32_t end, double ts) except NULL
+cdef SegRec* segq_insert_after(SegQueue* q, uint32_t i) except NULL
+cdef uint32_t segq_find(const SegQueue* q, uint32_t seq) noexcept nogil
+cdef void segq_pop_front(SegQueue* q) noexcept nogil
+
+cdef inline SegRec* segq_at(const SegQueue* q, uint32_t i) noexcept nogil:
+    return &q.r[(q.head + i) & (q.cap - 1)]

@@ -16,8 +16,9 @@ functions are its only mutators besides ``conn``'s bookkeeping. No Python object
   or not (``recv_ring_write``, after ``recv_ring_space`` bounded it); the application takes
   in-order bytes from the head (``recv_ring_read``). Auto-tuning grows it (``recv_ring_grow``),
   keeping everything from ``read_seq`` to the old end.
-* **Range sets** (:c:type:`RangeSet`): at most MAX_SACK_BLOCKS sorted, disjoint, non-touching
-  ``[start, end)`` sequence ranges; inserting merges with every range it overlaps or touches.
+* **Range sets** (:c:type:`RangeSet`): at most ``cap`` (a heap array) sorted, disjoint,
+  non-touching ``[start, end)`` sequence ranges; inserting merges with every range it overlaps
+  or touches.
   - As the **assembler**: the out-of-order ranges already in the receive ring. When the hole
     before the first range fills, ``assembler_advance`` moves ``rcv_nxt`` over every range now
     in order and drops them. A full set refuses a new range (the segment is dropped, counted).
@@ -26,7 +27,15 @@ functions are its only mutators besides ``conn``'s bookkeeping. No Python object
     within what we sent), ``scoreboard_trim`` forgets what the ACK passed, and the loss
     recovery queries ``scoreboard_unsacked`` (SetPipe), ``scoreboard_lost_end`` (IsLost) and
     ``scoreboard_next_hole`` (NextSeg). A full set forgets the block: SACK only speeds
-    recovery up, correctness never depends on it.
+    recovery up, correctness never depends on it. The connection uses it as the record of
+    which SACKed ranges it has already applied to the segment queue.
+* **Segment queue** (:c:type:`SegQueue`): one :c:type:`SegRec` per segment sent and not yet
+  cumulatively acknowledged, in sequence order, with its latest transmit time and flags
+  (SACKed, lost, retransmitted): the RACK (RFC 8985) retransmission queue. New segments are
+  pushed at the tail (``segq_push``), acknowledged ones popped at the head
+  (``segq_pop_front``); ``segq_find`` is a binary search by sequence number;
+  ``segq_insert_after`` opens a slot for splitting a record (rare: a retransmission that
+  options made shorter). The ring doubles when full.
 
 Invariants: ring capacities are powers of two (indices are masked); ``len <= cap`` and
 ``cap <= max`` after growth; range arithmetic is on the 2**32 sequence circle.
@@ -176,6 +185,22 @@ cdef int recv_ring_grow(RecvRing* r, uint32_t cap) except -1:
 
 # -- range sets: assembler and scoreboard ------------------------------------------------------
 
+cdef int ranges_init(RangeSet* s, int cap) except -1:
+    s.r = <Range*>PyMem_Malloc(cap * sizeof(Range))
+    if s.r == NULL:
+        raise MemoryError()
+    s.n = 0
+    s.cap = cap
+    return 0
+
+
+cdef void ranges_release(RangeSet* s) noexcept:
+    PyMem_Free(s.r)
+    s.r = NULL
+    s.n = 0
+    s.cap = 0
+
+
 cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nogil:
     """Add [left, right), merging with what it overlaps or touches; False when the set is full
     and the range could not be kept."""
@@ -195,7 +220,7 @@ cdef bint ranges_insert(RangeSet* s, uint32_t left, uint32_t right) noexcept nog
             memmove(&s.r[i + 1], &s.r[j], (s.n - j) * sizeof(Range))
             s.n -= j - i - 1
         return True
-    if s.n == MAX_SACK_BLOCKS:
+    if s.n >= s.cap:
         return False
     for j in range(s.n, i, -1):
         s.r[j] = s.r[j - 1]
@@ -297,3 +322,81 @@ cdef uint32_t scoreboard_next_hole(const RangeSet* s, uint32_t seq,
         hole_end[0] = seq_min(hole_end[0], s.r[i].start)
         break
     return seq
+
+
+# -- segment queue (RACK retransmission queue) --------------------------------------------------
+
+cdef int segq_init(SegQueue* q, uint32_t cap) except -1:
+    q.r = <SegRec*>PyMem_Malloc(cap * sizeof(SegRec))
+    if q.r == NULL:
+        raise MemoryError()
+    q.cap = cap
+    q.head = 0
+    q.n = 0
+    return 0
+
+
+cdef void segq_release(SegQueue* q) noexcept:
+    PyMem_Free(q.r)
+    q.r = NULL
+    q.n = 0
+    q.cap = 0
+    q.head = 0
+
+
+cdef int _segq_grow(SegQueue* q) except -1:
+    cdef uint32_t cap = q.cap * 2 if q.cap else 64
+    cdef SegRec* r = <SegRec*>PyMem_Malloc(cap * sizeof(SegRec))
+    if r == NULL:
+        raise MemoryError()
+    cdef uint32_t i
+    for i in range(q.n):
+        r[i] = segq_at(q, i)[0]
+    PyMem_Free(q.r)
+    q.r = r
+    q.cap = cap
+    q.head = 0
+    return 0
+
+
+cdef SegRec* segq_push(SegQueue* q, uint32_t start, uint32_t end, double ts) except NULL:
+    """Append a record for [start, end) sent at `ts`."""
+    if q.n == q.cap:
+        _segq_grow(q)
+    cdef SegRec* rec = segq_at(q, q.n)
+    q.n += 1
+    rec.start = start
+    rec.end = end
+    rec.xmit_ts = ts
+    rec.flags = 0
+    return rec
+
+
+cdef SegRec* segq_insert_after(SegQueue* q, uint32_t i) except NULL:
+    """Open a slot at index i + 1 (a copy of record i, the caller sets the bounds)."""
+    if q.n == q.cap:
+        _segq_grow(q)
+    cdef uint32_t j = q.n
+    while j > i + 1:
+        segq_at(q, j)[0] = segq_at(q, j - 1)[0]
+        j -= 1
+    segq_at(q, i + 1)[0] = segq_at(q, i)[0]
+    q.n += 1
+    return segq_at(q, i + 1)
+
+
+cdef uint32_t segq_find(const SegQueue* q, uint32_t seq) noexcept nogil:
+    """Index of the record containing `seq`, else of the first record above it (q.n: none)."""
+    cdef uint32_t lo = 0, hi = q.n, mid
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if seq_le(segq_at(q, mid).end, seq):
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+cdef void segq_pop_front(SegQueue* q) noexcept nogil:
+    q.head = (q.head + 1) & (q.cap - 1)
+    q.n -= 1

@@ -5,7 +5,8 @@ addresses include the two /128s derived from the agent UUID (Tailscale and Coder
 agent-api.md §2.1), a :class:`~agentconn.agent.api.router.Router` with every API module registered,
 and an :class:`~agentconn.web.server.HttpServer` accepting on tunnel TCP port 4 (§2.2). Modules
 share one :class:`~agentconn.agent.options.AgentOptions`; chat path tracking flows from the
-files/processes modules through :meth:`Agent.touched_paths`. MCP servers start in the
+files/processes modules into one :class:`~agentconn.agent.git.paths.PathStore`
+(:attr:`Agent.paths`), which feeds the git-watch sockets. MCP servers start in the
 background so a slow server never delays the API; the agent's own log goes to
 ``<log_dir>/coder-agent.log`` (served by ``/debug/logs``); the default ``log_dir`` is the
 agent's own ``~/.agentconn/<agent-id>`` (:meth:`AgentOptions.for_agent`), so two agents on one
@@ -25,6 +26,7 @@ from typing import Any, Self
 
 from agentconn.agent.api.debug import LOG_FILE, DebugApi
 from agentconn.agent.api.router import Router
+from agentconn.agent.git.paths import PathStore
 from agentconn.agent.options import AgentOptions
 from agentconn.aio.tunnel import Tunnel
 from agentconn.proto.ports import AGENT_HTTP_API_PORT, agent_addresses
@@ -106,8 +108,8 @@ class Agent:
         self._mcp_task: asyncio.Task[None] | None = None
         self._started = False
         self._closed = False
-        #: chat id → paths touched under it (write-file, edit-files, process workdirs), §3.
-        self.touched_paths: dict[uuid.UUID, list[str]] = {}
+        #: Paths touched per chat (write-file, edit-files, process workdirs, §3), for git watch.
+        self.paths = PathStore()
         #: The coordinator session after :meth:`join_tailnet` (``TailnetNode``), else None.
         self.tailnet: Any = None
         self.manifest = manifest if manifest is not None else self._default_manifest()
@@ -146,16 +148,21 @@ class Agent:
         """The address clients dial (Tailscale prefix)."""
         return agent_addresses(self.agent_id)[0]
 
-    def _record_paths(self, chats: tuple[uuid.UUID, ...], paths: list[str]) -> None:
-        for chat in chats:
-            seen = self.touched_paths.setdefault(chat, [])
-            for p in paths:
-                if p not in seen:
-                    seen.append(p)
+    @property
+    def touched_paths(self) -> dict[uuid.UUID, list[str]]:
+        """chat id → the paths touched under it, oldest first (a copy)."""
+        return self.paths.as_dict()
 
-    def _on_process_exit(self, chat: uuid.UUID, workdir: str) -> None:
+    def _record_paths(self, chats: tuple[uuid.UUID, ...], paths: list[str]) -> None:
+        self.paths.add_paths(chats, paths)
+
+    def _on_process_exit(self, chats: tuple[uuid.UUID, ...], workdir: str) -> None:
+        # As the Go agent: the workdir becomes a tracked path; without one, the chat's
+        # watchers still rescan (the command may have changed their repositories).
         if workdir:
-            self._record_paths((chat,), [workdir])
+            self.paths.add_paths(chats, [workdir])
+        else:
+            self.paths.notify(chats)
 
     def _setup_logging(self) -> None:
         if not self._log_to_file:
@@ -182,7 +189,9 @@ class Agent:
         from agentconn.agent.api.listening import ListeningPortsApi
         from agentconn.agent.api.mcp import McpManager
         from agentconn.agent.api.processes import ProcessManager
+        from agentconn.agent.containers import ContainersApi
         from agentconn.agent.desktop import DesktopApi
+        from agentconn.agent.git import GitWatchApi
 
         opts = self.options
         # ContextConfigApi consumes the CODER_AGENT_EXP_* variables (children must not inherit
@@ -198,6 +207,8 @@ class Agent:
             context,
             mcp,
             DesktopApi(opts),
+            ContainersApi(opts),
+            GitWatchApi(opts, self.paths),
         ]
         for module in self._modules:
             module.register(self.router)
@@ -228,9 +239,10 @@ class Agent:
             _log.exception("starting MCP servers failed")
 
     async def join_tailnet(self, url: str, agent_token: str, *, timeout: float = 30.0,
-                           ssl_context: Any = None) -> Any:
-        """Join a Coder-style coordinator as this agent and be reachable through its DERP
-        relays only (no static peers needed).
+                           ssl_context: Any = None, block_endpoints: bool = False) -> Any:
+        """Join a Coder-style coordinator as this agent, reachable through its DERP relays and,
+        once disco finds one, a direct UDP path (no static peers needed; ``block_endpoints``
+        or a deployment with direct connections disabled: DERP only).
 
         Fetches the DERP map (``GET /api/v2/workspaceagents/connection`` with
         ``Coder-Session-Token: <agent_token>``), connects the home region, and runs the agent
@@ -259,7 +271,8 @@ class Agent:
                            DerpMap.from_json(info.derp_map), target, role="agent",
                            force_websockets=info.derp_force_websockets,
                            addresses=list(agent_addresses(self.agent_id)),
-                           rewrite_derp_map=lambda m: rewrite_derp_map(m, credentials.url))
+                           rewrite_derp_map=lambda m: rewrite_derp_map(m, credentials.url),
+                           block_endpoints=block_endpoints or info.disable_direct_connections)
         await node.start(timeout)
         self.tailnet = node
         return node

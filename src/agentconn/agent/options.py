@@ -40,6 +40,10 @@ class AgentOptions:
     ``ignore_ports`` are the agent's own listeners hidden from listening-ports.
     ``desktop`` enables the desktop routes (an Xvnc desktop of ``desktop_geometry`` (width,
     height) pixels, depth 24, started on first use; its files go under ``log_dir``).
+    ``devcontainers`` enables the container routes (agent-api.md §9; Coder's
+    ``CODER_AGENT_DEVCONTAINERS_ENABLE=true``): Docker through the ``docker`` CLI on the
+    ``PATH`` of ``environ`` (its ``DOCKER_HOST``), dev container configurations found under
+    ``directory``.
     """
 
     home: str = field(default_factory=_home)
@@ -49,6 +53,7 @@ class AgentOptions:
     ignore_ports: frozenset[int] = frozenset()
     desktop: bool = False
     desktop_geometry: tuple[int, int] = (1920, 1080)
+    devcontainers: bool = False
 
     def for_agent(self, agent_id: uuid.UUID | str) -> AgentOptions:
         """These options as agent `agent_id` uses them: with no ``log_dir``, a copy whose

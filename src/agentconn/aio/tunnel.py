@@ -64,9 +64,12 @@ MAX_BATCHES_PER_WAKEUP = 16   # stay fair to the rest of the loop
 MAX_TX_BATCHES_PER_FLUSH = 64
 RES_SEALED = RESULT["SEALED"]
 RES_RAW = RESULT["RAW"]
+RES_DISCO = RESULT["DISCO"]
 #: Default bound of a capture file's size (header included).
 PCAP_MAX_BYTES = 64 * 1024 * 1024
 
+#: Receives disco datagrams that arrived on the UDP socket: (datagram, source sockaddr).
+DiscoHandler = Callable[[bytes, bytes], None]
 #: Sends datagrams over relay paths: called with [(path, datagram), ...] (see :meth:`Tunnel.set_relay`).
 RelaySend = Callable[[list[tuple[int, bytes]]], None]
 
@@ -124,6 +127,12 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         self._relayed_in: list[tuple[int, bytes]] = []
         self._relayed_handle: asyncio.Handle | None = None
         self._rx_relay: PacketBatch | None = None
+        self._disco_handler: DiscoHandler | None = None
+        self._disco_seen = 0
+        self.disco_counters = {"rx": 0, "tx": 0, "tx_failed": 0, "unhandled": 0}
+        #: Optional: more facts about a peer (raw public key) for :meth:`stats` (the tailnet
+        #: node adds its disco path state under ``"disco"``).
+        self.peer_info: Callable[[bytes], dict[str, Any]] | None = None
         self._pcap_request = (pcap, pcap_max_bytes) if pcap is not None else None
         self._capture: PcapWriter | None = None
         self._capture_path: str | None = None
@@ -409,6 +418,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         assert self._loop is not None and self._io is not None and self._rx is not None
         assert self._tx is not None
         loop, io, rx, node = self._loop, self._io, self._rx, self.node
+        datapath = self.device.datapath
         try:
             now = loop.time()
             wall = time.time()
@@ -417,6 +427,9 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
                 if n == 0:
                     break
                 node.receive_batch(rx, self._tx, now, wall, time.monotonic())
+                if datapath.disco_rx != self._disco_seen:
+                    self._disco_seen = datapath.disco_rx
+                    self._take_disco(rx)      # per batch, only when the C path saw disco
                 if self._tx.count * 2 >= self._tx.slots and self._tx_pending is None:
                     self._send_tx(now, wall)    # ACKs owed mid-burst go out now
                 if n < rx.slots:
@@ -425,6 +438,70 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
             self._flush()
         except Exception:
             log.exception("tunnel receive path failed; the packet batch was dropped")
+
+    def _take_disco(self, rx: PacketBatch) -> None:
+        """Hand the batch's disco datagrams (``RES_DISCO``) to the disco handler."""
+        handler = self._disco_handler
+        for _, datagram, source, _ in rx.collect(RES_DISCO):
+            self.disco_counters["rx"] += 1
+            if handler is None:
+                self.disco_counters["unhandled"] += 1
+                continue
+            try:
+                handler(datagram, source)
+            except Exception:
+                log.exception("disco handler failed; datagram dropped")
+
+    # -- disco (Coder magicsock) ----------------------------------------------------------------
+
+    def set_disco_handler(self, handler: DiscoHandler | None) -> None:
+        """Deliver disco datagrams that arrive on the UDP socket to ``handler(datagram,
+        source_sockaddr)``. The C data path marks them (magic ``TS💬``, ≥ 62 bytes) so that
+        WireGuard datagrams cost no Python work. None: they are dropped and counted."""
+        self._disco_handler = handler
+
+    def send_disco(self, datagram: bytes, host: str, port: int) -> bool:
+        """Send one disco datagram from the WireGuard socket to ``host:port`` (numeric). Returns
+        False (counted) when the address does not fit the socket or the send fails."""
+        sock = self._sock
+        if sock is None or self._closed:
+            return False
+        try:
+            if sock.family == socket.AF_INET6:
+                if ":" not in host:
+                    host = "::ffff:" + host
+                sock.sendto(datagram, (host, port, 0, 0))
+            else:
+                sock.sendto(datagram, (host, port))
+        except (OSError, ValueError):
+            self.disco_counters["tx_failed"] += 1
+            return False
+        self.disco_counters["tx"] += 1
+        return True
+
+    def pin_peer_endpoint(self, public_key: str | bytes, endpoint: tuple[str, int] | int
+                          ) -> None:
+        """Reach the peer at ``(host, port)`` over UDP, or through relay path ``endpoint`` (an
+        int, see :meth:`set_relay`), and keep it there: authenticated packets from elsewhere
+        do not move it (the path selector above decides, as magicsock does)."""
+        peer, = self.node.peers_by_key(public_key)
+        if self._sock is None:
+            raise TunnelClosedError("tunnel not started")
+        if isinstance(endpoint, int):
+            raw = relay_sockaddr(endpoint)
+        else:
+            raw = sockaddr(endpoint[0], endpoint[1], self._sock.family)
+        peer.pinned_endpoint = raw
+        peer.slot.endpoint = raw
+        self.schedule_flush()
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        """The UDP socket's bound (host, port)."""
+        if self._sock is None:
+            raise TunnelClosedError("tunnel not started")
+        host, port = self._sock.getsockname()[:2]
+        return str(host), int(port)
 
     def _dispatch(self) -> None:
         """Deliver the interface's events: TCP activity to the socket's watcher, datagrams to
@@ -647,6 +724,16 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         data = self.node.stats(now)
         data["listen_port"] = self.listen_port if self._sock is not None and not self._closed else None
         data["udp"] = self._io.counters() if self._io is not None else {}
+        data["disco"] = dict(self.disco_counters)
+        if self.peer_info is not None:
+            import base64
+            for peer in data.get("peers", []):
+                try:
+                    info = self.peer_info(base64.b64decode(peer["public_key"]))
+                except Exception:  # noqa: BLE001 - diagnostics must not fail
+                    info = {}
+                if info:
+                    peer["disco"] = info
         if self._capture is not None:
             data["capture"] = self.capture_stats
         return data

@@ -3,15 +3,18 @@ from __future__ import annotations
 
 import argparse
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import AgentConnError
 from . import commands
+from . import containers as containers_cli
 from . import cp as cp_cli
 from . import derp as derp_cli
 from . import desktop as desktop_cli
+from . import gitwatch as gitwatch_cli
 from . import portforward as portforward_cli
 from . import pty as pty_cli
 from . import speedtest as speedtest_cli
@@ -80,6 +83,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="MCP config file (repeatable; default <directory>/.mcp.json)")
     agent.add_argument("--desktop", action="store_true",
                        help="serve the desktop routes (an Xvnc desktop started on first use)")
+    agent.add_argument("--devcontainers", action="store_true",
+                       default=_env_true("CODER_AGENT_DEVCONTAINERS_ENABLE"),
+                       help="serve the container routes (Docker through the docker CLI and "
+                            "DOCKER_HOST; dev containers under --directory); default from "
+                            "CODER_AGENT_DEVCONTAINERS_ENABLE")
     agent.add_argument("--desktop-geometry", type=desktop_cli.arg_type(desktop_cli.parse_size),
                        default=(1920, 1080), metavar="WxH",
                        help="the desktop's size in pixels (default 1920x1080, depth 24)")
@@ -102,6 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     vnc_cli.add_parser(sub)
     desktop_cli.add_parser(sub)
     derp_cli.add_parser(sub)
+    containers_cli.add_parser(sub)
+    gitwatch_cli.add_parser(sub)
 
     sub.add_parser("genkey", help="print a new base64 private key (like `wg genkey`)")
     sub.add_parser("pubkey", help="read a private key on stdin, print its public key")
@@ -118,6 +128,10 @@ async def _ping_agent(args: argparse.Namespace) -> int:
             precise=args.precise, require_pong=args.require_pong)
     finally:
         await conn.close()
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def _is_ip_address(text: str) -> bool:
@@ -158,7 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(commands.agent(
                 config=args.config, agent_id=args.agent_id, directory=args.directory,
                 log_dir=args.log_dir, manifest=args.manifest, mcp_config=args.mcp_config,
-                desktop=args.desktop, desktop_geometry=args.desktop_geometry))
+                desktop=args.desktop, desktop_geometry=args.desktop_geometry,
+                devcontainers=args.devcontainers))
         if args.command == "pair":
             return commands.pair(agent_id=str(args.agent_id), out_dir=args.out, port=args.port,
                                  host=args.host, force=args.force)
@@ -178,6 +193,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_async(ssh_cli.run(args))
         if args.command == "derp":
             return run_async(derp_cli.run(args))
+        if args.command == "containers":
+            return run_async(containers_cli.run(args))
+        if args.command == "devcontainer":
+            return run_async(containers_cli.run_devcontainer(args))
+        if args.command == "git-watch":
+            return run_async(gitwatch_cli.run(args))
         if args.command == "genkey":
             print(commands.genkey())
             return 0

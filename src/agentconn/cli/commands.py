@@ -278,7 +278,8 @@ def pair(*, agent_id: str, out_dir: str, port: int, host: str, force: bool = Fal
 
 async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: str | None,
                 manifest: str | None, mcp_config: list[str] | None, desktop: bool = False,
-                desktop_geometry: tuple[int, int] = (1920, 1080)) -> int:
+                desktop_geometry: tuple[int, int] = (1920, 1080),
+                devcontainers: bool = False) -> int:
     """Run a workspace agent until interrupted."""
     import signal
 
@@ -288,7 +289,7 @@ async def agent(*, config: str, agent_id: str, directory: str | None, log_dir: s
         print(f"agentconn agent: --directory {directory}: no such directory", file=sys.stderr)
         return 1
     options = AgentOptions(directory=directory, desktop=desktop,
-                           desktop_geometry=desktop_geometry)
+                           desktop_geometry=desktop_geometry, devcontainers=devcontainers)
     if log_dir:
         options.log_dir = log_dir
     manifest_obj = None

@@ -113,7 +113,7 @@ def read_stdin(loop: asyncio.AbstractEventLoop, on_data: Callable[[bytes], None]
         try:
             loop.add_reader(fd, readable)
             return pause
-        except PermissionError:  # epoll refuses regular files and e.g. /dev/null
+        except OSError:  # epoll refuses regular files and /dev/null (EPERM), kqueue some devices
             if poll_only:
                 return lambda flag: None
 

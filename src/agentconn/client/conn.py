@@ -32,6 +32,7 @@ from agentconn.errors import AgentConnError, PingTimeoutError, TunnelError
 from agentconn.proto._codec import Model, go_json
 from agentconn.proto.common import Response as MessageResponse
 from agentconn.proto.common import Validation
+from agentconn.proto.containers import ListContainersResponse
 from agentconn.proto.context import ContextConfigResponse
 from agentconn.proto.debug import NetcheckReport, normalize_net_info
 from agentconn.proto.desktop import DesktopActionRequest, DesktopActionResponse
@@ -67,6 +68,8 @@ from agentconn.web.client import Response as HttpResponse
 
 if TYPE_CHECKING:
     from agentconn.aio.tunnel import Tunnel
+    from agentconn.client.containers import ContainersWatch
+    from agentconn.client.git import GitWatch
     from agentconn.wg.config import InterfaceConfig
 
 __all__ = [
@@ -237,12 +240,16 @@ class AgentConn:
             return True
 
     async def ping(self, timeout: float = 5.0) -> tuple[float, bool, dict[str, Any]]:
-        """One TSMP ping: (RTT seconds, direct path, result). Our tunnel has no DERP relay,
-        so every path is direct."""
+        """One TSMP ping: (RTT seconds, direct path, result). Direct unless the agent peer's
+        WireGuard endpoint is a relay path (DERP, until disco finds a direct UDP path);
+        the result names the UDP ``Endpoint`` of a direct path (ipnstate.PingResult)."""
         rtt = await self._tunnel.ping(self._host, timeout=timeout, kind="tsmp")
         self._last_ok = time.monotonic()
-        return rtt, True, {"IP": self._host, "LatencySeconds": rtt, "Endpoint": "",
-                           "NodeIP": self._host, "PeerAPIPort": 0}
+        endpoint = str((self.get_peer_diagnostics().get("peer") or {}).get("endpoint") or "")
+        direct = not endpoint.startswith("relay:")
+        return rtt, direct, {"IP": self._host, "LatencySeconds": rtt,
+                             "Endpoint": endpoint if direct else "",
+                             "NodeIP": self._host, "PeerAPIPort": 0}
 
     def get_peer_diagnostics(self) -> dict[str, Any]:
         """Tunnel-level diagnostics for the agent peer (handshake, endpoint, counters)."""
@@ -426,6 +433,14 @@ class AgentConn:
         from agentconn.client.http import http_client
 
         return http_client(self, port, **httpx_kwargs)
+
+    async def websocket(self, port: int, path: str = "/", **kwargs: Any) -> Any:
+        """An open :class:`~agentconn.web.websocket.WebSocket` to ``path`` on the agent's
+        ``port`` through the tunnel (``send``/``receive``/``close``); keyword arguments as
+        :func:`agentconn.client.websocket.websocket` (``headers``, ``subprotocols``, ...)."""
+        from agentconn.client.websocket import websocket
+
+        return await websocket(self, port, path, **kwargs)
 
     async def ssh_client(self, port: int = 1, **asyncssh_kwargs: Any) -> Any:
         """An ``asyncssh.SSHClientConnection`` to the agent, handshake done (host key not
@@ -612,6 +627,54 @@ class AgentConn:
         """Instruction files and skills found in the workspace."""
         return await self._call("ContextConfig", ContextConfigResponse,
                                 timeout=max(self.timeout, 60.0))
+
+    # -- containers and dev containers (agent-api.md §9) --------------------------------------
+
+    async def list_containers(self) -> ListContainersResponse:
+        """The agent's containers and dev containers (``GET /api/v0/containers``): a
+        :class:`~agentconn.proto.containers.ListContainersResponse`. Raises
+        :class:`~agentconn.client.containers.ContainersForbiddenError` (403) when the agent
+        runs without dev container support, ``ContainersFailedError`` (500) when Docker could
+        not be asked."""
+        from agentconn.client.containers import list_containers
+
+        return await list_containers(self)
+
+    def watch_containers(self) -> ContainersWatch:
+        """A :class:`~agentconn.client.containers.ContainersWatch`: the list now and again
+        whenever a dev container changes. ``async with conn.watch_containers() as w: async
+        for listing in w: …`` (or ``await`` it, then ``aclose()``)."""
+        from agentconn.client.containers import ContainersWatch
+
+        return ContainersWatch(self)
+
+    async def recreate_devcontainer(self, devcontainer_id: uuid.UUID | str) -> MessageResponse:
+        """Rebuild a dev container into a new container (202; the agent reports progress as
+        its status: ``starting``, then ``running`` or ``error``). Raises
+        ``DevcontainerNotFoundError`` (404), ``DevcontainerBusyError`` (409)."""
+        from agentconn.client.containers import recreate_devcontainer
+
+        return await recreate_devcontainer(self, devcontainer_id)
+
+    async def delete_devcontainer(self, devcontainer_id: uuid.UUID | str) -> None:
+        """Stop and remove a dev container's container and forget it (204). Raises
+        ``DevcontainerNotFoundError`` (404), ``DevcontainerBusyError`` (409),
+        ``ContainersFailedError`` (500)."""
+        from agentconn.client.containers import delete_devcontainer
+
+        await delete_devcontainer(self, devcontainer_id)
+
+    # -- git watch (agent-api.md §10) ---------------------------------------------------------
+
+    def watch_git(self, chat_id: uuid.UUID | str | None = None) -> GitWatch:
+        """Watch the git repositories chat ``chat_id`` touched: ``async with
+        conn.watch_git(chat_id=...) as w: async for msg in w: ...`` yields typed
+        :class:`~agentconn.proto.git.GitServerMessage` messages (``changes``,
+        ``error``, ``progress``); ``await w.refresh()`` asks for a rescan. The socket opens on entry
+        (``AgentApiError`` if the agent refuses). Without a chat the agent watches nothing."""
+        from agentconn.client.git import GitWatch
+
+        return GitWatch(self, chat_id)
 
     # -- desktop (computer use, agent-api.md §11) ---------------------------------------------
 

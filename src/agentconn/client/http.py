@@ -7,12 +7,16 @@ is such a backend: ``connect_tcp(host, port)`` dials the agent's ``port`` throug
 framing, streaming bodies — is httpcore's own, keyed by (agent address, port).
 :class:`TunnelTransport` maps httpx requests and responses onto that pool as httpx's own
 ``AsyncHTTPTransport`` does, with httpcore's errors turned into httpx's.
+:class:`SyncTunnelTransport` is the blocking ``httpx.Client``'s transport for
+:mod:`agentconn.sync`: each request runs on the portal loop through a
+:class:`TunnelTransport`, the request body is pulled from its iterator on a worker thread and
+the response body is handed back chunk by chunk.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import httpcore
@@ -21,7 +25,8 @@ import httpx
 if TYPE_CHECKING:
     from .conn import AgentConn
 
-__all__ = ["TunnelBackend", "TunnelStream", "TunnelTransport", "http_client"]
+__all__ = ["SyncTunnelTransport", "TunnelBackend", "TunnelStream", "TunnelTransport",
+           "http_client"]
 
 _ERRORS: tuple[tuple[type[Exception], type[Exception]], ...] = (
     (httpcore.ConnectTimeout, httpx.ConnectTimeout),
@@ -163,3 +168,54 @@ def http_client(conn: AgentConn, port: int, **kwargs: Any) -> httpx.AsyncClient:
     ``http://localhost:<port>``; relative URLs work). Extra arguments go to httpx."""
     kwargs.setdefault("base_url", f"http://localhost:{port}")
     return httpx.AsyncClient(transport=TunnelTransport(conn), **kwargs)
+
+
+class _SyncResponseStream(httpx.SyncByteStream):
+    def __init__(self, stream: Any, run: Callable[[Awaitable[Any]], Any]) -> None:
+        self._stream = stream
+        self._run = run
+
+    def __iter__(self) -> Iterator[bytes]:
+        chunks = self._stream.__aiter__()
+        while True:
+            try:
+                yield self._run(chunks.__anext__())
+            except StopAsyncIteration:
+                return
+
+    def close(self) -> None:
+        if hasattr(self._stream, "aclose"):
+            self._run(self._stream.aclose())
+
+
+class SyncTunnelTransport(httpx.BaseTransport):
+    """A blocking httpx transport over :class:`TunnelTransport`: ``run`` runs a coroutine on
+    the loop that owns ``conn`` and returns its result (``agentconn.sync.run``)."""
+
+    def __init__(self, conn: AgentConn, run: Callable[[Awaitable[Any]], Any],
+                 **pool_kwargs: Any) -> None:
+        self._transport = TunnelTransport(conn, **pool_kwargs)
+        self.backend = self._transport.backend
+        self._run = run
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        """Send ``request`` through the tunnel on the portal loop; the body streams back."""
+        try:
+            content: Any = request.content               # a body given as bytes
+        except httpx.RequestNotRead:
+            chunks = iter(request.stream)                # type: ignore[arg-type]
+
+            async def content_iter() -> AsyncIterator[bytes]:
+                while (chunk := await asyncio.to_thread(next, chunks, None)) is not None:
+                    yield chunk
+
+            content = content_iter()
+        inner = httpx.Request(request.method, request.url, headers=request.headers,
+                              content=content, extensions=request.extensions)
+        response = self._run(self._transport.handle_async_request(inner))
+        return httpx.Response(status_code=response.status_code, headers=response.headers,
+                              stream=_SyncResponseStream(response.stream, self._run),
+                              extensions=response.extensions)
+
+    def close(self) -> None:
+        self._run(self._transport.aclose())

@@ -5,15 +5,20 @@ Theory of operation: one :class:`Deployment` per (URL, token) per event loop hol
 client, one Tunnel with a fresh node key and a random /128 in ``fd7a:115c:a1e0::/48``, and one
 :class:`~agentconn.coder.tailnet.TailnetNode` (one coordinator session, one DERP connection per
 region). Every :func:`dial` reuses it: it resolves the name, asks the coordinator for a tunnel
-to the agent, waits for the agent to answer a TSMP ping through DERP and returns an
+to the agent, waits for the agent to answer a TSMP ping (through DERP at first; the tailnet node
+upgrades to a direct UDP path by disco when one works) and returns an
 ``AgentConn`` whose ``close()`` releases only its lease — the transport stays for the next
 dial, as coderd's shared agent connections do. :func:`close_all` (or :meth:`Deployment.close`)
 leaves the tailnet gracefully.
+
+The tunnel's UDP socket binds every address (``AGENTCONN_TAILNET_LISTEN`` names one instead,
+e.g. ``127.0.0.1`` in tests); ``CODER_DISABLE_DIRECT_CONNECTIONS=true`` keeps it on DERP.
 """
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import ssl
 import uuid
 from typing import Any
@@ -54,7 +59,8 @@ class Deployment:
             address = random_client_address()
             config = InterfaceConfig(private_key=key.raw, mtu=1280,
                                      addresses=[ipaddress.IPv6Interface(f"{address}/128")])
-            tunnel = Tunnel(config, listen_host="127.0.0.1")
+            listen = os.environ.get("AGENTCONN_TAILNET_LISTEN", "")
+            tunnel = Tunnel(config, listen_host=listen)
             await tunnel.start()
         except BaseException:
             await api.close()
@@ -64,9 +70,14 @@ class Deployment:
         url = credentials.url
         from .api import rewrite_derp_map
 
+        # Direct UDP paths unless coderd (DisableDirectConnections) or the user
+        # (coder's --disable-direct-connections, CODER_DISABLE_DIRECT_CONNECTIONS) says DERP only.
+        block = info.disable_direct_connections or os.environ.get(
+            "CODER_DISABLE_DIRECT_CONNECTIONS", "").lower() in ("1", "true", "yes")
         node = TailnetNode(tunnel, key, DerpMap.from_json(info.derp_map), target,
                            force_websockets=info.derp_force_websockets,
-                           rewrite_derp_map=lambda m: rewrite_derp_map(m, url))
+                           rewrite_derp_map=lambda m: rewrite_derp_map(m, url),
+                           block_endpoints=block)
         try:
             await node.start(timeout)
         except BaseException:

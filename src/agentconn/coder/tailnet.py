@@ -10,10 +10,18 @@ is our node key:
   through a *relay path* of the tunnel (``Tunnel.set_relay``): path number ↔ (region, peer node
   key). Sealed WireGuard datagrams for a path go to one sender task that writes them to the
   region's DERP connection; DERP packets that are not disco enter the tunnel with
-  ``receive_relayed``; disco pings are answered by a :class:`~agentconn.coder.disco.DiscoResponder`.
+  ``receive_relayed``.
+* **Direct paths (disco).** A :class:`~agentconn.coder.magicsock.Magicsock` runs magicsock's
+  rules over DERP and over the tunnel's own UDP socket (whose C receive path hands disco and
+  STUN datagrams to :meth:`_on_udp`): our node advertises its ``endpoints`` (the socket's local
+  addresses and the address STUN servers of the DERP map saw), we send CallMeMaybe over DERP
+  and disco-ping every candidate endpoint of a peer; once a UDP pong comes back the WireGuard
+  peer is pinned to that address, kept by heartbeats, and pinned back to its DERP relay path
+  when the address stops answering (trust lapses 6.5 s after the last pong).
+  ``block_endpoints`` keeps a node DERP-only.
 * **Coordinator.** A session task dials the coordinate websocket (``version=2.0``), runs yamux
   and the DRPC ``Coordinate`` and ``StreamDERPMaps`` calls, sends ``UpdateSelf`` with our node
-  (fresh node and disco keys, home region, our /128 as address and allowed IP, no endpoints)
+  (fresh node and disco keys, home region, our /128 as address and allowed IP, our UDP endpoints)
   and — in the client role — ``AddTunnel`` for each agent we want. Peer updates configure
   WireGuard: a client programs an agent after ``READY_FOR_HANDSHAKE`` or 5 s after its NODE;
   an agent programs a client as soon as its NODE arrives and answers ``ReadyForHandshake``.
@@ -30,6 +38,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import socket
 import ssl
 import time
 import uuid
@@ -44,9 +53,13 @@ from ..proto.ports import agent_addresses
 from ..web.errors import WebSocketRejected
 from ..web.websocket import websocket_connect
 from ..wg.config import PeerConfig
+from ..wg.endpoint import parse_sockaddr
+from . import stun
 from .derp import Connected, DerpMap, DerpPool, PacketReceived
-from .disco import DiscoResponder
+from .disco import MAGIC
 from .keys import DiscoPrivate, DiscoPublic, NodePrivate, NodePublic, random_node_id
+from .magicsock import Magicsock, PathChanged, format_endpoint, parse_endpoint
+from .netcheck import local_endpoints, stun_servers
 from .tailnet_pb import (
     CoordinateRequest,
     Node,
@@ -67,6 +80,8 @@ __all__ = ["READY_FOR_HANDSHAKE_TIMEOUT", "CoordinateTarget", "TailnetError", "T
 log = logging.getLogger("agentconn.coder.tailnet")
 
 READY_FOR_HANDSHAKE_TIMEOUT = 5.0     # readyForHandshakeTimeout (§4.10)
+STUN_INTERVAL = 20.0                  # how often the STUN-seen endpoint is refreshed
+STUN_TIMEOUT = 3.0
 RECONNECT_BACKOFF = (0.1, 10.0)       # first and largest wait between coordinator dials
 Opener = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
@@ -121,7 +136,8 @@ class TailnetNode:
                  coordinate: CoordinateTarget, *, role: str = "client",
                  force_websockets: bool = False, addresses: Iterable[ipaddress.IPv6Address] = (),
                  node_id: int | None = None,
-                 rewrite_derp_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None
+                 rewrite_derp_map: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 block_endpoints: bool = False, loopback_endpoints: bool = False
                  ) -> None:
         if role not in ("client", "agent"):
             raise ValueError(f"role must be 'client' or 'agent', not {role!r}")
@@ -138,11 +154,21 @@ class TailnetNode:
         #: URL it uses, as Go's RewriteDERPMapDefaultRelay does).
         self.rewrite_derp_map = rewrite_derp_map
         self.pool = DerpPool(node_key, derp_map, force_websockets=force_websockets)
-        self.disco = DiscoResponder(self.disco_key, node_key.public)
+        #: Disco over DERP and UDP and the choice of each peer's path.
+        self.magicsock = Magicsock(self.disco_key, node_key.public, last_send=self._last_send,
+                                   block_endpoints=block_endpoints)
+        self.block_endpoints = block_endpoints
+        #: Advertise loopback addresses of a wildcard-bound socket too (tests on one host).
+        self.loopback_endpoints = loopback_endpoints
+        self.stun_endpoint: tuple[Any, int] | None = None
+        self._stun_pending: dict[bytes, float] = {}
+        self._disco_timer: asyncio.TimerHandle | None = None
+        self._disco_timer_at: float | None = None
         self.peers: dict[uuid.UUID, _Peer] = {}
         self.counters = {"coordinator_connects": 0, "coordinator_drops": 0, "derp_in": 0,
                          "derp_out": 0, "derp_send_dropped": 0, "disco_in": 0,
-                         "node_updates": 0}
+                         "node_updates": 0, "disco_in_udp": 0, "stun_requests": 0,
+                         "stun_responses": 0, "udp_unknown": 0}
         self._paths: dict[tuple[int, bytes], int] = {}
         self._path_of: dict[int, tuple[int, NodePublic]] = {}
         self._out: deque[tuple[int, bytes]] = deque()
@@ -168,8 +194,13 @@ class TailnetNode:
         except OSError as exc:
             raise TailnetError(f"DERP region {self.home_region} not reachable: {exc}") from None
         self.tunnel.set_relay(self._relay_send)
+        self.tunnel.set_disco_handler(self._on_udp)
+        self.tunnel.peer_info = self._peer_info
+        self._update_endpoints()
         self._tasks = [asyncio.create_task(self._derp_reader(), name="tailnet-derp-in"),
                        asyncio.create_task(self._derp_sender(), name="tailnet-derp-out")]
+        if not self.block_endpoints:
+            self._tasks.append(asyncio.create_task(self._stun_loop(), name="tailnet-stun"))
         if self.role == "agent":
             try:
                 await self._session(None, self.coordinate, timeout)
@@ -206,7 +237,11 @@ class TailnetNode:
             for waiter in peer.waiters:
                 if not waiter.done():
                     waiter.set_exception(TailnetError("tailnet node closed"))
+        if self._disco_timer is not None:
+            self._disco_timer.cancel()
         self.tunnel.set_relay(None)
+        self.tunnel.set_disco_handler(None)
+        self.tunnel.peer_info = None
         await self.pool.close()
 
     # -- peers ----------------------------------------------------------------------------------
@@ -242,7 +277,9 @@ class TailnetNode:
         prefixes = tuple(f"{a}/128" for a in self.addresses)
         return Node(id=self.node_id, as_of=Timestamp.from_time(time.time()),
                     key=self.node_key.public.to_binary(), disco=str(self.disco_key.public),
-                    preferred_derp=self.home_region, addresses=prefixes, allowed_ips=prefixes)
+                    preferred_derp=self.home_region, addresses=prefixes, allowed_ips=prefixes,
+                    endpoints=tuple(format_endpoint(ep)
+                                    for ep in self.magicsock.local_endpoints))
 
     def on_update(self, session: CoordinatorSession, update: PeerUpdate) -> None:
         """A PeerUpdate from one of our coordinator sessions."""
@@ -276,9 +313,15 @@ class TailnetNode:
         peer = self.peers.setdefault(peer_id, _Peer(peer_id))
         if peer.key is not None and peer.key != key:
             peer.ready = False                     # a restarted peer: new key, new handshake
+        if peer.disco is not None and peer.disco != disco:
+            self.magicsock.remove_peer(peer.disco)     # a new disco key: start over on DERP
         peer.key, peer.disco, peer.region = key, disco, node.preferred_derp
         peer.allowed = [n for n in allowed if isinstance(n, ipaddress.IPv6Network)]
-        self.disco.add_peer(disco, key)
+        endpoints = [ep for ep in map(parse_endpoint, node.endpoints) if ep is not None]
+        self.magicsock.add_peer(disco, key, node.preferred_derp, endpoints, self._now())
+        self._pump()
+        if peer.configured == key:
+            self._pin(key, self.magicsock.path(key))   # e.g. back to DERP after a new disco key
         if self.role == "agent":
             self._configure(peer)
             asyncio.get_running_loop().create_task(session.send(CoordinateRequest(
@@ -304,7 +347,7 @@ class TailnetNode:
         if peer.configured is None:
             tunnel.add_peer(PeerConfig(public_key=bytes(peer.key), allowed_ips=peer.allowed))
             peer.configured = peer.key
-        tunnel.set_peer_relay(bytes(peer.key), self._path(peer.region, peer.key))
+        self._pin(peer.key, self.magicsock.path(peer.key))
         for waiter in peer.waiters:
             if not waiter.done():
                 waiter.set_result(None)
@@ -317,7 +360,7 @@ class TailnetNode:
         if peer.timer is not None:
             peer.timer.cancel()
         if peer.disco is not None:
-            self.disco.remove_peer(peer.disco)
+            self.magicsock.remove_peer(peer.disco)
         if peer.configured is not None:
             with contextlib.suppress(ConfigError):
                 self.tunnel.remove_peer(bytes(peer.configured))
@@ -356,16 +399,15 @@ class TailnetNode:
                     log.debug("DERP send to region %d failed: %s", target[0], exc)
 
     async def _derp_reader(self) -> None:
-        pool, tunnel, disco = self.pool, self.tunnel, self.disco
+        pool, tunnel, magicsock = self.pool, self.tunnel, self.magicsock
         loop = asyncio.get_running_loop()
         while True:
             region, event = await pool.next_event()
             if isinstance(event, PacketReceived):
                 src = NodePublic(event.src)
-                if disco.receive_derp_packet(src, event.data, region, loop.time()):
+                if magicsock.receive_derp(src, event.data, region, loop.time()):
                     self.counters["disco_in"] += 1
-                    for to_region, dst, packet in disco.packets_to_send():
-                        await pool.send(to_region, bytes(dst), packet)
+                    self._pump()
                     continue
                 self.counters["derp_in"] += 1
                 tunnel.receive_relayed(self._path(region, src), event.data)
@@ -374,6 +416,144 @@ class TailnetNode:
                 for session in list(self.sessions.values()):
                     loop.create_task(session.send(CoordinateRequest(
                         update_self=UpdateSelf(node=self.node()))))
+
+    # -- disco and direct paths ------------------------------------------------------------------
+
+    def _now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _last_send(self, key: NodePublic) -> float | None:
+        try:
+            peer, = self.tunnel.node.peers_by_key(bytes(key))
+        except (ConfigError, ValueError):
+            return None
+        return float(peer.slot.last_sent_any)
+
+    def _pin(self, key: NodePublic, endpoint: Any) -> None:
+        """Point the WireGuard peer at ``endpoint`` (direct) or its DERP relay path (None)."""
+        peer = next((p for p in self.peers.values() if p.configured == key), None)
+        if peer is None:
+            return
+        with contextlib.suppress(ConfigError):
+            if endpoint is None:
+                self.tunnel.pin_peer_endpoint(bytes(key), self._path(peer.region, key))
+            else:
+                self.tunnel.pin_peer_endpoint(bytes(key), (str(endpoint[0]), endpoint[1]))
+
+    def _on_udp(self, datagram: bytes, source: bytes) -> None:
+        """A disco or STUN datagram from the tunnel's UDP socket."""
+        host, port = parse_sockaddr(source)
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            self.counters["udp_unknown"] += 1
+            return
+        if datagram.startswith(MAGIC):
+            self.counters["disco_in_udp"] += 1
+            self.magicsock.receive_udp(datagram, (ip, port), self._now())
+            self._pump()
+            return
+        parsed = stun.parse_response(datagram)
+        if parsed is None or self._stun_pending.pop(parsed[0], None) is None:
+            self.counters["udp_unknown"] += 1
+            return
+        self.counters["stun_responses"] += 1
+        if parsed[1] != self.stun_endpoint:
+            log.info("STUN: our UDP socket is seen at %s", format_endpoint(parsed[1]))
+            self.stun_endpoint = parsed[1]
+            self._update_endpoints()
+
+    async def _stun_loop(self) -> None:
+        """Ask the DERP map's STUN servers where our socket is seen, now and then."""
+        loop = asyncio.get_running_loop()
+        while True:
+            self._update_endpoints()              # interfaces may have changed
+            now = loop.time()
+            for tx_id, at in list(self._stun_pending.items()):
+                if now - at > STUN_TIMEOUT:
+                    del self._stun_pending[tx_id]
+            for host, port in stun_servers(self.pool.derp_map):
+                try:
+                    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+                except OSError as exc:
+                    log.debug("STUN server %s:%d: %s", host, port, exc)
+                    continue
+                if not infos:
+                    continue
+                addr = infos[0][4]
+                tx_id = stun.new_tx_id()
+                self._stun_pending[tx_id] = now
+                if self.tunnel.send_disco(stun.binding_request(tx_id), str(addr[0]), port):
+                    self.counters["stun_requests"] += 1
+            await asyncio.sleep(STUN_INTERVAL)
+
+    def _update_endpoints(self) -> None:
+        """Recompute our endpoints; if they changed, CallMeMaybe every peer (the magicsock
+        does) and announce the node again."""
+        try:
+            host, port = self.tunnel.local_address
+        except AgentConnError:
+            return
+        eps = local_endpoints(host, port, include_loopback=self.loopback_endpoints)
+        if self.stun_endpoint is not None:
+            eps.append(self.stun_endpoint)
+        if self.magicsock.set_local_endpoints(eps):
+            self._pump()
+            loop = asyncio.get_running_loop()
+            for session in list(self.sessions.values()):
+                loop.create_task(session.send(CoordinateRequest(
+                    update_self=UpdateSelf(node=self.node()))))
+
+    def _pump(self) -> None:
+        """Send what the magicsock queued, apply path changes, re-arm its timer."""
+        magicsock, tunnel = self.magicsock, self.tunnel
+        queued = False
+        for via, packet in magicsock.packets_to_send():
+            if via.udp is not None:
+                tunnel.send_disco(packet, str(via.udp[0]), via.udp[1])
+            elif via.node_key is not None:
+                self._out.append((self._path(via.region, via.node_key), packet))
+                queued = True
+        if queued:
+            self._out_ready.set()
+        while (event := magicsock.next_event()) is not None:
+            if isinstance(event, PathChanged):
+                if event.endpoint is not None:
+                    log.info("peer %s: direct path %s (%.1f ms)", event.node_key,
+                             format_endpoint(event.endpoint), (event.latency or 0) * 1e3)
+                else:
+                    log.info("peer %s: using DERP", event.node_key)
+                self._pin(event.node_key, event.endpoint)
+        self._rearm_disco_timer()
+
+    def _rearm_disco_timer(self) -> None:
+        if self._closing:
+            return
+        deadline = self.magicsock.get_timer()
+        if deadline == self._disco_timer_at and self._disco_timer is not None:
+            return
+        if self._disco_timer is not None:
+            self._disco_timer.cancel()
+            self._disco_timer = None
+        self._disco_timer_at = deadline
+        if deadline is not None:
+            self._disco_timer = asyncio.get_running_loop().call_at(deadline, self._on_disco_timer)
+
+    def _on_disco_timer(self) -> None:
+        self._disco_timer = None
+        self._disco_timer_at = None
+        try:
+            self.magicsock.handle_timer(self._now())
+            self._pump()
+        except Exception:
+            log.exception("disco timer failed")
+
+    def _peer_info(self, key: bytes) -> dict[str, Any]:
+        """Disco facts of a WireGuard peer for the tunnel's diagnostics."""
+        disco = self.magicsock.peer_disco(NodePublic(key))
+        if disco is None:
+            return {}
+        return self.magicsock.peer_status(disco, self._now())
 
     async def follow_derp_maps(self, maps: Any) -> None:
         """Apply every map a StreamDERPMaps call sends."""
@@ -389,10 +569,14 @@ class TailnetNode:
 
     def stats(self) -> dict[str, Any]:
         """Counters, the home region and the peers with their regions and states."""
+        now = asyncio.get_running_loop().time()
         return {**self.counters, "home_region": self.home_region,
                 "coordinator_sessions": len(self.sessions),
+                "disco": self.magicsock.stats(),
                 "peers": {str(p.id): {"region": p.region, "ready": p.ready,
-                                      "configured": p.configured is not None}
+                                      "configured": p.configured is not None,
+                                      **(self.magicsock.peer_status(p.disco, now)
+                                         if p.disco is not None else {})}
                           for p in self.peers.values()}}
 
 

@@ -73,7 +73,9 @@ class Devcontainer(Model):
     name: str = key("name", default="")
     workspace_folder: str = key("workspace_folder", default="")
     config_path: str = key("config_path", omit=Omit.EMPTY, default="")
-    status: DevcontainerStatus = key("status")
+    # An open enum (Go: a plain string): a status newer than DevcontainerStatus is kept as its
+    # string instead of failing the whole list.
+    status: str = key("status", enum=DevcontainerStatus)
     dirty: bool = key("dirty", default=False)
     container: Container | None = key("container", omit=Omit.NONE, default=None)
     agent: DevcontainerAgent | None = key("agent", omit=Omit.NONE, default=None)

@@ -29,6 +29,7 @@ from wsproto.events import (
     CloseConnection,
     Event,
     Ping,
+    Pong,
     RejectConnection,
     RejectData,
     Request,
@@ -130,6 +131,8 @@ class WebSocket:
         self._fragment_size = 0
         self.close_code: int | None = None
         self.close_reason: str = ""
+        #: Pongs received so far (a heartbeat compares it across its ping interval).
+        self.pongs = 0
 
     @property
     def closed(self) -> bool:
@@ -233,6 +236,8 @@ class WebSocket:
                     return event.data
             elif isinstance(event, Ping):
                 await self._pong(event)
+            elif isinstance(event, Pong):
+                self.pongs += 1
             elif isinstance(event, CloseConnection):
                 await self._on_close(event)
 
@@ -280,9 +285,11 @@ class WebSocket:
                     return b"".join(p for p in parts if isinstance(p, bytes))
             elif isinstance(event, Ping):
                 await self._pong(event)
+            elif isinstance(event, Pong):
+                self.pongs += 1
             elif isinstance(event, CloseConnection):
                 await self._on_close(event)
-            # Pong and anything else: nothing to do.
+            # Anything else: nothing to do.
 
     async def _pong(self, event: Ping) -> None:
         """Answer a ping, unless a close was already received or sent (a Ping and a Close in

@@ -299,7 +299,7 @@ class Device:
             return
         peer.timers.on_any_authenticated_packet_traversal(now)
         peer.timers.on_any_authenticated_packet_received(now)
-        peer.slot.endpoint = source
+        peer.roam(source)
         # Respond (wireguard.md §4.3) and derive our keys at once, into `next`.
         index = self.allocate_index(peer, replacing=peer.handshake_index)
         peer.handshake_index = index
@@ -322,7 +322,7 @@ class Device:
         if not peer.handshake.consume_response(data):
             self.counters["drop_handshake_invalid"] += 1
             return
-        peer.slot.endpoint = source
+        peer.roam(source)
         peer.timers.on_any_authenticated_packet_traversal(now)
         peer.timers.on_any_authenticated_packet_received(now)
         peer.derive_as_initiator(peer.handshake.derive_keys(), now, wall)

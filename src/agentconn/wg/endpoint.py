@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
+import sys
 
 from ..errors import ConfigError
 
@@ -27,7 +28,20 @@ __all__ = [
     "source_bytes",
 ]
 
-_FAMILY = struct.Struct("=H")        # sa_family_t, host byte order
+_FAMILY = struct.Struct("=H")        # Linux sa_family_t, host byte order
+
+#: True where ``struct sockaddr`` begins with ``sa_len`` (one byte) then a one-byte family.
+SOCKADDR_HAS_LEN = sys.platform == "darwin" or "bsd" in sys.platform
+
+
+def _head(family: int, length: int) -> bytes:
+    """The first two bytes of a ``length``-byte sockaddr of ``family``."""
+    return bytes((length, family)) if SOCKADDR_HAS_LEN else _FAMILY.pack(family)
+
+
+def _family(raw: bytes) -> int:
+    return raw[1] if SOCKADDR_HAS_LEN else int(_FAMILY.unpack_from(raw)[0])
+
 _PORT = struct.Struct("!H")
 _RELAY_PATH = struct.Struct("!I")  # after an AF_UNSPEC family: the path number
 
@@ -46,10 +60,10 @@ def sockaddr(host: str, port: int, family: int) -> bytes:
     if family == socket.AF_INET:
         if ip.version != 4:
             raise ConfigError(f"endpoint {host} is IPv6 but the socket is IPv4-only")
-        return _FAMILY.pack(socket.AF_INET) + _PORT.pack(port) + ip.packed + bytes(8)
+        return _head(socket.AF_INET, 16) + _PORT.pack(port) + ip.packed + bytes(8)
     if ip.version == 4:
         ip = ipaddress.IPv6Address(b"\0" * 10 + b"\xff\xff" + ip.packed)
-    return (_FAMILY.pack(socket.AF_INET6) + _PORT.pack(port) + bytes(4) + ip.packed
+    return (_head(socket.AF_INET6, 28) + _PORT.pack(port) + bytes(4) + ip.packed
             + bytes(4))
 
 
@@ -57,7 +71,7 @@ def parse_sockaddr(raw: bytes) -> tuple[str, int]:
     """(host, port) of a sockaddr; IPv4-mapped IPv6 addresses are shown as IPv4."""
     if len(raw) < 8:
         return ("", 0)
-    (family,) = _FAMILY.unpack_from(raw)
+    family = _family(raw)
     (port,) = _PORT.unpack_from(raw, 2)
     if family == socket.AF_INET:
         return (str(ipaddress.IPv4Address(raw[4:8])), port)
@@ -73,7 +87,7 @@ def relay_sockaddr(path: int) -> bytes:
     """The relay endpoint for relay path number `path` (0 to 2**32-1)."""
     if not 0 <= path < 1 << 32:
         raise ValueError(f"relay path {path} out of range 0-4294967295")
-    return _FAMILY.pack(socket.AF_UNSPEC) + _RELAY_PATH.pack(path) + bytes(2)
+    return bytes(2) + _RELAY_PATH.pack(path) + bytes(2)  # AF_UNSPEC, either layout
 
 
 def relay_path(raw: bytes) -> int | None:
@@ -106,7 +120,7 @@ def _ip_and_port(raw: bytes) -> tuple[bytes, int] | None:
     """
     if len(raw) < 8:
         return None
-    (family,) = _FAMILY.unpack_from(raw)
+    family = _family(raw)
     if family == socket.AF_INET:
         return raw[4:8], _PORT.unpack_from(raw, 2)[0]
     if family == socket.AF_INET6 and len(raw) >= 24:

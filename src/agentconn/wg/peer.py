@@ -50,6 +50,7 @@ EV_SENT_ANY = EVENTS["SENT_ANY"]
 EV_RECEIVED_DATA = EVENTS["RECEIVED_DATA"]
 EV_RECEIVED_ANY = EVENTS["RECEIVED_ANY"]
 EV_WANT_HANDSHAKE = EVENTS["WANT_HANDSHAKE"]
+EV_ENDPOINT_CHANGED = EVENTS["ENDPOINT_CHANGED"]
 
 _SPACING_TOLERANCE = 0.010
 
@@ -82,6 +83,10 @@ class Peer:
         self.last_handshake_at: float | None = None       # monotonic
         self.last_handshake_unix: float | None = None     # wall clock, for status
         self.counters = collections.Counter[str]()
+        #: When set, the endpoint does not roam to the source of authenticated packets: a
+        #: path selector above WireGuard (Coder's magicsock: DERP or a direct UDP address)
+        #: decides where this peer is reached, as magicsock's endpoint does for wireguard-go.
+        self.pinned_endpoint: bytes | None = None
 
     def __repr__(self) -> str:
         return f"Peer({encode_key(self.public_key)})"
@@ -190,8 +195,16 @@ class Peer:
 
     # -- events from the data path, once per peer per batch ---------------------------------
 
+    def roam(self, source: bytes) -> None:
+        """Move the endpoint to `source` (an authenticated handshake came from there), unless
+        it is pinned."""
+        if self.pinned_endpoint is None:
+            self.slot.endpoint = source
+
     def handle_events(self, events: int, now: float, wall: float) -> None:
         """Run the timer hooks for what a batch did (wireguard.md §7.2, §7.3)."""
+        if events & EV_ENDPOINT_CHANGED and self.pinned_endpoint is not None:
+            self.slot.endpoint = self.pinned_endpoint      # no roaming while pinned
         if events & EV_RECEIVED_ANY:
             if self.next is not None and self.next.rx_packets > 0:
                 self._promote_next(now, wall)

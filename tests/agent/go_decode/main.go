@@ -325,6 +325,40 @@ type Manifest struct {
 	Devcontainers            []json.RawMessage `json:"devcontainers"`
 }
 
+// codersdk git watch (agent-api.md §10): what the agent sends on /api/v0/git/watch, and the
+// client's one message. Progress is the newest agents' streaming object.
+type WorkspaceAgentRepoChanges struct {
+	RepoRoot      string `json:"repo_root"`
+	Branch        string `json:"branch"`
+	RemoteOrigin  string `json:"remote_origin"`
+	UnifiedDiff   string `json:"unified_diff"`
+	Removed       bool   `json:"removed"`
+	DiffTruncated bool   `json:"diff_truncated,omitempty"`
+}
+
+type WorkspaceAgentGitProgress struct {
+	RepoRoot         string `json:"repo_root"`
+	Branch           string `json:"branch,omitempty"`
+	RemoteOrigin     string `json:"remote_origin,omitempty"`
+	Reset            bool   `json:"reset,omitempty"`
+	UnifiedDiffChunk string `json:"unified_diff_chunk,omitempty"`
+	ProcessedFiles   int    `json:"processed_files,omitempty"`
+	TotalFiles       int    `json:"total_files,omitempty"`
+	Complete         bool   `json:"complete,omitempty"`
+}
+
+type WorkspaceAgentGitServerMessage struct {
+	Type         string                      `json:"type"`
+	Message      string                      `json:"message,omitempty"`
+	ScannedAt    *time.Time                  `json:"scanned_at,omitempty"`
+	Repositories []WorkspaceAgentRepoChanges `json:"repositories,omitempty"`
+	Progress     *WorkspaceAgentGitProgress  `json:"progress,omitempty"`
+}
+
+type WorkspaceAgentGitClientMessage struct {
+	Type string `json:"type"`
+}
+
 // Requests our client sends, as a Go agent decodes them (workspacesdk unless noted).
 type StartProcessRequest struct {
 	Command    string            `json:"command"`
@@ -448,6 +482,8 @@ var types = map[string]func() any{
 	"ContextConfigResponse":                func() any { return new(ContextConfigResponse) },
 	"DesktopActionResponse":                func() any { return new(DesktopActionResponse) },
 	"Manifest":                             func() any { return new(Manifest) },
+	"WorkspaceAgentGitServerMessage":       func() any { return new(WorkspaceAgentGitServerMessage) },
+	"WorkspaceAgentGitClientMessage":       func() any { return new(WorkspaceAgentGitClientMessage) },
 }
 
 func main() {

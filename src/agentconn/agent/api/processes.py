@@ -199,6 +199,7 @@ class _Process:
     requested_workdir: str  #: as given in the request ("" if none): the exit hook's argument
     background: bool
     chat_id: uuid.UUID | None
+    chats: tuple[uuid.UUID, ...]  #: the chat and its ancestors (the exit hook's argument)
     child: Child
     started_at_unix: int
     started_at: float  #: monotonic; orders ``list`` within one second
@@ -232,16 +233,16 @@ _SIGNALS = {ProcessSignal.KILL.value: signal.SIGKILL, ProcessSignal.TERMINATE.va
 class ProcessManager:
     """The ``/api/v0/processes`` routes and the processes they started.
 
-    ``on_process_exit(chat_id, workdir)`` is called once a process started under a chat has
-    finished (after its output is complete), with the ``workdir`` exactly as the request gave
-    it, or ``""``. ``max_wait``, ``exited_retention`` and ``pipe_drain_timeout`` (seconds)
+    ``on_process_exit(chats, workdir)`` is called once a process started under a chat has
+    finished (after its output is complete), with the chat and its ancestors
+    (``Coder-Ancestor-Chat-Ids``) and the ``workdir`` exactly as the request gave it, or ``""``. ``max_wait``, ``exited_retention`` and ``pipe_drain_timeout`` (seconds)
     default to the spec's 5 min, 5 min and 5 s. Call :meth:`close` on shutdown.
     """
 
     def __init__(
         self,
         options: AgentOptions,
-        on_process_exit: Callable[[uuid.UUID, str], None] | None = None,
+        on_process_exit: Callable[[tuple[uuid.UUID, ...], str], None] | None = None,
         *,
         max_wait: float = MAX_WAIT,
         exited_retention: float = EXITED_RETENTION,
@@ -313,6 +314,7 @@ class ProcessManager:
             requested_workdir=body.workdir,
             background=body.background,
             chat_id=ctx.chat_id,
+            chats=ctx.chats,
             child=child,
             started_at_unix=int(time.time()),
             started_at=time.monotonic(),
@@ -444,7 +446,7 @@ class ProcessManager:
             proc.done.set()
         if proc.chat_id is not None and self._on_process_exit is not None:
             try:
-                self._on_process_exit(proc.chat_id, proc.requested_workdir)
+                self._on_process_exit(proc.chats, proc.requested_workdir)
             except Exception:  # noqa: BLE001 - a faulty hook must not break the bookkeeping
                 _log.exception("process %s: on_process_exit hook failed", proc.id)
 
