@@ -97,7 +97,8 @@ async def scripted() -> AsyncIterator[ScriptedServer]:
 async def _open(port: int, **kw: object) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     loop = asyncio.get_running_loop()
     create = functools.partial(loop.create_connection, host="127.0.0.1", port=port)
-    return await connect_websocket_stream(create, f"127.0.0.1:{port}", "/vnc", **kw)  # type: ignore[arg-type]
+    return await connect_websocket_stream(  # type: ignore[arg-type]
+        create, f"127.0.0.1:{port}", "/vnc", **kw)
 
 
 async def test_frames_with_the_101_fragments_and_interleaved_pings(scripted) -> None:

@@ -6,8 +6,9 @@ arrive (``receive_data``) and returns, through ``next_event``, payload *pieces* 
 any size costs nothing beyond the chunk it arrived in) and the control frames as small events.
 It exists because wsproto copies each payload several times on its way (buffer append, slice,
 bytes) behind a reading task; on the desktop's VNC stream (~200 KiB binary frames) dropping
-that cut the in-process path's CPU per GB by 5–18% (``bench_desktop.py``, quiet to busy). Only what a server may send is accepted (§5.1: server frames are
-never masked), and since no extension is negotiated every RSV bit must be 0 (§5.2).
+that cut the in-process path's CPU per GB by 5–18% (``bench_desktop.py``, quiet to busy). Only
+what a server may send is accepted (§5.1: server frames are never masked), and since no
+extension is negotiated every RSV bit must be 0 (§5.2).
 
 Validation, each failure a :class:`Failure` event with the close code to send (after which the
 reader stays silent):

@@ -25,8 +25,8 @@ Bounds (ours; the spec sets only the sizes): at most :data:`MAX_RECORDINGS` reco
 kept (starting another evicts the oldest stopped one, or fails if all are recording); ffmpeg
 ends itself after :data:`MAX_DURATION` or once the file passes the 100 MiB limit by 1 MiB
 (``stop`` then answers 413); a recording ends after :data:`IDLE_TIMEOUT` without desktop
-activity (actions, and key/pointer/clipboard input from a VNC viewer); stopped recordings are deleted :data:`RETENTION` after they stopped; everything is
-deleted when the agent stops.
+activity (actions, and key/pointer/clipboard input from a VNC viewer); stopped recordings are
+deleted :data:`RETENTION` after they stopped; everything is deleted when the agent stops.
 """
 
 from __future__ import annotations
