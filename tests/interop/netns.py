@@ -699,8 +699,20 @@ class WireGuardGo:
     def add_address(self, cidr: str) -> None:
         self.ns.add_address(self.iface, cidr)
 
-    def up(self, mtu: int = 1420) -> None:
+    def up(self, mtu: int = 1420, timeout: float = 10.0) -> None:
         self.ns.link_up(self.iface, mtu)
+        # wireguard-go binds its UDP port when it sees the TUN device go up (an asynchronous
+        # event); until then `listen-port` may read 0. Wait for the real port, so callers never
+        # send to port 0 (EINVAL) on a busy machine.
+        deadline = time.monotonic() + timeout
+        while True:
+            port = int(self.wg("show", self.iface, "listen-port").strip())
+            if port:
+                self.listen_port = port
+                break
+            if time.monotonic() > deadline:
+                raise InteropError(f"wireguard-go did not bind a UDP port:\n{self.log()}")
+            time.sleep(0.01)
 
     def add_route(self, cidr: str) -> None:
         self.ns.add_route(cidr, dev=self.iface)
