@@ -336,3 +336,42 @@ def test_delivery_under_random_loss_reorder_duplication(
     flows = [Flow(c, s, data, shutdown=True), Flow(s, c, back, shutdown=True)]
     run_flows(link, flows, max_time=900)    # bounded: raises if it hangs
     assert bytes(flows[0].received) == data and bytes(flows[1].received) == back
+
+
+# -- sub-millisecond paths: the 1 ms timestamp clock must not stand in for the RTT ----------------
+
+FAST = 0.0001                     # one-way delay: a 0.2 ms RTT, below one timestamp tick
+
+
+def test_handshake_rtt_is_measured_in_microseconds_not_timestamp_ticks() -> None:
+    # Both ends time their SYN / SYN-ACK themselves: on a 0.2 ms path the first sample is
+    # 0.2 ms, not a whole 1 ms tick of the timestamp echo (nor the 0 ms echo clamped to 0.1 ms).
+    link = Link(Faults(delay=FAST), seed=3)
+    c, s = connect(link)
+    for conn in (c, s):
+        k = conn.counters()
+        assert k["timestamps"]
+        assert abs(k["srtt"] - 2 * FAST) < 1e-5, k["srtt"]
+        assert abs(k["min_rtt"] - 2 * FAST) < 1e-5, k["min_rtt"]
+
+
+def test_lone_segment_on_a_fast_path_is_acked_within_milliseconds() -> None:
+    # A lone segment waits for a second one at most 2 x the receiver's RTT estimate (>= 1 ms).
+    # The receiver's estimate comes from the timestamp echo, whole milliseconds: on a 0.2 ms
+    # path that echo is 0 ms, which used to mean "no estimate", so the lone segment waited the
+    # full 40 ms delayed-ACK timeout (a sender with a small window after a loss stalls on it).
+    link = Link(Faults(delay=FAST), seed=3)
+    c, s = connect(link)
+    flow = Flow(c, s, payload(40 * MSS))
+    run_flows(link, [flow], max_time=10)       # warm up: quick ACKs spent, RTTs measured
+    link.advance(0.1)
+    waits = []
+    for i in range(5):
+        c.send(b"x" * 100)
+        t0 = link.now
+        link.run(lambda: c.counters()["in_flight"] == 0, max_time=1.0)
+        waits.append(link.now - t0)
+        s.read()
+        link.advance(0.1)
+    assert max(waits) <= 0.002 + 4 * FAST + 1e-6, waits   # 2 x 1 ms tick, plus the path
+    assert s.counters()["bytes_received"] == 40 * MSS + 500

@@ -121,6 +121,17 @@ cdef double REO_WND_CAP = 2.0          # reo_wnd <= this x SRTT (RFC 8985 §6.2 
 cdef uint32_t QUICK_ACKS = 16          # Linux TCP_MAX_QUICKACKS
 
 
+cdef inline double ts_rtt(double now, uint32_t tsecr_ms) noexcept:
+    """An RTT from a timestamp echo (our 1 ms clock): at least one tick, as Linux
+    (tcp_rtt_tsopt_us, tcp_rcv_rtt_measure_ts). A 0 ms echo on a sub-millisecond path is not
+    a 0 s round trip: it would drag min_rtt (and RACK's reordering window) to nothing; negative
+    (a wrapped or bogus echo): 0, no sample."""
+    cdef int32_t delta = <int32_t>(ts_clock(now) - tsecr_ms)
+    if delta < 0:
+        return 0
+    return (delta if delta > 0 else 1) / 1000.0
+
+
 # -- Python names for states and events ------------------------------------------------------
 
 # The values are the C enums of conn.pxd (the single source); the .pyi lists the members.
@@ -905,10 +916,12 @@ cdef class TcpConn:
             self.max_snd_wnd = self.snd_wnd
             self.snd_wl1 = s.seq
             self.snd_wl2 = s.ack
-            if self.ts_ok and s.has_ts and s.tsecr:
-                rtt_sample(&self.rtt, <double>(ts_clock(now) - (s.tsecr - self.ts_offset)) / 1000.0)
-            elif self.retries == 0 and self.rtt_timing:
+            # the SYN's own send time first (microseconds; Karn: not if it was resent), else
+            # the echo of our 1 ms timestamp clock
+            if self.retries == 0 and self.rtt_timing:
                 rtt_sample(&self.rtt, now - self.rtt_time)
+            elif self.ts_ok and s.has_ts and s.tsecr and ts_rtt(now, s.tsecr - self.ts_offset) > 0:
+                rtt_sample(&self.rtt, ts_rtt(now, s.tsecr - self.ts_offset))
             self.rtt_timing = False
             self._set_established()
             self._owe_ack_now()
@@ -986,16 +999,17 @@ cdef class TcpConn:
                 self._event(TEV_WRITABLE)
             # RTT, as Linux (tcp_ack_update_rtt): from the transmit time of the oldest segment
             # this ACK acknowledged, unless it acknowledged a retransmission (Karn); else of
-            # the oldest it SACKed; else the timestamp echo (RFC 7323 §4.1), which after a
-            # loss echoes an older segment; else Karn's one timed segment.
+            # the oldest it SACKed; else Karn's one timed segment (the SYN-ACK, or data without
+            # timestamps); else the timestamp echo (RFC 7323 §4.1, whole milliseconds), which
+            # after a loss echoes an older segment.
             if self.ack_first_ts and not self.ack_retrans:
                 rtt_sample(&self.rtt, now - self.ack_first_ts)
             elif self.sack_first_ts:
                 rtt_sample(&self.rtt, now - self.sack_first_ts)
-            elif tsecr_ms:
-                rtt_sample(&self.rtt, <double>(ts_clock(now) - tsecr_ms) / 1000.0)
             elif self.rtt_timing and seq_gt(s.ack, self.rtt_seq):
                 rtt_sample(&self.rtt, now - self.rtt_time)
+            elif tsecr_ms and ts_rtt(now, tsecr_ms) > 0:
+                rtt_sample(&self.rtt, ts_rtt(now, tsecr_ms))
             self.rtt_timing = False if self.rtt_timing and seq_gt(s.ack, self.rtt_seq) \
                 else self.rtt_timing
             self.retries = 0
@@ -1402,8 +1416,8 @@ cdef class TcpConn:
         self.bytes_received += n
         if self.ts_ok and s.has_ts and s.tsecr:
             # Linux tcp_rcv_rtt_measure_ts: the echo of our clock bounds the RTT from above.
-            rtt = <double>(ts_clock(now) - (s.tsecr - self.ts_offset)) / 1000.0
-            if rtt >= 0 and (self.rcv_rtt == 0 or rtt < self.rcv_rtt):
+            rtt = ts_rtt(now, s.tsecr - self.ts_offset)
+            if rtt > 0 and (self.rcv_rtt == 0 or rtt < self.rcv_rtt):
                 self.rcv_rtt = rtt
         if s.seq == self.rcv_nxt:
             self.rcv_nxt = end
