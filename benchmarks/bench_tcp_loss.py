@@ -33,6 +33,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -289,13 +290,23 @@ def case_ours_ours(loss: float, nbytes: int, args: Any, seed: int) -> dict[str, 
     return result
 
 
-def _tcp_timeouts(ns: Any) -> int:
+def _tcp_ext(ns: Any) -> dict[str, int]:
     lines = ns.run(["cat", "/proc/net/netstat"]).stdout.splitlines()
     for head, vals in zip(lines[::2], lines[1::2]):
         if head.startswith("TcpExt:"):
-            d = dict(zip(head.split()[1:], vals.split()[1:]))
-            return int(d.get("TCPTimeouts", 0))
-    return 0
+            return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:])}
+    return {}
+
+
+def _tcp_timeouts(ns: Any) -> int:
+    return _tcp_ext(ns).get("TCPTimeouts", 0)
+
+
+# the kernel's counterparts of our counters (recoveries, undos, RACK, TLP), shown with -v
+KERNEL_COUNTERS = ("TCPSackRecovery", "TCPFullUndo", "TCPPartialUndo", "TCPDSACKUndo",
+                   "TCPLossUndo", "TCPSackRecoveryFail", "TCPLostRetransmit", "TCPLossProbes",
+                   "TCPLossProbeRecovery", "TCPDSACKRecv", "TCPSACKReorder", "TCPTSReorder",
+                   "TCPRenoReorder", "TCPSpuriousRtxHostQueues", "TCPDelivered")
 
 
 @contextmanager
@@ -340,6 +351,28 @@ def kernel_topology() -> Iterator[dict[str, Any]]:
     assert not left, f"namespaces left behind: {left}"
 
 
+def _ss_summary(lines: list[str]) -> dict[str, Any]:
+    """Means of cwnd / ssthresh / rtt over `ss -ti` samples, and the last sample's counters."""
+    import re
+
+    def num(line: str, key: str) -> float | None:
+        m = re.search(rf"\b{key}:([0-9.]+)", line)
+        return float(m.group(1)) if m else None
+
+    out: dict[str, Any] = {"samples": len(lines)}
+    for key in ("cwnd", "ssthresh", "rtt", "reordering"):
+        vals = [v for v in (num(ln, key) for ln in lines) if v is not None]
+        if vals:
+            out[f"mean_{key}"] = round(sum(vals) / len(vals), 3)
+    last = lines[-1]
+    for key in ("busy", "rwnd_limited", "sndbuf_limited", "retrans", "dsack_dups",
+                "reord_seen", "bytes_retrans", "minrtt"):
+        m = re.search(rf"\b{key}:(\S+)", last)
+        if m:
+            out[key] = m.group(1)
+    return out
+
+
 def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any,
                        seed: int) -> dict[str, Any]:
     relay = Relay(topo["ns_r"], topo["relay_a"], ("172.31.95.1", topo["wg_a"].listen_port),
@@ -351,12 +384,35 @@ def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any
                         check=False).returncode == 0:
                 break
         rto0 = _tcp_timeouts(ns_a)
+        ext0 = _tcp_ext(ns_a) if args.verbose else {}
+        samples: list[str] = []
+        stop = threading.Event()
+
+        def sample() -> None:          # --verbose: the sender's `ss -ti` during the transfer
+            while not stop.wait(0.01):
+                out = ns_a.run(["ss", "-tin", "dst", "10.95.0.2"], check=False).stdout
+                lines = [ln.strip() for ln in out.splitlines() if "cwnd:" in ln]
+                samples.extend(lines)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if args.verbose:
+            sampler.start()
         r = ns_a.run([sys.executable, "-c", PEER, "send", "10.95.0.2", str(PORT), str(nbytes)],
                      timeout=TIMEOUT)
+        stop.set()
+        if args.verbose:
+            sampler.join()
         n, seconds = r.stdout.split()
         assert int(n) == nbytes
-        return {"seconds": float(seconds), "rtos": _tcp_timeouts(ns_a) - rto0,
-                "relay": relay.stop()}
+        res = {"seconds": float(seconds), "rtos": _tcp_timeouts(ns_a) - rto0,
+               "relay": relay.stop()}
+        if samples:
+            res["ss"] = _ss_summary(samples)
+        if ext0:
+            ext1 = _tcp_ext(ns_a)
+            res["ss"] = {**res.get("ss", {}), **{k: ext1.get(k, 0) - ext0.get(k, 0)
+                                                  for k in KERNEL_COUNTERS}}
+        return res
     finally:
         if relay.proc.poll() is None:
             relay.stop()
@@ -440,12 +496,15 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "retransmits", "rack_marks", "tlp_probes", "recoveries",
                         "spurious_retrans", "undo_count", "dsack_received")})
                 rows.append(row)
+                if args.verbose and "ss" in res:
+                    print("    kernel sender (ss -ti):", res["ss"])
                 print(f"loss {loss:g}% {row['case']:16s} {row['mb_s']:8.2f} MB/s "
                       f"{row['seconds']:7.2f} s  RTOs/MB {row['rtos_per_mb']:.2f}"
                       + (f"  {res['relay']}" if args.verbose else ""), flush=True)
                 if args.verbose and "counters" in res:
                     print("   ", {key: res["counters"][key] for key in (
-                        "srtt", "min_rtt", "rto", "cwnd", "retransmits", "rack_marks",
+                        "srtt", "min_rtt", "rto", "cwnd", "limited_cwnd_s", "limited_rwnd_s",
+                        "limited_app_s", "retransmits", "rack_marks",
                         "tlp_probes", "tlp_recoveries", "recoveries", "timeouts",
                         "spurious_retrans", "undo_count", "dsack_received", "reo_wnd")})
     print(f"\nTCP under loss: {args.size:g} MB upload per case, inner MTU {MTU}, "
