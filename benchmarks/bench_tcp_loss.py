@@ -116,10 +116,10 @@ while True:
         send(i, data)
 """
 
-# -- the kernel-side peer: `python -c PEER serve|send host port [nbytes]`
+# -- the kernel-side peer: `python -c PEER serve|send host port cc [nbytes]`
 PEER = r"""
 import socket, sys, time
-mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode, host, port, cc = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
 if mode == "serve":
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -128,6 +128,7 @@ if mode == "serve":
     print("READY", flush=True)
     while True:
         conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc)
         view = memoryview(bytearray(1 << 20))
         n = 0
         while k := conn.recv_into(view):
@@ -135,8 +136,11 @@ if mode == "serve":
         conn.sendall(b"%d\n" % n)
         conn.close()
 else:
-    nbytes = int(sys.argv[4])
-    conn = socket.create_connection((host, port), timeout=600)
+    nbytes = int(sys.argv[5])
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc)   # before SYN: whole life
+    conn.settimeout(600)
+    conn.connect((host, port))
     data = bytes(1 << 20)
     t0 = time.perf_counter()
     left = nbytes
@@ -310,7 +314,7 @@ KERNEL_COUNTERS = ("TCPSackRecovery", "TCPFullUndo", "TCPPartialUndo", "TCPDSACK
 
 
 @contextmanager
-def kernel_topology() -> Iterator[dict[str, Any]]:
+def kernel_topology(cc: str = "cubic") -> Iterator[dict[str, Any]]:
     """nsA (wireguard-go A + kernel client, and our socket for (c)) -veth- nsR (relay) -veth-
     nsB (wireguard-go B + kernel sink)."""
     import netns  # type: ignore[import-not-found]
@@ -342,7 +346,12 @@ def kernel_topology() -> Iterator[dict[str, Any]]:
                       endpoint=f"{relay_b[0]}:{relay_b[1]}")
         wg_b.set_peer(pubkey(our_key), allowed_ips=["10.95.0.3/32"],
                       endpoint=f"{relay_b[0]}:{relay_b[1]}")
-        sink = ns_b.popen([sys.executable, "-c", PEER, "serve", "10.95.0.2", str(PORT)],
+        # The kernel's congestion control, per socket (TCP_CONGESTION; root may pick any):
+        # a namespace inherits the host's default, which may be BBR (it is on our CI machine),
+        # a loss-agnostic model that keeps its window through 5 % loss and resends a third of
+        # the data. The issue's reference is Linux's default, CUBIC (with RACK and PRR);
+        # --kernel-cc bbr shows BBR for scale.
+        sink = ns_b.popen([sys.executable, "-c", PEER, "serve", "10.95.0.2", str(PORT), cc],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_line(sink, "READY")
         yield {"ns_a": ns_a, "ns_b": ns_b, "ns_r": ns_r, "wg_a": wg_a, "wg_b": wg_b,
@@ -397,7 +406,8 @@ def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any
         sampler = threading.Thread(target=sample, daemon=True)
         if args.verbose:
             sampler.start()
-        r = ns_a.run([sys.executable, "-c", PEER, "send", "10.95.0.2", str(PORT), str(nbytes)],
+        r = ns_a.run([sys.executable, "-c", PEER, "send", "10.95.0.2", str(PORT),
+                      args.kernel_cc, str(nbytes)],
                      timeout=TIMEOUT)
         stop.set()
         if args.verbose:
@@ -408,6 +418,8 @@ def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any
                "relay": relay.stop()}
         if samples:
             res["ss"] = _ss_summary(samples)
+            if os.environ.get("BENCH_SS_RAW"):
+                print("\n".join(samples[:: max(1, len(samples) // 8)]))
         if ext0:
             ext1 = _tcp_ext(ns_a)
             res["ss"] = {**res.get("ss", {}), **{k: ext1.get(k, 0) - ext0.get(k, 0)
@@ -464,6 +476,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--duplicate", type=float, default=1, help="percent sent twice (default 1)")
     p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kernel-cc", default="cubic",
+                   help="the kernel's congestion control in (b) and (c) (default cubic, "
+                        "Linux's default; the host's own default may differ)")
     p.add_argument("--verbose", "-v", action="store_true")
     args = p.parse_args(argv)
     nbytes = int(args.size * 1e6)
@@ -473,7 +488,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         topo = None
         if {"b", "c"} & set(args.cases):
             try:
-                topo = stack.enter_context(kernel_topology())
+                topo = stack.enter_context(kernel_topology(args.kernel_cc))
             except Exception as e:    # no root / no wireguard-go: (a) only
                 print(f"skipping (b), (c): {e}", file=sys.stderr)
         for loss in args.loss:
@@ -508,6 +523,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "tlp_probes", "tlp_recoveries", "recoveries", "timeouts",
                         "spurious_retrans", "undo_count", "dsack_received", "reo_wnd")})
     print(f"\nTCP under loss: {args.size:g} MB upload per case, inner MTU {MTU}, "
+          f"kernel congestion control {args.kernel_cc}, "
           f"reorder {args.reorder:g}% (<= {args.reorder_ms:g} ms), duplicate {args.duplicate:g}%")
     print(f"{'loss':>5} | {'case':16s} | {'MB/s':>8} | {'ratio to kernel':>15} | {'RTOs/MB':>7}")
     for row in rows:
