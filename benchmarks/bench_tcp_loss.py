@@ -9,7 +9,9 @@ report goodput at the sender (bytes / time until the sink confirms the count):
 (a) ours <-> ours: two of our Tunnels in this process over loopback UDP, each peer's endpoint
     pointing at the relay (also on loopback);
 (b) kernel <-> kernel: kernel TCP through wireguard-go <-> wireguard-go, each in its own network
-    namespace, joined by veths to a third namespace that runs the relay;
+    namespace, joined by veths to a third namespace that runs the relay; both kernel sockets
+    use ``--kernel-cc`` (default cubic, Linux's default, set per socket: the namespaces
+    inherit the host's default, which may be BBR);
 (c) ours -> kernel: our Tunnel (its UDP socket in (b)'s first namespace) to the kernel TCP
     behind (b)'s second wireguard-go, through the same relay.
 
@@ -19,7 +21,9 @@ case and the ratio of (a) and (c) to (b). (b) and (c) need root, ``ip netns`` an
 wireguard-go (skipped with the reason otherwise); every namespace made here is deleted.
 
 Run: ``PYTHONPATH=src python benchmarks/bench_tcp_loss.py [--size 16] [--loss 0 1 2 5]
-[--cases a b c]``. The relay is one Python process: at 0 % loss it is the bottleneck of every
+[--cases a b c] [--kernel-cc cubic|bbr] [-v]``; ``-v`` adds our sender's counters (including
+``limited_cwnd_s`` etc.: what held it back), the kernel sender's ``ss -ti`` sampled during the
+transfer and its TcpExt recovery / undo counters. The relay is one Python process: at 0 % loss it is the bottleneck of every
 case alike (the ratio is what matters). On a shared machine the numbers are noisy.
 """
 from __future__ import annotations
