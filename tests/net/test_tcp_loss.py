@@ -412,3 +412,22 @@ def test_reordering_deeper_than_two_srtt_is_absorbed() -> None:
     assert k["retransmits"] > 0 and k["spurious_retrans"] > 0, k   # it looked like loss at first
     assert k["reo_wnd"] > 0.003, k                                # wider than the lateness
     assert k["retransmits"] == mid["retransmits"], (mid, k)      # none once adapted
+
+
+def test_limited_counters_say_what_held_the_sender_back() -> None:
+    # limited_{cwnd,rwnd,app}_s (Linux's tcpi_busy / rwnd_limited / sndbuf_limited chrono):
+    # with a large receive buffer a bulk transfer waits on its congestion window (slow start
+    # from 10 segments on a 10 ms RTT) and then, its data all sent, on the last ACKs; with a
+    # 16 KiB receive buffer it waits on the peer's window instead.
+    data = payload(400 * MSS)
+    c, _ = transfer(new_link(), data)
+    k = c.counters()
+    assert k["limited_cwnd_s"] > 0 and k["limited_rwnd_s"] == 0, k
+    assert k["limited_app_s"] > 0, k                   # the tail: all sent, waiting for ACKs
+    link = Link(Faults(delay=DELAY), seed=3, receive_buffer=16 << 10,
+                receive_buffer_initial=16 << 10)
+    c, _ = transfer(link, data)
+    k = c.counters()
+    assert k["limited_rwnd_s"] > k["limited_cwnd_s"], k
+    # the accounted time never exceeds the simulated time
+    assert k["limited_rwnd_s"] + k["limited_cwnd_s"] + k["limited_app_s"] <= link.now, k

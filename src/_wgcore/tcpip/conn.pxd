@@ -244,6 +244,7 @@ cdef class TcpConn:
     cdef void _receive_fin(self, double now)
     cdef int _output(self, PacketBatch tx, double now) except -1
     cdef void _chrono(self, int kind, double now) noexcept
+    cdef double _chrono_total(self, int kind) noexcept
     cdef uint32_t _send_range(self, PacketBatch tx, uint32_t seq, uint32_t n, uint32_t data_end,
                               double now, bint rexmit) except? 0xffffffff
     cdef uint32_t _emit(self, PacketBatch tx, uint32_t seq, uint8_t flags, uint32_t n,

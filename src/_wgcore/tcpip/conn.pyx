@@ -489,10 +489,10 @@ cdef class TcpConn:
             "reo_wnd": self._reo_wnd(), "reo_wnd_mult": self.reo_wnd_mult,
             "prr_delivered": self.prr_delivered, "prr_out": self.prr_out,
             # seconds the sender spent limited by cwnd / the peer's window / the application
-            # (data in flight, none unsent), as of the last output
-            "limited_cwnd_s": self.chrono_time[LIM_CWND],
-            "limited_rwnd_s": self.chrono_time[LIM_RWND],
-            "limited_app_s": self.chrono_time[LIM_APP],
+            # (data in flight, none unsent), up to the stack's latest call
+            "limited_cwnd_s": self._chrono_total(LIM_CWND),
+            "limited_rwnd_s": self._chrono_total(LIM_RWND),
+            "limited_app_s": self._chrono_total(LIM_APP),
             "sack": self.sack_ok, "timestamps": self.ts_ok,
             "wscale": (self.snd_wscale, self.rcv_wscale),
             "error": self.error,
@@ -1607,8 +1607,12 @@ cdef class TcpConn:
                 continue
             break
         if seq_lt(self.snd_max, data_end):
+            # unsent data held back: by whichever window has less room left
             wnd_end = self.snd_una + self.snd_wnd
-            self._chrono(LIM_RWND if not seq_gt(wnd_end, self.snd_max) else LIM_CWND, now)
+            room = wnd_end - self.snd_max if seq_gt(wnd_end, self.snd_max) else 0
+            pipe = self._pipe()
+            self._chrono(LIM_RWND if room <= (self.cc.cwnd - pipe if self.cc.cwnd > pipe else 0)
+                         else LIM_CWND, now)
         else:
             self._chrono(LIM_APP if self.snd_max != self.snd_una else LIM_IDLE, now)
         if (self.ack_now or self.segs_unacked >= 2) and not sent_any:
@@ -1622,6 +1626,13 @@ cdef class TcpConn:
             self.delack_at = now + (DELACK_MIN if delack < DELACK_MIN else
                                     DELACK_TIMEOUT if delack > DELACK_TIMEOUT else delack)
         return 0
+
+    cdef double _chrono_total(self, int kind) noexcept:
+        cdef double t = self.chrono_time[kind]
+        if kind == self.chrono_kind and self.chrono_since > 0 and self.stack is not None \
+                and self.stack.now > self.chrono_since:
+            t += self.stack.now - self.chrono_since
+        return t
 
     cdef void _chrono(self, int kind, double now) noexcept:
         """Account the time since the last change to what limited the sender until now."""
