@@ -9,7 +9,9 @@ report goodput at the sender (bytes / time until the sink confirms the count):
 (a) ours <-> ours: two of our Tunnels in this process over loopback UDP, each peer's endpoint
     pointing at the relay (also on loopback);
 (b) kernel <-> kernel: kernel TCP through wireguard-go <-> wireguard-go, each in its own network
-    namespace, joined by veths to a third namespace that runs the relay;
+    namespace, joined by veths to a third namespace that runs the relay; both kernel sockets
+    use ``--kernel-cc`` (default cubic, Linux's default, set per socket: the namespaces
+    inherit the host's default, which may be BBR);
 (c) ours -> kernel: our Tunnel (its UDP socket in (b)'s first namespace) to the kernel TCP
     behind (b)'s second wireguard-go, through the same relay.
 
@@ -19,7 +21,9 @@ case and the ratio of (a) and (c) to (b). (b) and (c) need root, ``ip netns`` an
 wireguard-go (skipped with the reason otherwise); every namespace made here is deleted.
 
 Run: ``PYTHONPATH=src python benchmarks/bench_tcp_loss.py [--size 16] [--loss 0 1 2 5]
-[--cases a b c]``. The relay is one Python process: at 0 % loss it is the bottleneck of every
+[--cases a b c] [--kernel-cc cubic|bbr] [-v]``; ``-v`` adds our sender's counters (including
+``limited_cwnd_s`` etc.: what held it back), the kernel sender's ``ss -ti`` sampled during the
+transfer and its TcpExt recovery / undo counters. The relay is one Python process: at 0 % loss it is the bottleneck of every
 case alike (the ratio is what matters). On a shared machine the numbers are noisy.
 """
 from __future__ import annotations
@@ -33,6 +37,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -115,10 +120,10 @@ while True:
         send(i, data)
 """
 
-# -- the kernel-side peer: `python -c PEER serve|send host port [nbytes]`
+# -- the kernel-side peer: `python -c PEER serve|send host port cc [nbytes]`
 PEER = r"""
 import socket, sys, time
-mode, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+mode, host, port, cc = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4].encode()
 if mode == "serve":
     srv = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -127,6 +132,7 @@ if mode == "serve":
     print("READY", flush=True)
     while True:
         conn, _ = srv.accept()
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc)
         view = memoryview(bytearray(1 << 20))
         n = 0
         while k := conn.recv_into(view):
@@ -134,8 +140,11 @@ if mode == "serve":
         conn.sendall(b"%d\n" % n)
         conn.close()
 else:
-    nbytes = int(sys.argv[4])
-    conn = socket.create_connection((host, port), timeout=600)
+    nbytes = int(sys.argv[5])
+    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, cc)   # before SYN: whole life
+    conn.settimeout(600)
+    conn.connect((host, port))
     data = bytes(1 << 20)
     t0 = time.perf_counter()
     left = nbytes
@@ -289,17 +298,27 @@ def case_ours_ours(loss: float, nbytes: int, args: Any, seed: int) -> dict[str, 
     return result
 
 
-def _tcp_timeouts(ns: Any) -> int:
+def _tcp_ext(ns: Any) -> dict[str, int]:
     lines = ns.run(["cat", "/proc/net/netstat"]).stdout.splitlines()
     for head, vals in zip(lines[::2], lines[1::2]):
         if head.startswith("TcpExt:"):
-            d = dict(zip(head.split()[1:], vals.split()[1:]))
-            return int(d.get("TCPTimeouts", 0))
-    return 0
+            return {k: int(v) for k, v in zip(head.split()[1:], vals.split()[1:])}
+    return {}
+
+
+def _tcp_timeouts(ns: Any) -> int:
+    return _tcp_ext(ns).get("TCPTimeouts", 0)
+
+
+# the kernel's counterparts of our counters (recoveries, undos, RACK, TLP), shown with -v
+KERNEL_COUNTERS = ("TCPSackRecovery", "TCPFullUndo", "TCPPartialUndo", "TCPDSACKUndo",
+                   "TCPLossUndo", "TCPSackRecoveryFail", "TCPLostRetransmit", "TCPLossProbes",
+                   "TCPLossProbeRecovery", "TCPDSACKRecv", "TCPSACKReorder", "TCPTSReorder",
+                   "TCPRenoReorder", "TCPSpuriousRtxHostQueues", "TCPDelivered")
 
 
 @contextmanager
-def kernel_topology() -> Iterator[dict[str, Any]]:
+def kernel_topology(cc: str = "cubic") -> Iterator[dict[str, Any]]:
     """nsA (wireguard-go A + kernel client, and our socket for (c)) -veth- nsR (relay) -veth-
     nsB (wireguard-go B + kernel sink)."""
     import netns  # type: ignore[import-not-found]
@@ -331,13 +350,40 @@ def kernel_topology() -> Iterator[dict[str, Any]]:
                       endpoint=f"{relay_b[0]}:{relay_b[1]}")
         wg_b.set_peer(pubkey(our_key), allowed_ips=["10.95.0.3/32"],
                       endpoint=f"{relay_b[0]}:{relay_b[1]}")
-        sink = ns_b.popen([sys.executable, "-c", PEER, "serve", "10.95.0.2", str(PORT)],
+        # The kernel's congestion control, per socket (TCP_CONGESTION; root may pick any):
+        # a namespace inherits the host's default, which may be BBR (it is on our CI machine),
+        # a loss-agnostic model that keeps its window through 5 % loss and resends a third of
+        # the data. The issue's reference is Linux's default, CUBIC (with RACK and PRR);
+        # --kernel-cc bbr shows BBR for scale.
+        sink = ns_b.popen([sys.executable, "-c", PEER, "serve", "10.95.0.2", str(PORT), cc],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         _wait_line(sink, "READY")
         yield {"ns_a": ns_a, "ns_b": ns_b, "ns_r": ns_r, "wg_a": wg_a, "wg_b": wg_b,
                "relay_a": relay_a, "relay_b": relay_b, "our_key": our_key}
     left = [ns.name for ns in (ns_a, ns_b, ns_r) if ns.path.exists()]
     assert not left, f"namespaces left behind: {left}"
+
+
+def _ss_summary(lines: list[str]) -> dict[str, Any]:
+    """Means of cwnd / ssthresh / rtt over `ss -ti` samples, and the last sample's counters."""
+    import re
+
+    def num(line: str, key: str) -> float | None:
+        m = re.search(rf"\b{key}:([0-9.]+)", line)
+        return float(m.group(1)) if m else None
+
+    out: dict[str, Any] = {"samples": len(lines)}
+    for key in ("cwnd", "ssthresh", "rtt", "reordering"):
+        vals = [v for v in (num(ln, key) for ln in lines) if v is not None]
+        if vals:
+            out[f"mean_{key}"] = round(sum(vals) / len(vals), 3)
+    last = lines[-1]
+    for key in ("busy", "rwnd_limited", "sndbuf_limited", "retrans", "dsack_dups",
+                "reord_seen", "bytes_retrans", "minrtt"):
+        m = re.search(rf"\b{key}:(\S+)", last)
+        if m:
+            out[key] = m.group(1)
+    return out
 
 
 def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any,
@@ -351,12 +397,38 @@ def case_kernel_kernel(topo: dict[str, Any], loss: float, nbytes: int, args: Any
                         check=False).returncode == 0:
                 break
         rto0 = _tcp_timeouts(ns_a)
-        r = ns_a.run([sys.executable, "-c", PEER, "send", "10.95.0.2", str(PORT), str(nbytes)],
+        ext0 = _tcp_ext(ns_a) if args.verbose else {}
+        samples: list[str] = []
+        stop = threading.Event()
+
+        def sample() -> None:          # --verbose: the sender's `ss -ti` during the transfer
+            while not stop.wait(0.01):
+                out = ns_a.run(["ss", "-tin", "dst", "10.95.0.2"], check=False).stdout
+                lines = [ln.strip() for ln in out.splitlines() if "cwnd:" in ln]
+                samples.extend(lines)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        if args.verbose:
+            sampler.start()
+        r = ns_a.run([sys.executable, "-c", PEER, "send", "10.95.0.2", str(PORT),
+                      args.kernel_cc, str(nbytes)],
                      timeout=TIMEOUT)
+        stop.set()
+        if args.verbose:
+            sampler.join()
         n, seconds = r.stdout.split()
         assert int(n) == nbytes
-        return {"seconds": float(seconds), "rtos": _tcp_timeouts(ns_a) - rto0,
-                "relay": relay.stop()}
+        res = {"seconds": float(seconds), "rtos": _tcp_timeouts(ns_a) - rto0,
+               "relay": relay.stop()}
+        if samples:
+            res["ss"] = _ss_summary(samples)
+            if os.environ.get("BENCH_SS_RAW"):
+                print("\n".join(samples[:: max(1, len(samples) // 8)]))
+        if ext0:
+            ext1 = _tcp_ext(ns_a)
+            res["ss"] = {**res.get("ss", {}), **{k: ext1.get(k, 0) - ext0.get(k, 0)
+                                                  for k in KERNEL_COUNTERS}}
+        return res
     finally:
         if relay.proc.poll() is None:
             relay.stop()
@@ -408,6 +480,9 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     p.add_argument("--duplicate", type=float, default=1, help="percent sent twice (default 1)")
     p.add_argument("--cases", nargs="+", default=["a", "b", "c"], choices=["a", "b", "c"])
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--kernel-cc", default="cubic",
+                   help="the kernel's congestion control in (b) and (c) (default cubic, "
+                        "Linux's default; the host's own default may differ)")
     p.add_argument("--verbose", "-v", action="store_true")
     args = p.parse_args(argv)
     nbytes = int(args.size * 1e6)
@@ -417,7 +492,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
         topo = None
         if {"b", "c"} & set(args.cases):
             try:
-                topo = stack.enter_context(kernel_topology())
+                topo = stack.enter_context(kernel_topology(args.kernel_cc))
             except Exception as e:    # no root / no wireguard-go: (a) only
                 print(f"skipping (b), (c): {e}", file=sys.stderr)
         for loss in args.loss:
@@ -440,15 +515,19 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
                         "retransmits", "rack_marks", "tlp_probes", "recoveries",
                         "spurious_retrans", "undo_count", "dsack_received")})
                 rows.append(row)
+                if args.verbose and "ss" in res:
+                    print("    kernel sender (ss -ti):", res["ss"])
                 print(f"loss {loss:g}% {row['case']:16s} {row['mb_s']:8.2f} MB/s "
                       f"{row['seconds']:7.2f} s  RTOs/MB {row['rtos_per_mb']:.2f}"
                       + (f"  {res['relay']}" if args.verbose else ""), flush=True)
                 if args.verbose and "counters" in res:
                     print("   ", {key: res["counters"][key] for key in (
-                        "srtt", "min_rtt", "rto", "cwnd", "retransmits", "rack_marks",
+                        "srtt", "min_rtt", "rto", "cwnd", "limited_cwnd_s", "limited_rwnd_s",
+                        "limited_app_s", "retransmits", "rack_marks",
                         "tlp_probes", "tlp_recoveries", "recoveries", "timeouts",
                         "spurious_retrans", "undo_count", "dsack_received", "reo_wnd")})
     print(f"\nTCP under loss: {args.size:g} MB upload per case, inner MTU {MTU}, "
+          f"kernel congestion control {args.kernel_cc}, "
           f"reorder {args.reorder:g}% (<= {args.reorder_ms:g} ms), duplicate {args.duplicate:g}%")
     print(f"{'loss':>5} | {'case':16s} | {'MB/s':>8} | {'ratio to kernel':>15} | {'RTOs/MB':>7}")
     for row in rows:

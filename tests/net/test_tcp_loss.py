@@ -188,7 +188,7 @@ def test_reordering_adapts_and_costs_no_window() -> None:
     def late(side: int, packet: bytes) -> float:
         if side == 0 and parse_tcp(packet).payload:
             count[0] += 1
-            return 0.003 if count[0] % 8 == 0 else 0.0
+            return 0.003 if count[0] % 40 == 0 else 0.0
         return 0.0
 
     link.extra_delay = late
@@ -226,7 +226,7 @@ def test_reordering_within_window_from_the_start() -> None:
     def late(side: int, packet: bytes) -> float:
         if side == 0 and parse_tcp(packet).payload:
             count[0] += 1
-            return 0.0015 if count[0] % 10 == 0 else 0.0
+            return 0.003 if count[0] % 40 == 0 else 0.0
         return 0.0
 
     link.extra_delay = late
@@ -336,3 +336,98 @@ def test_delivery_under_random_loss_reorder_duplication(
     flows = [Flow(c, s, data, shutdown=True), Flow(s, c, back, shutdown=True)]
     run_flows(link, flows, max_time=900)    # bounded: raises if it hangs
     assert bytes(flows[0].received) == data and bytes(flows[1].received) == back
+
+
+# -- sub-millisecond paths: the 1 ms timestamp clock must not stand in for the RTT ----------------
+
+FAST = 0.0001                     # one-way delay: a 0.2 ms RTT, below one timestamp tick
+
+
+def test_handshake_rtt_is_measured_in_microseconds_not_timestamp_ticks() -> None:
+    # Both ends time their SYN / SYN-ACK themselves: on a 0.2 ms path the first sample is
+    # 0.2 ms, not a whole 1 ms tick of the timestamp echo (nor the 0 ms echo clamped to 0.1 ms).
+    link = Link(Faults(delay=FAST), seed=3)
+    c, s = connect(link)
+    for conn in (c, s):
+        k = conn.counters()
+        assert k["timestamps"]
+        assert abs(k["srtt"] - 2 * FAST) < 1e-5, k["srtt"]
+        assert abs(k["min_rtt"] - 2 * FAST) < 1e-5, k["min_rtt"]
+
+
+def test_lone_segment_on_a_fast_path_is_acked_within_milliseconds() -> None:
+    # A lone segment waits for a second one at most 2 x the receiver's RTT estimate (>= 1 ms).
+    # The receiver's estimate comes from the timestamp echo, whole milliseconds: on a 0.2 ms
+    # path that echo is 0 ms, which used to mean "no estimate", so the lone segment waited the
+    # full 40 ms delayed-ACK timeout (a sender with a small window after a loss stalls on it).
+    link = Link(Faults(delay=FAST), seed=3)
+    c, s = connect(link)
+    flow = Flow(c, s, payload(40 * MSS))
+    run_flows(link, [flow], max_time=10)       # warm up: quick ACKs spent, RTTs measured
+    link.advance(0.1)
+    waits = []
+    for i in range(5):
+        c.send(b"x" * 100)
+        t0 = link.now
+        link.run(lambda: c.counters()["in_flight"] == 0, max_time=1.0)
+        waits.append(link.now - t0)
+        s.read()
+        link.advance(0.1)
+    assert max(waits) <= 0.002 + 4 * FAST + 1e-6, waits   # 2 x 1 ms tick, plus the path
+    assert s.counters()["bytes_received"] == 40 * MSS + 500
+
+
+def test_reordering_deeper_than_two_srtt_is_absorbed() -> None:
+    # A path faster than its reordering (the benchmark's relay: 0.3 ms RTT, datagrams held up
+    # to 1 ms): every 40th data segment arrives 3 ms late on a 1 ms RTT. RFC 8985 caps the
+    # reordering window at SRTT (we used 2 SRTT), which makes every late segment a spurious
+    # retransmission and a recovery episode; DSACKs widen it here up to 4 SRTT, so once
+    # adapted nothing is resent.
+    link = Link(Faults(delay=0.0005), seed=3)
+    count = [0]
+
+    def late(side: int, packet: bytes) -> float:
+        if side == 0 and parse_tcp(packet).payload:
+            count[0] += 1
+            return 0.003 if count[0] % 40 == 0 else 0.0
+        return 0.0
+
+    link.extra_delay = late
+    c, s = connect(link)
+    data = payload(4000 * MSS)
+    flow = Flow(c, s, data)
+    mid: dict[str, Any] = {}
+
+    def until() -> bool:
+        done = flow.pump()
+        if not mid and len(flow.received) >= len(data) // 3:
+            mid.update(c.counters())
+        return done
+
+    link.run(until, max_time=60)
+    assert bytes(flow.received) == data
+    link.advance(0.05)                   # the last ACKs (and DSACKs) back at the sender
+    k = c.counters()
+    assert k["timeouts"] == 0 and k["in_flight"] == 0, k
+    assert k["retransmits"] > 0 and k["spurious_retrans"] > 0, k   # it looked like loss at first
+    assert k["reo_wnd"] > 0.003, k                                # wider than the lateness
+    assert k["retransmits"] == mid["retransmits"], (mid, k)      # none once adapted
+
+
+def test_limited_counters_say_what_held_the_sender_back() -> None:
+    # limited_{cwnd,rwnd,app}_s (Linux's tcpi_busy / rwnd_limited / sndbuf_limited chrono):
+    # with a large receive buffer a bulk transfer waits on its congestion window (slow start
+    # from 10 segments on a 10 ms RTT) and then, its data all sent, on the last ACKs; with a
+    # 16 KiB receive buffer it waits on the peer's window instead.
+    data = payload(400 * MSS)
+    c, _ = transfer(new_link(), data)
+    k = c.counters()
+    assert k["limited_cwnd_s"] > 0 and k["limited_rwnd_s"] == 0, k
+    assert k["limited_app_s"] > 0, k                   # the tail: all sent, waiting for ACKs
+    link = Link(Faults(delay=DELAY), seed=3, receive_buffer=16 << 10,
+                receive_buffer_initial=16 << 10)
+    c, _ = transfer(link, data)
+    k = c.counters()
+    assert k["limited_rwnd_s"] > k["limited_cwnd_s"], k
+    # the accounted time never exceeds the simulated time
+    assert k["limited_rwnd_s"] + k["limited_cwnd_s"] + k["limited_app_s"] <= link.now, k

@@ -1316,3 +1316,25 @@ def test_force_under_load_overrides_the_queue_model() -> None:
     assert device.counters["cookie_replies_sent"] == 0
     device.force_under_load = None
     assert device.under_load(p.now)                        # the model saw the 192 messages
+
+
+def test_timer_jitter_is_not_drawn_from_the_system_rng() -> None:
+    # Indices stay unpredictable (SystemRandom); the new-handshake timer's jitter, re-drawn on
+    # every sent batch after a received one, comes from a seeded PRNG (wireguard-go: fastrandn)
+    # so it costs no getrandom() syscall per batch.
+    from agentconn.wg.crypto import dh_generate
+    from agentconn.wg.device import Device
+
+    def random_bytes(n: int) -> bytes:
+        return bytes(range(n))
+
+    dev = Device(dh_generate(), random_bytes=random_bytes)
+    other = Device(dh_generate())
+    peer = dev.add_peer(PeerConfig(public_key=other.public_key, preshared_key=None,
+                                   endpoint=None,
+                                   allowed_ips=[ipaddress.ip_network("10.9.0.2/32")],
+                                   persistent_keepalive=0), b"")
+    assert isinstance(dev.rng, random.SystemRandom)
+    rng = peer.timers.rng
+    assert type(rng) is random.Random                   # not SystemRandom
+    assert rng.random() == random.Random(bytes(range(16))).random()   # seeded by random_bytes

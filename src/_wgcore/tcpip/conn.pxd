@@ -199,6 +199,11 @@ cdef class TcpConn:
     cdef readonly uint64_t ooo_segments, dup_segments, sack_blocks_received, window_probes
     cdef readonly uint64_t tail_probes, tlp_recoveries, rack_marks, spurious_retrans
     cdef readonly uint64_t undo_count, dsack_received, dsack_sent, recoveries
+    # what held the sender back, in seconds (Linux's tcpi_busy_time / rwnd_limited /
+    # sndbuf_limited, "chrono" stats): LIM_* in chrono_kind since chrono_since
+    cdef double chrono_since
+    cdef int chrono_kind
+    cdef double chrono_time[4]
 
     cdef int _setup(self, _StackBase stack, const ConnKey* key, double now) except -1
     cdef inline uint32_t _readable(self) noexcept
@@ -238,6 +243,8 @@ cdef class TcpConn:
     cdef void _receive_data(self, Segment* s, double now)
     cdef void _receive_fin(self, double now)
     cdef int _output(self, PacketBatch tx, double now) except -1
+    cdef void _chrono(self, int kind, double now) noexcept
+    cdef double _chrono_total(self, int kind) noexcept
     cdef uint32_t _send_range(self, PacketBatch tx, uint32_t seq, uint32_t n, uint32_t data_end,
                               double now, bint rexmit) except? 0xffffffff
     cdef uint32_t _emit(self, PacketBatch tx, uint32_t seq, uint8_t flags, uint32_t n,

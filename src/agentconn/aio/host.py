@@ -33,6 +33,9 @@ class StackHost(Protocol):
     def running_loop(self) -> asyncio.AbstractEventLoop:
         """The loop the tunnel runs on. Raises TunnelClosedError if it is not running."""
 
+    def clock(self) -> float:
+        """The protocol clock (monotonic seconds, sub-millisecond) the node's deadlines use."""
+
     def schedule_flush(self) -> None:
         """Send what the interface has queued, once, soon (coalesced ``call_soon``)."""
 

@@ -488,7 +488,7 @@ class StreamEndpoints:
         host that is not an address, TunnelClosedError.
         """
         loop = self.running_loop()
-        conn = self.iface.connect(host, port, loop.time(), local_port=local_port)
+        conn = self.iface.connect(host, port, self.clock(), local_port=local_port)
         waiter: asyncio.Future[None] = loop.create_future()
 
         def on_events(_: TcpEvent) -> None:

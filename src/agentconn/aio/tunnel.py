@@ -20,9 +20,11 @@ the IP interface behind it) from a UDP socket and the event loop:
 The stream, server and datagram factories live beside their transports (:mod:`.streams`,
 :mod:`.datagram`) as mixins that see this tunnel only as a
 :class:`~agentconn.aio.host.StackHost`. This module and :mod:`agentconn.node` are the only places that join wg/ and net/
-(STYLE §1) through the node and the only one that reads clocks: ``loop.time()`` for protocol timers,
-``time.monotonic()`` for ping RTTs (uvloop's ``loop.time()`` has millisecond resolution) and
-``time.time()`` for TAI64N timestamps.
+(STYLE §1) through the node and the only one that reads clocks: ``time.monotonic()`` for protocol
+timers and ping RTTs (the same CLOCK_MONOTONIC as ``loop.time()``, but uvloop's ``loop.time()``
+has millisecond resolution and is cached per loop iteration: TCP's RTT samples, RACK's transmit
+times and its reordering window need microseconds on a sub-millisecond path) and ``time.time()``
+for TAI64N timestamps.
 
 Packet capture (:meth:`Tunnel.start_capture`, or ``pcap=`` at construction) sets the node's
 ``capture`` hook to a :class:`~agentconn.net.pcap.PcapWriter` on a file this module opens and
@@ -183,7 +185,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         loop.add_reader(self._sock.fileno(), self._on_readable)
         self.node.start()
         self.schedule_flush()
-        self._rearm_timer(loop.time())
+        self._rearm_timer(time.monotonic())
 
     def _bind(self) -> socket.socket:
         port = self.config.listen_port or 0
@@ -253,7 +255,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         if self._loop is None or self._io is None or self._tx is None or self._tx_pending is not None:
             return
         try:
-            now, wall = self._loop.time(), time.time()
+            now, wall = time.monotonic(), time.time()
             for _ in range(8):
                 more = self.node.fill(self._tx, now)
                 if self._tx.count:
@@ -396,7 +398,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
     def rekey(self, public_key: str | bytes | None = None) -> None:
         """Start a new handshake with one peer (default: every peer) now, as REKEY_AFTER_TIME
         would. At most one initiation per peer per REKEY_TIMEOUT (5 s) is sent."""
-        self.node.rekey(public_key, self.running_loop().time(), time.time())
+        self.node.rekey(public_key, time.monotonic(), time.time())
         self.schedule_flush()
 
     def add_peer(self, peer_config: PeerConfig, endpoint: tuple[str, int] | None = None) -> None:
@@ -420,7 +422,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         loop, io, rx, node = self._loop, self._io, self._rx, self.node
         datapath = self.device.datapath
         try:
-            now = loop.time()
+            now = time.monotonic()
             wall = time.time()
             for _ in range(MAX_BATCHES_PER_WAKEUP):
                 n = io.recv(rx)
@@ -551,7 +553,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
             return                       # socket full: _on_writable resumes us
         node = self.node
         try:
-            now = self._loop.time()
+            now = time.monotonic()
             wall = time.time()
             for _ in range(MAX_TX_BATCHES_PER_FLUSH):
                 tx = self._tx
@@ -621,7 +623,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
             self._rx_relay = PacketBatch(RX_SLOTS, 32 + ((self.device.mtu + 15) & ~15) + 64)
         rx, node = self._rx_relay, self.node
         try:
-            now, wall = self._loop.time(), time.time()
+            now, wall = time.monotonic(), time.time()
             while self._relayed_in:
                 chunk, self._relayed_in = self._relayed_in[:rx.slots], self._relayed_in[rx.slots:]
                 rx.clear()
@@ -668,6 +670,10 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
 
     # -- timers ---------------------------------------------------------------------------------
 
+    def clock(self) -> float:
+        """The protocol clock: monotonic seconds with sub-millisecond resolution."""
+        return time.monotonic()
+
     def _rearm_timer(self, now: float) -> None:
         assert self._loop is not None
         deadline = self.node.get_timer()
@@ -678,20 +684,21 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
             self._timer_handle = None
         self._timer_at = deadline
         if deadline is not None:
-            self._timer_handle = self._loop.call_at(max(deadline, now), self._on_timer)
+            # call_later: the loop's own clock may lag the monotonic one by up to a millisecond
+            self._timer_handle = self._loop.call_later(max(0.0, deadline - now), self._on_timer)
 
     def _on_timer(self) -> None:
         assert self._loop is not None
         self._timer_handle = None
         self._timer_at = None
         try:
-            now = self._loop.time()
+            now = time.monotonic()
             self.node.handle_timer(now, time.time())
             self._dispatch()
         except Exception:
             log.exception("tunnel timer handling failed")
         self._flush()
-        self._rearm_timer(self._loop.time())
+        self._rearm_timer(time.monotonic())
 
     # -- ping -----------------------------------------------------------------------------------
 
@@ -720,7 +727,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
 
     def stats(self) -> dict[str, Any]:
         """Counters: handshakes, rx/tx packets and bytes, drops by reason, per-peer state."""
-        now = self._loop.time() if self._loop is not None else 0.0
+        now = time.monotonic() if self._loop is not None else 0.0
         data = self.node.stats(now)
         data["listen_port"] = self.listen_port if self._sock is not None and not self._closed else None
         data["udp"] = self._io.counters() if self._io is not None else {}

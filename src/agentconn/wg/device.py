@@ -85,7 +85,9 @@ class Device:
     """The WireGuard interface state for one static identity (sans-IO).
 
     ``mtu`` is the inner (tunnel) MTU used for padding. ``rng`` supplies jitter and indices
-    (a seeded :class:`random.Random` makes tests deterministic).
+    (a seeded :class:`random.Random` makes tests deterministic; by default indices come from
+    :class:`random.SystemRandom` and timer jitter from a :class:`random.Random` seeded by
+    ``random_bytes``).
     """
 
     def __init__(self, private_key: bytes, *, mtu: int = 1420,
@@ -93,6 +95,10 @@ class Device:
                  random_bytes: collections.abc.Callable[[int], bytes] = os.urandom) -> None:
         self.identity = StaticIdentity(private_key)
         self.rng = rng or random.SystemRandom()
+        # Timer jitter needs no secrecy (wireguard-go: fastrandn); SystemRandom costs a
+        # getrandom() syscall per call, and the new-handshake timer is re-armed with jitter
+        # on every sent batch after a received one (per ACK clock tick of a TCP upload).
+        self._timer_rng = rng or random.Random(random_bytes(16))
         self._datapath = Datapath(mtu)
         self._routes_dirty = False
         self.route_rebuilds = 0                              # full C route-table rebuilds
@@ -142,7 +148,7 @@ class Device:
             raise ConfigError(f"peer {encode_key(config.public_key)} is configured twice")
         if config.public_key == self.identity.public:
             raise ConfigError("a peer cannot have the interface's own public key")
-        peer = Peer(self, self.identity, config, self._next_peer_id, self.rng)
+        peer = Peer(self, self.identity, config, self._next_peer_id, self._timer_rng)
         self._next_peer_id += 1
         self.peers[config.public_key] = peer
         self._peer_of_slot[peer.slot] = peer
