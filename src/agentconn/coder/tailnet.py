@@ -154,6 +154,7 @@ class TailnetNode:
         #: URL it uses, as Go's RewriteDERPMapDefaultRelay does).
         self.rewrite_derp_map = rewrite_derp_map
         self.pool = DerpPool(node_key, derp_map, force_websockets=force_websockets)
+        self.pool.packet_sink = self._derp_packets
         #: Disco over DERP and UDP and the choice of each peer's path.
         self.magicsock = Magicsock(self.disco_key, node_key.public, last_send=self._last_send,
                                    block_endpoints=block_endpoints)
@@ -385,18 +386,36 @@ class TailnetNode:
             await self._out_ready.wait()
             self._out_ready.clear()
             while out:
+                # One batch per run of datagrams to the same path, in order: one write and
+                # one backpressure wait per run instead of per datagram.
                 path, datagram = out.popleft()
+                run = [datagram]
+                while out and out[0][0] == path:
+                    run.append(out.popleft()[1])
                 target = self._path_of.get(path)
                 if target is None:
                     continue
                 try:
-                    if await pool.send(target[0], bytes(target[1]), datagram):
-                        self.counters["derp_out"] += 1
-                    else:
-                        self.counters["derp_send_dropped"] += 1
+                    sent = await pool.send_batch(target[0], bytes(target[1]), run)
                 except (AgentConnError, OSError) as exc:
-                    self.counters["derp_send_dropped"] += 1
+                    sent = 0
                     log.debug("DERP send to region %d failed: %s", target[0], exc)
+                self.counters["derp_out"] += sent
+                self.counters["derp_send_dropped"] += len(run) - sent
+
+    def _derp_packets(self, region: int, packets: list[PacketReceived]) -> None:
+        """The packets of one DERP read, in order: disco to magicsock, the rest to the
+        tunnel (processed together as one relayed batch)."""
+        tunnel, magicsock, counters = self.tunnel, self.magicsock, self.counters
+        now = asyncio.get_running_loop().time()
+        for event in packets:
+            src = event.src
+            if magicsock.receive_derp(src, event.data, region, now):
+                counters["disco_in"] += 1
+                self._pump()
+                continue
+            counters["derp_in"] += 1
+            tunnel.receive_relayed(self._path(region, src), event.data)
 
     async def _derp_reader(self) -> None:
         pool, tunnel, magicsock = self.pool, self.tunnel, self.magicsock

@@ -28,7 +28,7 @@ import os
 import random
 import ssl
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Self
 
 from ...web.errors import WebError
@@ -41,11 +41,12 @@ from .events import (
     ConnectionTerminated,
     DerpEvent,
     Disconnected,
+    PacketReceived,
     Ping,
     Pong,
     Restarting,
 )
-from .frames import ClientInfo
+from .frames import MAX_PACKET_SIZE, ClientInfo
 from .transport import StreamPipe, WebSocketPipe, dial_node
 
 __all__ = ["DerpClient", "DerpPool"]
@@ -104,32 +105,56 @@ class _Session:
 
     async def _drain_events(self, final: bool = False) -> None:
         client = self.client
-        while (event := self.core.next_event()) is not None:
-            if isinstance(event, Connected):
-                client.generation += 1
-                client.server_key = event.server_key
-                event = Connected(
-                    event.server_key, client.generation,
-                    event.token_bucket_bytes_per_second, event.token_bucket_bytes_burst,
+        sink = client.packet_sink
+        packets: list[PacketReceived] = []
+        try:
+            while (event := self.core.next_event()) is not None:
+                if sink is not None and type(event) is PacketReceived:
+                    packets.append(event)  # handed over together, below
+                    continue
+                if packets:
+                    self._sink(packets)
+                    packets = []
+                await self._dispatch_event(client, event, final)
+        finally:
+            if packets:
+                self._sink(packets)
+
+    def _sink(self, packets: list[PacketReceived]) -> None:
+        client = self.client
+        assert client.packet_sink is not None
+        try:
+            client.packet_sink(packets)
+        except Exception:  # noqa: BLE001 - the reader must survive its consumer
+            client.drops["packet_sink_failed"] += len(packets)
+            _log.exception("DERP packet sink failed; %d packets dropped", len(packets))
+
+    async def _dispatch_event(self, client: DerpClient, event: DerpEvent, final: bool) -> None:
+        if isinstance(event, Connected):
+            client.generation += 1
+            client.server_key = event.server_key
+            event = Connected(
+                event.server_key, client.generation,
+                event.token_bucket_bytes_per_second, event.token_bucket_bytes_burst,
+            )
+            if not self.connected.done():
+                self.connected.set_result(event)
+        if isinstance(event, ConnectionTerminated):
+            if not self.connected.done():
+                self.connected.set_exception(
+                    event.error or DerpLoginError(f"DERP login failed: {event.reason}")
                 )
-                if not self.connected.done():
-                    self.connected.set_result(event)
-            if isinstance(event, ConnectionTerminated):
-                if not self.connected.done():
-                    self.connected.set_exception(
-                        event.error or DerpLoginError(f"DERP login failed: {event.reason}")
-                    )
-                continue
-            if isinstance(event, Pong):
-                client._on_pong(event.data)
-            elif isinstance(event, Restarting):
-                self.restarting = event
-            elif isinstance(event, Ping):
-                continue  # answered by the core
-            if not final:
-                await client._deliver(event)
-            else:
-                client._deliver_nowait(event)
+            return
+        if isinstance(event, Pong):
+            client._on_pong(event.data)
+        elif isinstance(event, Restarting):
+            self.restarting = event
+        elif isinstance(event, Ping):
+            return  # answered by the core
+        if not final:
+            await client._deliver(event)
+        else:
+            client._deliver_nowait(event)
 
     def _wake_writer(self) -> None:
         if self.core.pending_bytes:
@@ -245,6 +270,9 @@ class DerpClient:
         self.transport_kind: str | None = None
         self.drops: Counter[str] = Counter()
         self._events: asyncio.Queue[object] = asyncio.Queue(event_queue_size)
+        self.packet_sink: Callable[[list[PacketReceived]], None] | None = None
+        """When set, received packets skip the event queue: each read's packets are handed
+        to it in one call, in order, from the reader (it must not block)."""
         self._session: _Session | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._pings: dict[bytes, asyncio.Future[None]] = {}
@@ -454,6 +482,34 @@ class DerpClient:
             await s.writable.wait()
         return sent
 
+    async def send_packets(self, dst: bytes, datagrams: Sequence[bytes]) -> int:
+        """Send each of ``datagrams`` to node key ``dst``, in order, as one write: the frames
+        are queued together, the writer is woken once and backpressure is awaited once.
+
+        Returns how many were queued; the rest were dropped and counted like
+        :meth:`send_packet`'s (``not_connected``, the core's ``rate_limited``, and
+        ``too_big`` for a datagram over 64 KiB, which does not raise here). Raises
+        :class:`~.errors.DerpSendError` for a bad key, :class:`DerpClosedError` after
+        :meth:`close`.
+        """
+        if self._closed:
+            raise DerpClosedError(f"DERP client for region {self.region_id} is closed")
+        s = self._session
+        if s is None or s.core.state is ClientState.CLOSED:
+            self.drops["not_connected"] += len(datagrams)
+            return 0
+        core, now, sent = s.core, s.loop.time(), 0
+        for data in datagrams:
+            if len(data) > MAX_PACKET_SIZE:
+                self.drops["too_big"] += 1
+                continue
+            if core.send_packet(dst, data, now):
+                sent += 1
+        s.send()
+        if not s.writable.is_set():
+            await s.writable.wait()
+        return sent
+
     def note_preferred(self, preferred: bool) -> None:
         """Tell the server (now and after every reconnect) whether it is our home region."""
         self.preferred = preferred
@@ -567,6 +623,10 @@ class DerpPool:
         self.clients: dict[int, DerpClient] = {}
         self._opening: dict[int, asyncio.Task[DerpClient]] = {}
         self._pumps: dict[int, asyncio.Task[None]] = {}
+        self.packet_sink: Callable[[int, list[PacketReceived]], None] | None = None
+        """When set (before the regions open), received packets skip the event queues:
+        ``packet_sink(region_id, packets)`` gets each read's packets in one call (see
+        :attr:`DerpClient.packet_sink`); other events still come from :meth:`next_event`."""
         self._last_send: dict[int, float] = {}
         self._events: asyncio.Queue[tuple[int, DerpEvent] | object] = asyncio.Queue(1024)
         self._idle_task: asyncio.Task[None] | None = None
@@ -607,6 +667,9 @@ class DerpPool:
             preferred=region_id == self.home_region,
             **self._client_options,  # type: ignore[arg-type]
         )
+        if self.packet_sink is not None:
+            sink = self.packet_sink
+            client.packet_sink = lambda packets: sink(region_id, packets)
         await client.connect()
         if self._closed:
             await client.close()
@@ -630,6 +693,14 @@ class DerpPool:
         client = await self.client(region_id)
         self._last_send[region_id] = asyncio.get_running_loop().time()
         return await client.send_packet(dst, data)
+
+    async def send_batch(self, region_id: int, dst: bytes, datagrams: Sequence[bytes]) -> int:
+        """Send ``datagrams`` to node key ``dst`` through region ``region_id`` as one write
+        (see :meth:`DerpClient.send_packets`); returns how many were queued. Raises like
+        :meth:`send`."""
+        client = await self.client(region_id)
+        self._last_send[region_id] = asyncio.get_running_loop().time()
+        return await client.send_packets(dst, datagrams)
 
     def update_map(self, derp_map: DerpMap) -> None:
         """Use a new DERP map (e.g. from ``StreamDERPMaps``): clients take their region's new
