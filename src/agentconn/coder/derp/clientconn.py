@@ -107,6 +107,7 @@ class DerpClientConnection:
         self.read_timeout = read_timeout
         self._nonce = client_info_nonce
         self._reader = FrameReader()
+        self._keys: dict[bytes, NodePublic] = {}  # src keys of received packets (bounded)
         self._out: list[bytes] = []
         self._out_len = 0
         self._deferred: list[bytes] = []  # frames queued before ClientInfo could be sent
@@ -149,6 +150,19 @@ class DerpClientConnection:
     def _process_frames(self, now: float) -> None:
         reader = self._reader
         while self.state is not ClientState.CLOSED:
+            if self.state is ClientState.CONNECTED:
+                # Fast path: a run of RecvPacket frames in one pass (the rest below).
+                run = reader.packets(FrameType.RECV_PACKET, CLIENT_MAX_FRAME_LEN)
+                if run:
+                    self.packets_received += len(run)
+                    keys, events = self._keys, self._events
+                    for src, data in run:
+                        key = keys.get(src)
+                        if key is None:
+                            if len(keys) >= 1024:
+                                keys.clear()
+                            key = keys[src] = NodePublic(src)
+                        events.append(PacketReceived(key, data))
             hdr = reader.header()
             if hdr is None:
                 return

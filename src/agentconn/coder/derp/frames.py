@@ -207,6 +207,32 @@ class FrameReader:
         self._consume(end)
         return data
 
+    def packets(self, ftype: int, max_len: int) -> list[tuple[bytes, bytes]]:
+        """Consume the run of complete frames of type ``ftype`` (SendPacket or RecvPacket)
+        at the front whose length is between 32 and ``max_len``, in one pass: a
+        ``(key, data)`` per frame (the first 32 payload bytes and the rest). Stops at the
+        first frame that is incomplete, of another type or out of those bounds, and leaves
+        it to :meth:`header`/:meth:`payload` (so every rule about it still applies)."""
+        out: list[tuple[bytes, bytes]] = []
+        if self._skip:
+            return out
+        buf, pos, end = self._buf, self._pos, len(self._buf)
+        unpack = _HEADER.unpack_from
+        with memoryview(buf) as view:  # released before _consume may resize the buffer
+            while end - pos >= FRAME_HEADER_LEN:
+                t, n = unpack(buf, pos)
+                if t != ftype or n < 32 or n > max_len:
+                    break
+                start = pos + FRAME_HEADER_LEN
+                stop = start + n
+                if stop > end:
+                    break
+                out.append((bytes(view[start:start + 32]), bytes(view[start + 32:stop])))
+                pos = stop
+        if out:
+            self._consume(pos)
+        return out
+
     def discard(self) -> None:
         """Drop the frame :meth:`header` described, including bytes not yet received."""
         hdr = self.header()

@@ -131,6 +131,7 @@ class DerpServerConnection:
         self.info: ClientInfo | None = None
         self.preferred = False
         self._reader = FrameReader()
+        self._keys: dict[bytes, NodePublic] = {}  # destinations of SendPackets (bounded)
         self._control: list[bytes] = [ServerKeyFrame(server_key.public).emit()]
         self._packets: deque[tuple[NodePublic, bytes]] = deque()
         self._disco: deque[tuple[NodePublic, bytes]] = deque()
@@ -173,6 +174,19 @@ class DerpServerConnection:
     def _process_frames(self) -> None:
         reader = self._reader
         while self.state is not ServerConnState.CLOSED:
+            if self.state is ServerConnState.SERVING:
+                # Fast path: a run of SendPacket frames in one pass (the rest below).
+                run = reader.packets(FrameType.SEND_PACKET, _SEND_PACKET_MAX)
+                if run:
+                    self.frames_received += len(run)
+                    keys, events = self._keys, self._events
+                    for dst, data in run:
+                        key = keys.get(dst)
+                        if key is None:
+                            if len(keys) >= 1024:
+                                keys.clear()
+                            key = keys[dst] = NodePublic(dst)
+                        events.append(PacketToForward(key, data))
             hdr = reader.header()
             if hdr is None:
                 return
