@@ -307,6 +307,25 @@ cdef class PacketBatch:
         """PeerSlots the last decrypt/encrypt touched (each once)."""
         return [<PeerSlot>self.touched[i].owner for i in range(self.touched_count)]
 
+    def collect_relayed(self) -> list:
+        """(relay path, datagram bytes) of each RES_RAW, then each RES_SEALED, descriptor whose
+        address is a relay endpoint (8 bytes: AF_UNSPEC, the path big-endian, 2 zero bytes;
+        see ``wg.endpoint.relay_sockaddr``). For the tunnel's relay hand-off: no Python
+        object for the batch's UDP datagrams, one tuple per relayed one."""
+        cdef list out = []
+        cdef uint32_t i, path
+        cdef int result
+        cdef PacketDesc* d
+        for result in (RES_RAW, RES_SEALED):
+            for i in range(self.count):
+                d = &self.desc[i]
+                if d.result != result or d.addr.len != 8 or d.addr.addr[0] or d.addr.addr[1]:
+                    continue
+                path = ((<uint32_t>d.addr.addr[2] << 24) | (<uint32_t>d.addr.addr[3] << 16)
+                        | (<uint32_t>d.addr.addr[4] << 8) | <uint32_t>d.addr.addr[5])
+                out.append((path, (<char*>self.arena)[d.off:d.off + d.len]))
+        return out
+
     def collect(self, int result) -> list:
         """(index, payload bytes, address bytes, PeerSlot or None) of each descriptor with `result`.
 

@@ -923,3 +923,25 @@ def test_disco_and_stun_datagrams_are_marked_for_python() -> None:
     assert dp.counters()["drops"]["bad_type"] == 3
     got = [payload for _, payload, _, _ in rx.collect(res["DISCO"])]
     assert got == [disco, stun_resp]
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(st.one_of(st.integers(0, 2**32 - 1), st.none()),
+                          st.binary(min_size=1, max_size=64)), max_size=12))
+def test_collect_relayed_matches_collect_and_relay_path(
+        items: list[tuple[int | None, bytes]]) -> None:
+    # The tunnel's relay hand-off: (path, datagram) of each relay-addressed RES_RAW/RES_SEALED
+    # descriptor, exactly what collect() + wg.endpoint.relay_path give, UDP ones skipped.
+    from agentconn.wg.endpoint import relay_path, relay_sockaddr, sockaddr
+    batch = PacketBatch(16, 128)
+    udp = sockaddr("127.0.0.1", 9, socket.AF_INET)
+    for path, datagram in items:
+        batch.add_raw(datagram, udp if path is None else relay_sockaddr(path))
+    want = []
+    for result in (RESULT["RAW"], RES_SEALED):
+        for _, datagram, addr, _ in batch.collect(result):
+            path = relay_path(addr)
+            if path is not None:
+                want.append((path, datagram))
+    assert batch.collect_relayed() == want
+    assert want == [(p, d) for p, d in items if p is not None]

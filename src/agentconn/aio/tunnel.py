@@ -51,7 +51,7 @@ from ..net.pcap import PcapWriter
 from ..net.udp import Datagram
 from ..node import Node
 from ..wg.config import InterfaceConfig, PeerConfig, load_config
-from ..wg.endpoint import relay_path, relay_sockaddr, sockaddr
+from ..wg.endpoint import relay_sockaddr, sockaddr
 from .datagram import DatagramEndpoints
 from .streams import StreamEndpoints
 
@@ -642,12 +642,7 @@ class Tunnel(StreamEndpoints, DatagramEndpoints):
         """Hand the batch's datagrams for relay endpoints to the relay (the UDP sender skips
         them)."""
         assert self._relay_send is not None
-        out = []
-        for result in (RES_RAW, RES_SEALED):
-            for _, datagram, addr, _ in tx.collect(result):
-                path = relay_path(addr)
-                if path is not None:
-                    out.append((path, datagram))
+        out = tx.collect_relayed()  # [(path, datagram)], RES_RAW then RES_SEALED
         if out:
             try:
                 self._relay_send(out)
