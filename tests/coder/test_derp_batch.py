@@ -271,3 +271,16 @@ async def test_pool_send_batch_and_sink(server: DerpServer) -> None:
     finally:
         await a.close()
         await b.close()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(max_size=100), max_size=8))
+def test_core_send_packets_is_send_packet_in_a_loop(datagrams: list[bytes]) -> None:
+    one, many = DerpPair(), DerpPair()
+    one.pump()
+    many.pump()
+    for data in datagrams:
+        assert one.client.send_packet(KEYS[0], data, one.now)
+    assert many.client.send_packets(KEYS[0], datagrams, many.now) == len(datagrams)
+    assert one.client.data_to_send() == many.client.data_to_send()
+    assert one.client.packets_sent == many.client.packets_sent == len(datagrams)

@@ -498,13 +498,10 @@ class DerpClient:
         if s is None or s.core.state is ClientState.CLOSED:
             self.drops["not_connected"] += len(datagrams)
             return 0
-        core, now, sent = s.core, s.loop.time(), 0
-        for data in datagrams:
-            if len(data) > MAX_PACKET_SIZE:
-                self.drops["too_big"] += 1
-                continue
-            if core.send_packet(dst, data, now):
-                sent += 1
+        fit = [data for data in datagrams if len(data) <= MAX_PACKET_SIZE]
+        if len(fit) != len(datagrams):
+            self.drops["too_big"] += len(datagrams) - len(fit)
+        sent = s.core.send_packets(dst, fit, s.loop.time())
         s.send()
         if not s.writable.is_set():
             await s.writable.wait()

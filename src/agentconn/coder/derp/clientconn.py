@@ -293,6 +293,30 @@ class DerpClientConnection:
         self._queue_or_defer(emit_header(FrameType.SEND_PACKET, KEY_LEN + len(data)) + dst + data)
         return True
 
+    def send_packets(self, dst: bytes, datagrams: list[bytes], now: float) -> int:
+        """Queue a SendPacket to ``dst`` for each of ``datagrams``, in order, as one chunk of
+        output; returns how many were queued (the rest: ``rate_limited``). Raises like
+        :meth:`send_packet` (checked before anything is queued)."""
+        if self.state is ClientState.CLOSED:
+            raise DerpClosedError("DERP connection is closed")
+        if len(dst) != KEY_LEN:
+            raise DerpSendError(f"destination key must be {KEY_LEN} bytes, got {len(dst)}")
+        for data in datagrams:
+            if len(data) > MAX_PACKET_SIZE:
+                raise DerpSendError(f"packet too big: {len(data)}")
+        parts: list[bytes] = []
+        rate = self._rate
+        for data in datagrams:
+            n = KEY_LEN + len(data)
+            if rate and not self._allow(FRAME_HEADER_LEN + n, now):
+                self.drops["rate_limited"] += 1
+                continue
+            parts += (emit_header(FrameType.SEND_PACKET, n), dst, data)
+        if parts:
+            self.packets_sent += len(parts) // 3
+            self._queue_or_defer(b"".join(parts))
+        return len(parts) // 3
+
     def _allow(self, n: int, now: float) -> bool:
         self._tokens = min(self._burst, self._tokens + (now - self._tokens_at) * self._rate)
         self._tokens_at = now

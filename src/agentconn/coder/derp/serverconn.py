@@ -350,7 +350,7 @@ class DerpServerConnection:
         for queue in (self._disco, self._packets):
             while queue and size < limit:
                 src, data = queue.popleft()
-                out.append(emit_header(FrameType.RECV_PACKET, KEY_LEN + len(data)) + src + data)
+                out += (emit_header(FrameType.RECV_PACKET, KEY_LEN + len(data)), src, data)
                 size += FRAME_HEADER_LEN + KEY_LEN + len(data)
                 self.packets_sent += 1
         return b"".join(out)
