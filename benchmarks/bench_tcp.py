@@ -481,7 +481,8 @@ def test_ours_to_kernel(benchmark: Any, record: Any, kernel_side: KernelSide,
 # topology (3): two of our Tunnels in this process over loopback UDP
 
 
-def _loopback_configs() -> tuple[str, str]:
+def _loopback_configs(net: str = "10.93.0") -> tuple[str, str]:
+    """Two peers' configs (fresh keys) on ``net``.1 and ``net``.2, no endpoints."""
     from agentconn.wg.crypto import dh_generate, public_key
     from agentconn.wg.keys import encode_key
 
@@ -489,9 +490,9 @@ def _loopback_configs() -> tuple[str, str]:
 
     def conf(own: bytes, peer: bytes, me: int, them: int) -> str:
         return (f"[Interface]\nPrivateKey = {encode_key(own)}\nMTU = {MTU}\n"
-                f"Address = 10.93.0.{me}/32\n"
+                f"Address = {net}.{me}/32\n"
                 f"[Peer]\nPublicKey = {encode_key(public_key(peer))}\n"
-                f"AllowedIPs = 10.93.0.{them}/32\n")
+                f"AllowedIPs = {net}.{them}/32\n")
     return conf(ka, kb, 1, 2), conf(kb, ka, 2, 1)
 
 

@@ -247,17 +247,11 @@ async def _upload(tunnel: Any, host: str, port: int, nbytes: int) -> dict[str, A
 
 
 def _loopback_configs() -> tuple[str, str]:
-    from agentconn.wg.crypto import dh_generate, public_key
-    from agentconn.wg.keys import encode_key
+    # bench_tcp's, on a subnet of our own (the same MTU, 1280)
+    sys.path.insert(0, str(_ROOT / "benchmarks"))
+    from bench_tcp import _loopback_configs as configs
 
-    ka, kb = dh_generate(), dh_generate()
-
-    def conf(own: bytes, peer: bytes, me: int, them: int) -> str:
-        return (f"[Interface]\nPrivateKey = {encode_key(own)}\nMTU = {MTU}\n"
-                f"Address = 10.94.0.{me}/32\n"
-                f"[Peer]\nPublicKey = {encode_key(public_key(peer))}\n"
-                f"AllowedIPs = 10.94.0.{them}/32\n")
-    return conf(ka, kb, 1, 2), conf(kb, ka, 2, 1)
+    return configs("10.94.0")
 
 
 def case_ours_ours(loss: float, nbytes: int, args: Any, seed: int) -> dict[str, Any]:

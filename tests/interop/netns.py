@@ -1146,3 +1146,17 @@ class UdpRelay:
                         self._handle(key.data, data, time.monotonic())
         finally:
             sel.close()
+
+
+async def ns_curl(ns: Namespace, *args: str, max_time: float = 60.0) -> tuple[int, bytes]:
+    """Run ``curl -sS -g ARGS`` inside ``ns``; (HTTP status, body). curl itself must succeed."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(
+        *ns.exec_prefix(), "curl", "-sS", "-g", "--max-time", f"{max_time:g}",
+        "-w", "\n%{http_code}", *args,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await asyncio.wait_for(proc.communicate(), max_time + 10)
+    assert proc.returncode == 0, err
+    body, _, status = out.rpartition(b"\n")
+    return int(status), body

@@ -10,6 +10,7 @@ WireGuard → our TCP stack → the agent, which drives the real engine.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -17,7 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from netns import Namespace, wg_pair
+from netns import Namespace, ns_curl, wg_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from docker_env import IMAGE, DockerDaemon, docker_daemon  # noqa: F401 - the fixture
@@ -34,14 +35,7 @@ BASE = f"http://[{AGENT_TS}]:4"
 WAIT = 120.0
 
 
-async def _curl(ns: Namespace, *args: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *ns.exec_prefix(), "curl", "-sS", "-g", "--max-time", "120", "-w", "\n%{http_code}",
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 130)
-    assert proc.returncode == 0, err
-    body, _, status = out.rpartition(b"\n")
-    return int(status), body
+_curl = functools.partial(ns_curl, max_time=120.0)
 
 
 async def test_containers_through_wireguard_go(netns: Namespace, tmp_path: Path,

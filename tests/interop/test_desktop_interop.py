@@ -18,7 +18,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from netns import Namespace, wg_pair
+from netns import Namespace, ns_curl, wg_pair
 from PIL import Image, ImageChops
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
@@ -38,18 +38,10 @@ BASE = f"http://[{AGENT_TS}]:4"
 W, H = 640, 480
 
 
-async def _curl(ns: Namespace, *args: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *ns.exec_prefix(), "curl", "-sS", "-g", "--max-time", "60", "-w", "\n%{http_code}",
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 70)
-    assert proc.returncode == 0, err
-    body, _, status = out.rpartition(b"\n")
-    return int(status), body
 
 
 async def _action(ns: Namespace, **body: object) -> dict[str, object]:
-    status, out = await _curl(ns, "-X", "POST", "-H", "Content-Type: application/json",
+    status, out = await ns_curl(ns, "-X", "POST", "-H", "Content-Type: application/json",
                               "--data", json.dumps(body), f"{BASE}/api/v0/desktop/action")
     assert status == 200, out
     return json.loads(out)  # type: ignore[no-any-return]
@@ -106,7 +98,7 @@ async def test_vnc_viewer_and_curl_through_wireguard_go(netns: Namespace,
 
             # A recording, stopped and fetched with curl.
             rid = str(uuid.uuid4())
-            status, out = await _curl(ns, "-X", "POST", "--data",
+            status, out = await ns_curl(ns, "-X", "POST", "--data",
                                       json.dumps({"recording_id": rid}),
                                       f"{BASE}/api/v0/desktop/recording/start")
             assert (status, json.loads(out)) == (200, {"message": "Recording started."})
@@ -114,7 +106,7 @@ async def test_vnc_viewer_and_curl_through_wireguard_go(netns: Namespace,
                 await _action(ns, action="left_click", coordinate=[x, x])
             await asyncio.sleep(0.5)
             headers = tmp_path / "headers"
-            status, body = await _curl(ns, "-X", "POST", "-D", str(headers), "--data",
+            status, body = await ns_curl(ns, "-X", "POST", "-D", str(headers), "--data",
                                        json.dumps({"recording_id": rid}),
                                        f"{BASE}/api/v0/desktop/recording/stop")
             assert status == 200
@@ -127,7 +119,7 @@ async def test_vnc_viewer_and_curl_through_wireguard_go(netns: Namespace,
             assert info["streams"][0]["codec_type"] == "video"
             assert (info["streams"][0]["width"], info["streams"][0]["height"]) == (W, H)
             assert thumb is not None and thumb.startswith(b"\xff\xd8")
-            status, out = await _curl(ns, "-X", "POST", "--data", '{"recording_id":"x"}',
+            status, out = await ns_curl(ns, "-X", "POST", "--data", '{"recording_id":"x"}',
                                       f"{BASE}/api/v0/desktop/recording/stop")
             assert (status, json.loads(out)["message"]) == (400, "Invalid recording_id format.")
         finally:

@@ -15,7 +15,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from netns import Namespace, wg_pair
+from netns import Namespace, ns_curl, wg_pair
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "agent"))
 from gitrepo import apply_check, git_env, make_repo, require_git
@@ -33,14 +33,6 @@ BASE = f"http://[{AGENT_TS}]:4"
 HANG_GUARD = 120.0
 
 
-async def _curl(ns: Namespace, *args: str) -> tuple[int, bytes]:
-    proc = await asyncio.create_subprocess_exec(
-        *ns.exec_prefix(), "curl", "-sS", "-g", "--max-time", "60", "-w", "\n%{http_code}",
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    out, err = await asyncio.wait_for(proc.communicate(), 70)
-    assert proc.returncode == 0, err
-    body, _, status = out.rpartition(b"\n")
-    return int(status), body
 
 
 async def _next(w: GitWatch) -> GitServerMessage:
@@ -91,7 +83,7 @@ async def test_git_watch_through_wireguard_go(netns: Namespace, tmp_path: Path) 
 
             async with await watch(chat) as w, await watch(other) as wo:
                 assert w.websocket.compressed
-                status, body = await _curl(
+                status, body = await ns_curl(
                     ns, "-X", "POST", "-H", f"Coder-Chat-Id: {chat}", "--data-binary",
                     "x = 2\n", f"{BASE}/api/v0/write-file?path={app}/src/app.py")
                 assert status == 200, body
@@ -103,7 +95,7 @@ async def test_git_watch_through_wireguard_go(netns: Namespace, tmp_path: Path) 
                 assert "-x = 1\n+x = 2\n" in entry.unified_diff
                 apply_check(app, entry.unified_diff, tmp_path / "scratch", home)
 
-                status, body = await _curl(
+                status, body = await ns_curl(
                     ns, "-X", "POST", "-H", f"Coder-Chat-Id: {chat}", "--data",
                     json.dumps({"command": "printf 'built\\n' > out.txt",
                                 "workdir": str(tool)}),
